@@ -1,0 +1,22 @@
+# Each target is complete by itself: it creates or refreshes .venv from requirements.txt, then acts.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/digits
+
+.PHONY: run test clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+run: $(VENV)/.installed  ## FitNets on the embedded digits: teacher → hint stage → KD stage.
+	$(PY) -m fitnets_jax.main --config configs/digits.py --workdir $(WORKDIR)
+
+test: $(VENV)/.installed  ## The whole test suite (CPU, no network).
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf runs

@@ -1,0 +1,93 @@
+"""Orbax in one place: the run's checkpoints (resume) and the saved teacher (reuse).
+
+Layout in the workdir:
+  checkpoints/<global step>/{state, meta}   the current stage's TrainState and JSON metadata
+  teacher/variables, teacher/teacher.json   the teacher, saved once when its stage ends
+"""
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from fitnets_jax.errors import FitnetsError
+
+TEACHER_DIR = "teacher"
+TEACHER_INFO = "teacher.json"
+
+
+class RunCheckpoints:
+  """Saves and restores (state, meta) at global steps; keeps the newest `keep`.
+
+  Saves are synchronous: a save has returned only once its folder is complete, so a run killed
+  at any later moment finds it intact (orbax's atomic rename protects a save cut short).
+  """
+
+  def __init__(self, directory, keep):
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False))
+
+  def latest(self):
+    """(step, meta) of the newest checkpoint, or None."""
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    return step, meta
+
+  def restore(self, step, abstract_state):
+    return self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
+
+  def save(self, step, state, meta):
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    meta=ocp.args.JsonSave(meta)), force=True)
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def save_teacher(workdir, variables, info):
+  """Writes the teacher's variables and `teacher.json` (model, sizes, accuracy) under workdir/teacher."""
+  directory = os.path.abspath(os.path.join(workdir, TEACHER_DIR))
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(directory, "variables"), variables, force=True)
+    checkpointer.wait_until_finished()
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, TEACHER_INFO), "w") as f:
+      json.dump(info, f, indent=2)
+
+
+def teacher_dir(path):
+  """The teacher folder for `teacher.checkpoint=path`: a run's workdir or its teacher/ folder."""
+  for candidate in (os.path.join(path, TEACHER_DIR), path):
+    if os.path.isfile(os.path.join(candidate, TEACHER_INFO)):
+      return os.path.abspath(candidate)
+  raise FitnetsError(
+      f"teacher.checkpoint={path!r} holds no saved teacher: expected {TEACHER_DIR}/{TEACHER_INFO} (a run's "
+      f"workdir) or {TEACHER_INFO} (its teacher/ folder) there. Train one with method=fitnets or kd and "
+      "an empty teacher.checkpoint, then point at that run's workdir.")
+
+
+def teacher_info(path):
+  with open(os.path.join(teacher_dir(path), TEACHER_INFO)) as f:
+    return json.load(f)
+
+
+def load_teacher(path, abstract_variables):
+  """Restores teacher variables; a parameter missing or of another shape is a clear error."""
+  directory = os.path.join(teacher_dir(path), "variables")
+  with ocp.StandardCheckpointer() as checkpointer:
+    restored = checkpointer.restore(directory)
+  want = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(abstract_variables)}
+  have = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(restored)}
+  for name in sorted(set(want) | set(have)):
+    if want.get(name) != have.get(name):
+      raise FitnetsError(
+          f"teacher.checkpoint={path!r} does not fit the configured teacher: parameter {name} has shape "
+          f"{have.get(name, 'missing')} in the checkpoint but {want.get(name, 'missing')} in the model. "
+          "Set teacher.model to the architecture that was saved (see its teacher.json).")
+  return restored

@@ -1,0 +1,298 @@
+"""Datasets → this host's tf.data pipeline → numpy batches (the trainer makes them global arrays).
+
+Sources: `digits` (scikit-learn's 1,797 8×8 handwritten digits, embedded, no network), `npz`
+(a user's file), and TFDS `svhn_cropped`, `cifar10`, `cifar100`, `mnist` (never downloaded
+unless `dataset.download=True`). Each host reads its own slice of every split.
+
+Order is a pure function of (seed, stage, epoch): epoch e is shuffled with a seed derived from
+those, and augmentation draws stateless randomness from (that seed, batch index), so a resumed
+run sees exactly the batches an uninterrupted one would.
+"""
+
+import dataclasses
+import math
+import os
+from typing import Callable
+
+import jax
+import numpy as np
+
+from fitnets_jax.errors import FitnetsError, check, one_of
+
+TFDS_NAMES = ("svhn_cropped", "cifar10", "cifar100", "mnist")
+SOURCES = ("digits", "npz") + TFDS_NAMES
+PREPROCESS = ("standardize", "gcn_zca", "none")
+NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+DIGITS_TRAIN = 1437  # of 1,797; the rest (360) is the test split
+
+
+def _tf():
+  import tensorflow as tf  # Imported on use: keeps TF's start-up out of light imports.
+  tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerator belongs to JAX.
+  return tf
+
+
+@dataclasses.dataclass
+class Data:
+  """One dataset: sizes, this host's splits, and the fitted preprocessing."""
+  name: str
+  num_classes: int
+  image_shape: tuple
+  num_train: int                 # whole split, all hosts
+  num_test: int
+  train: Callable                # () → tf.data.Dataset of (uint8 image, int label), this host's slice
+  test: Callable
+  normalize: Callable            # float32 [0, 1] batch (tf) → preprocessed batch
+  augment_flip: bool = False
+  augment_shift: int = 0
+
+  @property
+  def augmented(self):
+    return self.augment_flip or self.augment_shift > 0
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def digits_arrays():
+  """scikit-learn's digits as uint8 NHWC images with a fixed split.
+
+  The 1,797 images are permuted once with numpy's RandomState(0); the first 1,437 are the
+  training split, the last 360 the test split. Pixel values 0..16 are scaled to 0..255.
+  """
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int32)
+  order = np.random.RandomState(0).permutation(len(labels))
+  train, test = order[:DIGITS_TRAIN], order[DIGITS_TRAIN:]
+  return images[train], labels[train], images[test], labels[test]
+
+
+def npz_arrays(path, num_classes=0):
+  """Reads and validates a user's .npz (uint8 NHWC images, integer labels)."""
+  check(path, "dataset.name='npz' needs dataset.path=/path/to/file.npz holding "
+              f"{', '.join(NPZ_KEYS)}.")
+  check(os.path.isfile(path), f"dataset.path={path!r} does not exist or is not a file; it must be an "
+                              f".npz holding {', '.join(NPZ_KEYS)}.")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:  # zipfile/pickle/format errors all mean the same to a user.
+    raise FitnetsError(f"dataset.path={path!r} could not be read as an .npz file ({type(e).__name__}: {e}); "
+                       f"save it with numpy.savez holding {', '.join(NPZ_KEYS)}.") from None
+  missing = [k for k in NPZ_KEYS if k not in arrays]
+  check(not missing, f"dataset.path={path!r} lacks {', '.join(missing)}; it holds {sorted(arrays)} "
+                     f"but must hold {', '.join(NPZ_KEYS)}.")
+  for split in ("train", "test"):
+    x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+    check(x.ndim == 4, f"{split}_images in {path!r} has shape {x.shape}; it must be NHWC (examples, "
+                       "height, width, channels) — add a channel axis for grayscale: x[..., None].")
+    check(x.dtype == np.uint8, f"{split}_images in {path!r} has dtype {x.dtype}; it must be uint8 "
+                               "pixels in 0..255.")
+    check(len(x) > 0, f"{split}_images in {path!r} is empty; each split needs at least one example.")
+    check(y.ndim == 1 and np.issubdtype(y.dtype, np.integer),
+          f"{split}_labels in {path!r} has shape {y.shape} and dtype {y.dtype}; it must be a 1-D integer array.")
+    check(len(y) == len(x), f"{split}_labels in {path!r} has {len(y)} labels for {len(x)} images.")
+  check(arrays["train_images"].shape[1:] == arrays["test_images"].shape[1:],
+        f"train_images {arrays['train_images'].shape[1:]} and test_images {arrays['test_images'].shape[1:]} "
+        f"in {path!r} must have the same image shape.")
+  classes = num_classes or int(arrays["train_labels"].max()) + 1
+  for split in ("train", "test"):
+    y = arrays[f"{split}_labels"]
+    check(y.min() >= 0 and y.max() < classes,
+          f"{split}_labels in {path!r} range over {y.min()}..{y.max()}; labels must lie in 0..{classes - 1} "
+          "(the classes seen in train_labels, or set dataset.num_classes).")
+  return (arrays["train_images"], arrays["train_labels"].astype(np.int32),
+          arrays["test_images"], arrays["test_labels"].astype(np.int32), classes)
+
+
+def _host_slice(array):
+  return array[jax.process_index()::jax.process_count()]
+
+
+def _in_memory(name, x_train, y_train, x_test, y_test, num_classes):
+  tf = _tf()
+  make = lambda x, y: (lambda: tf.data.Dataset.from_tensor_slices((_host_slice(x), _host_slice(y))))
+  return dict(name=name, num_classes=num_classes, image_shape=tuple(x_train.shape[1:]),
+              num_train=len(x_train), num_test=len(x_test), train=make(x_train, y_train),
+              test=make(x_test, y_test))
+
+
+def _tfds(cfg):
+  import tensorflow_datasets as tfds
+  _tf()
+  kwargs = dict(data_dir=cfg.data_dir or None, download=cfg.download, as_supervised=True)
+
+  def load(split, **extra):
+    try:
+      return tfds.load(cfg.name, split=split, with_info=True, **kwargs, **extra)
+    except Exception as e:  # TFDS raises AssertionError/DatasetNotFoundError/ValueError alike.
+      where = cfg.data_dir or "the TFDS default data_dir (~/tensorflow_datasets)"
+      raise FitnetsError(
+          f"dataset.name={cfg.name!r}, split {split!r} could not be read from {where} with "
+          f"download={cfg.download} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Prepare it there "
+          "(tfds build / tfds.load(..., download=True) on a machine with network), point "
+          "dataset.data_dir at it, or set --config.dataset.download=True.") from None
+
+  def count(split):
+    ds, info = load(split)
+    try:
+      return info.splits[split].num_examples
+    except (KeyError, ValueError):  # No split metadata (e.g. tfds.testing.mock_data): count.
+      n = int(ds.cardinality().numpy())
+      return n if n >= 0 else sum(1 for _ in ds)
+
+  host = lambda split: tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
+  _, info = load(cfg.train_split)
+  stats_ds, _ = load(cfg.train_split)
+  sample = np.stack([x for x, _ in tfds.as_numpy(stats_ds.take(cfg.stats_examples))])
+  spec = dict(name=cfg.name, num_classes=info.features["label"].num_classes,
+              image_shape=tuple(info.features["image"].shape), num_train=count(cfg.train_split),
+              num_test=count(cfg.test_split),
+              train=lambda: load(host(cfg.train_split))[0].cache(),
+              test=lambda: load(host(cfg.test_split))[0])
+  return spec, sample
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def gcn(x, scale, eps=1e-8):
+  """Global contrast normalisation (pylearn2): per image, subtract its mean and scale to norm `scale`."""
+  x = x - x.mean(axis=1, keepdims=True)
+  norms = np.sqrt((x**2).sum(axis=1, keepdims=True)) / scale
+  return x / np.where(norms < eps, 1.0, norms)
+
+
+def zca_fit(x, epsilon):
+  """ZCA whitening (x − μ)·W with W = U·diag(1/√(λ+ε))·Uᵀ fitted on rows of `x` (float64)."""
+  mean = x.mean(axis=0)
+  centred = x - mean
+  eigvals, eigvecs = np.linalg.eigh(centred.T @ centred / len(x))
+  w = (eigvecs * (1.0 / np.sqrt(np.maximum(eigvals, 0.0) + epsilon))) @ eigvecs.T
+  return mean.astype(np.float32), w.astype(np.float32)
+
+
+def fit_normalizer(cfg, sample):
+  """Fits the preprocessing on a uint8 training sample; returns a tf batch function on [0, 1] floats."""
+  tf = _tf()
+  one_of("dataset.preprocess", cfg.preprocess, PREPROCESS)
+  x = sample.astype(np.float64) / 255.0
+  if cfg.preprocess == "none":
+    return lambda batch: batch
+  if cfg.preprocess == "standardize":
+    mean = x.mean(axis=(0, 1, 2)).astype(np.float32)
+    std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3).astype(np.float32)
+    return lambda batch: (batch - mean) / std
+  flat = gcn(x.reshape(len(x), -1), cfg.gcn_scale)
+  mean, w = zca_fit(flat, cfg.zca_epsilon)
+
+  def whiten(batch):
+    shape = tf.shape(batch)
+    v = tf.reshape(batch, [shape[0], -1])
+    v = v - tf.reduce_mean(v, axis=1, keepdims=True)
+    norms = tf.sqrt(tf.reduce_sum(v * v, axis=1, keepdims=True)) / cfg.gcn_scale
+    v = v / tf.where(norms < 1e-8, tf.ones_like(norms), norms)
+    return tf.reshape(tf.matmul(v - mean, w), shape)
+  return whiten
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load(cfg):
+  """Reads, validates and fits the dataset named by `cfg` (config.dataset)."""
+  one_of("dataset.name", cfg.name, SOURCES)
+  one_of("dataset.preprocess", cfg.preprocess, PREPROCESS)
+  check(isinstance(cfg.shift, int) and cfg.shift >= 0, f"dataset.shift={cfg.shift!r} must be an integer ≥ 0.")
+  check(cfg.stats_examples > 0, f"dataset.stats_examples={cfg.stats_examples!r} must be > 0.")
+  if cfg.name in TFDS_NAMES:
+    spec, sample = _tfds(cfg)
+  else:
+    if cfg.name == "digits":
+      *arrays, classes = *digits_arrays(), 10
+    else:
+      *arrays, classes = npz_arrays(cfg.path, cfg.num_classes)
+    spec = _in_memory(cfg.name, *arrays, classes)
+    sample = arrays[0][:cfg.stats_examples]
+  check(spec["num_train"] > 0 and spec["num_test"] > 0,
+        f"dataset {cfg.name!r} has {spec['num_train']} training and {spec['num_test']} test examples; "
+        "both splits need at least one.")
+  return Data(**spec, normalize=fit_normalizer(cfg, sample), augment_flip=cfg.flip, augment_shift=cfg.shift)
+
+
+def epoch_seed(seed, stage_index, epoch):
+  """The shuffle/augmentation seed of one epoch of one stage."""
+  return int(np.random.SeedSequence([seed, stage_index, epoch]).generate_state(1)[0] >> 1)
+
+
+def _augment(tf, images, seed, index, flip, shift):
+  """Random flips and shifts of a batch, drawn statelessly from (seed, batch index)."""
+  n, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+  key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
+  if flip:
+    coin = tf.random.stateless_uniform([n], seed=key) < 0.5
+    images = tf.where(coin[:, None, None, None], tf.reverse(images, axis=[2]), images)
+  if shift:
+    offsets = tf.random.stateless_uniform([n, 2], seed=key + 1, minval=0, maxval=2 * shift + 1, dtype=tf.int32)
+    padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]])
+    rows = offsets[:, :1] + tf.range(h)[None]
+    cols = offsets[:, 1:] + tf.range(w)[None]
+    images = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+  return images
+
+
+def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_step=0, shuffle_buffer=50000):
+  """Endless numpy batches {image, label} for this host, starting at `start_step` of the stage."""
+  tf = _tf()
+  epoch, offset = divmod(start_step, steps_per_epoch)
+  buffer = max(1, min(shuffle_buffer, data.num_train))
+  base = data.train()
+  while True:
+    seed_e = epoch_seed(seed, stage_index, epoch)
+
+    def prepare(index, batch, seed_e=seed_e):
+      images = data.normalize(tf.cast(batch[0], tf.float32) / 255.0)
+      if data.augmented:
+        images = _augment(tf, images, seed_e, index, data.augment_flip, data.augment_shift)
+      return {"image": images, "label": tf.cast(batch[1], tf.int32)}
+
+    ds = base.shuffle(buffer, seed=seed_e, reshuffle_each_iteration=False)
+    ds = ds.batch(local_batch, drop_remainder=True).take(steps_per_epoch).enumerate().skip(offset)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+    produced = 0
+    for batch in ds.as_numpy_iterator():
+      produced += 1
+      yield batch
+    if produced == 0 and offset == 0:
+      raise FitnetsError(f"dataset {data.name!r} produced no training batch of {local_batch} examples on "
+                         f"host {jax.process_index()}; lower batch_size.")
+    epoch, offset = epoch + 1, 0
+
+
+def eval_batches(data, local_batch):
+  """The test split as numpy batches {image, label, mask}; the last batches are padded (mask 0).
+
+  Every host yields the same number of batches (a collective step runs on each of them).
+  """
+  tf = _tf()
+  per_host = math.ceil(data.num_test / jax.process_count())
+  total = math.ceil(per_host / local_batch)
+  ds = data.test().batch(local_batch).map(
+      lambda x, y: {"image": data.normalize(tf.cast(x, tf.float32) / 255.0), "label": tf.cast(y, tf.int32)},
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+  shape = (local_batch,) + tuple(data.image_shape)
+  produced = 0
+  for batch in ds.as_numpy_iterator():
+    if produced == total:
+      break
+    produced += 1
+    n = len(batch["label"])
+    pad = local_batch - n
+    yield {"image": np.concatenate([batch["image"], np.zeros((pad,) + shape[1:], np.float32)]),
+           "label": np.concatenate([batch["label"], np.zeros(pad, np.int32)]),
+           "mask": np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])}
+  for _ in range(total - produced):
+    yield {"image": np.zeros(shape, np.float32), "label": np.zeros(local_batch, np.int32),
+           "mask": np.zeros(local_batch, np.float32)}

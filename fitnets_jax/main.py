@@ -1,0 +1,36 @@
+"""Command line: flags → config → `train.run(config, workdir)`.
+
+  python -m fitnets_jax.main --config configs/digits.py --workdir runs/digits [--config.key=value ...]
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fitnets_jax.errors import FitnetsError
+
+config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics.jsonl, summary.json and TensorBoard.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO.
+  from fitnets_jax import train
+  try:
+    summary = train.run(flags.FLAGS.config, flags.FLAGS.workdir)
+  except FitnetsError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  workdir = flags.FLAGS.workdir
+  student, teacher = summary["student"], summary["teacher"]
+  if teacher:
+    print(f"teacher {teacher['model']}: test accuracy {teacher['test_accuracy']:.4f}")
+  print(f"student {student['model']} ({summary['method']}): test accuracy {student['test_accuracy']:.4f}")
+  print(f"Results in {workdir}: summary.json, metrics.jsonl, tensorboard/, checkpoints/")
+
+
+if __name__ == "__main__":
+  app.run(main)

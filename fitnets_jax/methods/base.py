@@ -1,0 +1,118 @@
+"""What a method is made of: networks, a context, and a sequence of stages.
+
+A method is a function `stages(ctx) -> list[Stage]`. Each stage names the network it trains,
+its length, its optimizer, which parameters it trains (the rest is frozen), and a pure loss.
+The trainer (`fitnets_jax.train`) runs any list of stages; a method never touches data.
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fitnets_jax import features, losses, optim
+from fitnets_jax.errors import check
+
+
+@dataclasses.dataclass
+class Network:
+  """A model with its layer table (names, shapes, params, MACs)."""
+  name: str
+  module: Any
+  input_shape: tuple
+  layers: list
+  params: int
+  macs: int
+
+  def init(self, rng):
+    """Fresh (params, batch_stats); batch_stats is {} for models without batch norm."""
+    variables = self.module.init({"params": rng, "dropout": rng}, jnp.zeros((1,) + self.input_shape), train=False)
+    return variables["params"], variables.get("batch_stats", {})
+
+  def describe(self):
+    return {"model": self.name, "params": self.params, "macs": self.macs}
+
+
+def network(name, module, input_shape):
+  abstract = jax.eval_shape(lambda: module.init({"params": jax.random.PRNGKey(0)},
+                                                jnp.zeros((1,) + tuple(input_shape)), train=False))
+  layers = features.describe(module, abstract, input_shape)
+  return Network(name, module, tuple(input_shape), layers, features.count_params(abstract["params"]),
+                 features.total_macs(layers))
+
+
+@dataclasses.dataclass
+class Stage:
+  name: str
+  trains: str                   # "teacher" | "student": the network whose variables this stage outputs
+  num_steps: int
+  tx: Any                       # optax transformation for the leaves labelled 'train'
+  init: Callable                # (rng, carry or None) -> (params, batch_stats) trees keyed by network
+  loss: Callable                # (params, batch_stats, teacher, batch, rng, step) -> (loss, (metrics, batch_stats))
+  labels: Optional[Callable] = None   # params -> tree of 'train' / 'freeze'; None: all 'train'
+  uses_teacher: bool = False
+  evaluate: bool = True         # evaluate the trained network on the test split at the end
+
+  def output(self, params, batch_stats):
+    """(params, batch_stats) of the trained network, handed to the next stage."""
+    return params[self.trains], batch_stats[self.trains]
+
+  def param_labels(self, params):
+    return self.labels(params) if self.labels else jax.tree.map(lambda _: "train", params)
+
+
+@dataclasses.dataclass
+class Context:
+  """What methods may read: the config, the networks, and the epoch length."""
+  config: Any
+  student: Network
+  teacher: Optional[Network]
+  steps_per_epoch: int
+
+  def steps(self, stage_key):
+    """A stage's length in steps: `stages.<key>.steps` if > 0, else epochs × steps per epoch."""
+    cfg = self.config.stages[stage_key]
+    check(cfg.steps >= 0 and cfg.epochs >= 0,
+          f"stages.{stage_key}: steps={cfg.steps!r} and epochs={cfg.epochs!r} must be ≥ 0.")
+    n = cfg.steps or int(round(cfg.epochs * self.steps_per_epoch))
+    check(n > 0, f"stages.{stage_key} would run 0 steps; set stages.{stage_key}.epochs or .steps > 0.")
+    return n
+
+  def optimizer(self, stage_key, num_steps):
+    return optim.optimizer(self.config.stages[stage_key].optimizer, num_steps, self.steps_per_epoch,
+                           f"stages.{stage_key}.optimizer")
+
+
+def forward(net, params, batch_stats, x, train, rng=None, capture=()):
+  """(logits, captured features, batch_stats after the call) of `net`."""
+  variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+  logits, feats, new_stats = features.apply(net.module, variables, x, train, capture,
+                                            rngs={"dropout": rng} if rng is not None else None)
+  return logits, feats, new_stats if new_stats is not None else batch_stats
+
+
+def fresh_or_carried(net, rng, carry):
+  return carry if carry is not None else net.init(rng)
+
+
+def supervised_stage(ctx, name, net, stage_key, trains):
+  """Cross-entropy on the labels only: a teacher's training, or the 'scratch' student baseline."""
+  num_steps = ctx.steps(stage_key)
+
+  def init(rng, carry):
+    params, stats = fresh_or_carried(net, rng, carry)
+    return {trains: params}, {trains: stats}
+
+  def loss(params, batch_stats, teacher, batch, rng, step):
+    logits, _, stats = forward(net, params[trains], batch_stats[trains], batch["image"], True, rng)
+    ce = losses.cross_entropy(logits, batch["label"])
+    return ce, ({"ce": ce, "accuracy": losses.accuracy(logits, batch["label"])}, {trains: stats})
+
+  return Stage(name, trains, num_steps, ctx.optimizer(stage_key, num_steps), init, loss)
+
+
+def linear_anneal(start, end, begin, length):
+  """λ(step): `start` until `begin`, then linear to `end` over `length` steps, then `end`."""
+  return optax.linear_schedule(start, end, max(1, length), begin)

@@ -1,0 +1,60 @@
+"""`kd`: knowledge distillation from the teacher's softened outputs, no hint stage.
+
+Loss (`kd.loss`): `fitnets` — H(y, P_S) + λ·H(P_T^τ, P_S^τ) with λ annealed linearly
+(Romero et al. 2015, eq. 2; no τ²) — or `hinton` — α·τ²·KL(P_T^τ ‖ P_S^τ) + (1−α)·H(y, P_S)
+(Hinton et al. 2015). The teacher runs in inference mode inside the step.
+"""
+
+from fitnets_jax import losses
+from fitnets_jax.errors import check, one_of
+from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, linear_anneal
+
+USES_TEACHER = True
+KD_LOSSES = ("fitnets", "hinton")
+
+
+def lambda_schedule(cfg, num_steps, steps_per_epoch):
+  """λ(step) of the FitNets KD loss: `lambda_start` → `lambda_end`, linear (SPEC §2: 4 → 1)."""
+  check(cfg.lambda_start >= cfg.lambda_end >= 0,
+        f"kd.lambda_start={cfg.lambda_start!r} → kd.lambda_end={cfg.lambda_end!r}: FitNets anneals λ "
+        "downwards (the teacher's weight falls as the student learns), so 0 ≤ lambda_end ≤ lambda_start.")
+  check(cfg.lambda_decay_begin_epochs >= 0,
+        f"kd.lambda_decay_begin_epochs={cfg.lambda_decay_begin_epochs!r} must be ≥ 0.")
+  check(cfg.lambda_decay_epochs == -1 or cfg.lambda_decay_epochs > 0,
+        f"kd.lambda_decay_epochs={cfg.lambda_decay_epochs!r} must be > 0, or -1 for 'until the stage ends'.")
+  begin = int(round(cfg.lambda_decay_begin_epochs * steps_per_epoch))
+  length = (num_steps - begin if cfg.lambda_decay_epochs < 0
+            else int(round(cfg.lambda_decay_epochs * steps_per_epoch)))
+  return linear_anneal(cfg.lambda_start, cfg.lambda_end, begin, length)
+
+
+def kd_stage(ctx, name="kd"):
+  cfg = ctx.config.kd
+  one_of("kd.loss", cfg.loss, KD_LOSSES)
+  check(cfg.temperature > 0, f"kd.temperature={cfg.temperature!r} must be > 0.")
+  check(0.0 <= cfg.alpha <= 1.0, f"kd.alpha={cfg.alpha!r} must be in [0, 1].")
+  num_steps = ctx.steps("student")
+  lam = lambda_schedule(cfg, num_steps, ctx.steps_per_epoch)
+  student, teacher = ctx.student, ctx.teacher
+
+  def init(rng, carry):
+    params, stats = fresh_or_carried(student, rng, carry)
+    return {"student": params}, {"student": stats}
+
+  def loss(params, batch_stats, teacher_vars, batch, rng, step):
+    x, y = batch["image"], batch["label"]
+    t_logits, _, _ = forward(teacher, teacher_vars["params"], teacher_vars["batch_stats"], x, False)
+    s_logits, _, stats = forward(student, params["student"], batch_stats["student"], x, True, rng)
+    if cfg.loss == "fitnets":
+      total, parts = losses.fitnets_kd_loss(s_logits, t_logits, y, lam(step), cfg.temperature)
+      parts["lambda"] = lam(step)
+    else:
+      total, parts = losses.hinton_kd_loss(s_logits, t_logits, y, cfg.alpha, cfg.temperature)
+    parts["accuracy"] = losses.accuracy(s_logits, y)
+    return total, (parts, {"student": stats})
+
+  return Stage(name, "student", num_steps, ctx.optimizer("student", num_steps), init, loss, uses_teacher=True)
+
+
+def stages(ctx):
+  return [kd_stage(ctx)]

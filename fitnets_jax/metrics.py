@@ -1,0 +1,52 @@
+"""Run outputs: `metrics.jsonl` (one JSON object per logged event), TensorBoard scalars, and the
+progress line. Only process 0 writes."""
+
+import datetime
+import json
+import os
+
+import jax
+
+
+class Writer:
+
+  def __init__(self, workdir):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if self.enabled:
+      import tensorflow as tf
+      self._tf = tf
+      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, record, global_step):
+    """Appends `record` ({stage, step, epoch, split, ...scalars}) to metrics.jsonl and TensorBoard."""
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    with self._tb.as_default(step=global_step):
+      for key, value in record.items():
+        if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+          self._tf.summary.scalar(f"{record['stage']}/{record['split']}/{key}", value)
+    self._tb.flush()
+
+  def truncate(self, keep):
+    """Drops records logged after the checkpoint a run resumes from (they will be logged again)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    with open(self.path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records if keep(r))
+
+  def progress(self, stage, step, total, scalars, images_per_s, seconds_left):
+    if not self.enabled:
+      return
+    parts = " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k in ("loss", "accuracy", "hint", "lambda"))
+    eta = datetime.timedelta(seconds=int(seconds_left))
+    print(f"[{stage}] step {step}/{total} {parts} {images_per_s:,.0f} img/s ETA {eta}", flush=True)
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()

@@ -1,0 +1,82 @@
+"""Model registry: `get_model(name, num_classes, dropout)` → a Flax module with named layers.
+
+| name | paper model |
+|---|---|
+| maxout_cifar_teacher | Goodfellow's CIFAR-10 maxout net: 96/192/192 ch, kernels 8/8/5, pads 4/3/3, pools 4/4/2 s2, fc 500×5 |
+| fitnet1 … fitnet4 | FitNets Table 7 students: 3×3 maxout convs (2 pieces), 2×2 pools between blocks, global 8×8 pool, fc 500×5 |
+| maxout_mnist_teacher | Goodfellow's MNIST maxout net: 48/48/24 ch, pieces 2/2/4, kernels 8/8/5, pads 0/3/3, pools 4/4/2 s2 |
+| fitnet_mnist | FitNets MNIST student: 6 maxout convs 16-16-16-16-12-12, 2×2 pools after conv2 and conv4 |
+| maxout_svhn_teacher | maxout net 64/128/128 ch, kernels 8/8/5, fc 200×5 (sized to the paper's 4.9M; layout unverified) |
+| fitnet_svhn | 13 layers (paper §3.2): FitNet 3's 11 convs + fc + softmax |
+| digits_teacher | 8×8 digits teacher: maxout convs 32-64-64 with batch norm, fc 128×2 (179K params) |
+| digits_student | 8×8 digits FitNet: 10 thin maxout convs (6×5, 12×5), no batch norm, fc 32×2 (18K params) |
+| digits_student_bn | 6 maxout convs 8-8-16-16-16-16 with batch norm, fc 32×2 (22K params) |
+"""
+
+from fitnets_jax.errors import FitnetsError
+from fitnets_jax.models.maxout import ConvSpec, MaxoutNet
+
+PAPER_INIT = 0.005  # U(±0.005), FitNets §4 / maxout paper
+
+
+def _plain(channels, pool_after=(), global_pool_last=False, pieces=2):
+  """3×3 padded maxout convs with 2×2 pools after the listed (1-based) layers."""
+  specs = []
+  for i, c in enumerate(channels, start=1):
+    last = i == len(channels)
+    specs.append(ConvSpec(c, pieces, 3, 1, pool=2 if i in pool_after else 0,
+                          global_pool=global_pool_last and last))
+  return tuple(specs)
+
+
+def _fitnet(blocks):
+  """FitNets Table 7: blocks of 3×3 maxout convs, 2×2 pool after blocks 1-2, global pool after 3."""
+  channels, ends = [], []
+  for block in blocks:
+    channels += block
+    ends.append(len(channels))
+  return _plain(channels, pool_after=ends[:-1], global_pool_last=True)
+
+
+_FITNET_BLOCKS = {
+    "fitnet1": ((16, 16, 16), (32, 32, 32), (48, 48, 64)),
+    "fitnet2": ((16, 32, 32), (48, 64, 80), (96, 96, 128)),
+    "fitnet3": ((32, 48, 64, 64), (80,) * 4, (128,) * 3),
+    "fitnet4": ((32, 32, 32, 48, 48), (80,) * 6, (128,) * 6),
+}
+
+_SPECS = {
+    "maxout_cifar_teacher": dict(
+        convs=(ConvSpec(96, 2, 8, 4, 4, 2), ConvSpec(192, 2, 8, 3, 4, 2), ConvSpec(192, 2, 5, 3, 2, 2)),
+        dense_units=500, dense_pieces=5, init_range=PAPER_INIT),
+    **{name: dict(convs=_fitnet(blocks), dense_units=500, dense_pieces=5, init_range=PAPER_INIT)
+       for name, blocks in _FITNET_BLOCKS.items()},
+    "maxout_mnist_teacher": dict(
+        convs=(ConvSpec(48, 2, 8, 0, 4, 2), ConvSpec(48, 2, 8, 3, 4, 2), ConvSpec(24, 4, 5, 3, 2, 2)),
+        init_range=PAPER_INIT),
+    "fitnet_mnist": dict(convs=_plain((16, 16, 16, 16, 12, 12), pool_after=(2, 4)), init_range=PAPER_INIT),
+    "maxout_svhn_teacher": dict(
+        convs=(ConvSpec(64, 2, 8, 4, 4, 2), ConvSpec(128, 2, 8, 3, 4, 2), ConvSpec(128, 2, 5, 3, 2, 2)),
+        dense_units=200, dense_pieces=5, init_range=PAPER_INIT),
+    "fitnet_svhn": dict(convs=_fitnet(_FITNET_BLOCKS["fitnet3"]), dense_units=500, dense_pieces=5,
+                        init_range=PAPER_INIT),
+    "digits_teacher": dict(
+        convs=_plain((32, 64, 64), pool_after=(2, 3)), dense_units=128, dense_pieces=2, batch_norm=True),
+    # Thin and deep, no batch norm: the regime FitNets addresses (plain backprop struggles there).
+    "digits_student": dict(
+        convs=_plain((6,) * 5 + (12,) * 5, pool_after=(5, 10)), dense_units=32, dense_pieces=2),
+    "digits_student_bn": dict(
+        convs=_plain((8, 8, 16, 16, 16, 16), pool_after=(3, 6)), dense_units=32, dense_pieces=2,
+        batch_norm=True),
+}
+
+MODEL_NAMES = tuple(_SPECS)
+
+
+def get_model(name, num_classes, dropout=0.0, key="model"):
+  """Builds the named model; an unknown name raises FitnetsError listing the known ones."""
+  if name not in _SPECS:
+    raise FitnetsError(f"{key}={name!r} is not a known model; choose one of: {', '.join(MODEL_NAMES)}.")
+  if not 0.0 <= dropout < 1.0:
+    raise FitnetsError(f"{key.rsplit('.', 1)[0]}.dropout={dropout!r} must be in [0, 1).")
+  return MaxoutNet(num_classes=num_classes, dropout=dropout, **_SPECS[name])

@@ -1,0 +1,123 @@
+"""Maxout convolutional networks: Goodfellow et al.'s teachers and the FitNets students.
+
+Every layer is named (`conv1` … `convN`, `fc`, `logits`) so a config can point at it. As in
+pylearn2's MaxoutConvC01B, a conv layer's output (what a hint captures) is taken *after* its
+maxout and its pooling. Pooling uses cuda-convnet's rule, out = ceil((n − size)/stride) + 1,
+which reproduces the paper's 725M multiplications for the CIFAR-10 teacher (SPEC §2).
+"""
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def maxout(x, pieces):
+  """Maxout over groups of `pieces` consecutive channels (Goodfellow et al. 2013, eq. 1)."""
+  if pieces == 1:
+    return x
+  return jnp.max(x.reshape(x.shape[:-1] + (x.shape[-1] // pieces, pieces)), axis=-1)
+
+
+def max_pool_ceil(x, size, stride):
+  """Max pooling whose windows cover the whole map (cuda-convnet's ceil rule)."""
+  pads = []
+  for n in x.shape[1:3]:
+    out = max(1, math.ceil((n - size) / stride) + 1)
+    pads.append((0, max(0, (out - 1) * stride + size - n)))
+  return nn.max_pool(x, (size, size), strides=(stride, stride), padding=pads)
+
+
+def kernel_init(init_range):
+  """U(±init_range) as in the maxout/FitNets papers; LeCun normal when init_range is 0."""
+  if not init_range:
+    return nn.initializers.lecun_normal()
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -init_range, init_range)
+
+  return init
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+  """One maxout conv layer: channels, pieces, square kernel, zero padding, then pooling."""
+  features: int
+  pieces: int = 2
+  kernel: int = 3
+  padding: int = 1
+  pool: int = 0             # 0: no pooling
+  pool_stride: int = 0      # 0: same as pool
+  global_pool: bool = False  # max over the whole remaining map (FitNets' final 8×8 pool)
+
+
+class MaxoutConv(nn.Module):
+  """conv → (batch norm) → maxout → (max pool). Captured output: after the pooling."""
+  spec: ConvSpec
+  batch_norm: bool = False
+  init_range: float = 0.0
+  nonlinearity = "maxout"
+
+  @property
+  def pieces(self):
+    return self.spec.pieces
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    s = self.spec
+    x = nn.Conv(s.features * s.pieces, (s.kernel, s.kernel), padding=[(s.padding, s.padding)] * 2,
+                use_bias=not self.batch_norm, kernel_init=kernel_init(self.init_range), name="conv")(x)
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x)
+    x = maxout(x, s.pieces)
+    if s.global_pool:
+      return jnp.max(x, axis=(1, 2), keepdims=True)
+    if s.pool:
+      x = max_pool_ceil(x, s.pool, s.pool_stride or s.pool)
+    return x
+
+
+class MaxoutDense(nn.Module):
+  """Dense → (batch norm) → maxout."""
+  units: int
+  pieces: int
+  batch_norm: bool = False
+  init_range: float = 0.0
+  nonlinearity = "maxout"
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Dense(self.units * self.pieces, use_bias=not self.batch_norm,
+                 kernel_init=kernel_init(self.init_range), name="dense")(x)
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x)
+    return maxout(x, self.pieces)
+
+
+class MaxoutNet(nn.Module):
+  """Maxout conv layers, an optional maxout dense layer, and a softmax layer (`logits`).
+
+  Dropout (rate `dropout`, only when > 0) is applied before `fc` and before `logits`.
+  """
+  convs: tuple
+  num_classes: int
+  dense_units: int = 0
+  dense_pieces: int = 1
+  batch_norm: bool = False
+  dropout: float = 0.0
+  init_range: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    for i, spec in enumerate(self.convs, start=1):
+      x = MaxoutConv(spec, self.batch_norm, self.init_range, name=f"conv{i}")(x, train)
+    x = x.reshape((x.shape[0], -1))
+    if self.dense_units:
+      if self.dropout:
+        x = nn.Dropout(self.dropout, deterministic=not train, name="fc_dropout")(x)
+      x = MaxoutDense(self.dense_units, self.dense_pieces, self.batch_norm, self.init_range, name="fc")(x, train)
+    if self.dropout:
+      x = nn.Dropout(self.dropout, deterministic=not train, name="logits_dropout")(x)
+    return nn.Dense(self.num_classes, kernel_init=kernel_init(self.init_range), name="logits")(x)

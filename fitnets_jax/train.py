@@ -1,0 +1,331 @@
+"""The one training loop: any method's stages, data-parallel, checkpointed, resumable.
+
+Each stage's step is one `jax.jit` over a 1-D device mesh: the batch is sharded on the `data`
+axis, the state and the frozen teacher are replicated, the old state is donated, and XLA inserts
+the gradient all-reduce, so 1 device and N devices compute the same numbers. A stage trains only
+the leaves its labels mark 'train' (`optax.partition` + `set_to_zero`); frozen leaves pass through
+the step unchanged.
+
+Checkpoints (orbax) hold the current stage's state and JSON metadata (stage, step, results so
+far) every `checkpoint_every_steps` and at each stage end; a restarted run resumes in the right
+stage with the same parameters, optimizer state, RNG and data order.
+"""
+
+import collections
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fitnets_jax import checkpoint, data, experiment, metrics, optim
+from fitnets_jax.errors import FitnetsError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh):
+  return NamedSharding(mesh, P("data"))
+
+
+def to_global(batch, mesh):
+  """This host's numpy batch → global arrays sharded over the mesh's 'data' axis."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def prefetch_to_device(batches, mesh, size=2):
+  """Keeps `size` batches in flight to the devices ahead of the step that consumes them."""
+  queue = collections.deque()
+  for batch in batches:
+    queue.append(to_global(batch, mesh))
+    if len(queue) > size:
+      yield queue.popleft()
+  yield from queue
+
+
+def make_step(stage, tx, labels):
+  """The stage's train step: loss, gradients, update of the trained leaves, metrics."""
+
+  def step(state, batch, teacher):
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      return stage.loss(params, state.batch_stats, teacher, batch, rng, state.step)
+
+    (loss, (scalars, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    params = jax.tree.map(lambda label, new, old: new if label == "train" else old,
+                          labels, new_params, state.params)
+    scalars = dict(scalars, loss=loss)
+    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state), scalars
+
+  return step
+
+
+def compile_step(stage, tx, labels, mesh, state, batch, teacher):
+  """AOT-compiles the jitted step; returns (compiled, compile seconds, FLOPs per step)."""
+  rep = replicated(mesh)
+  jitted = jax.jit(make_step(stage, tx, labels), in_shardings=(rep, batch_sharding(mesh), rep),
+                   out_shardings=(rep, rep), donate_argnums=0)
+  start = time.perf_counter()
+  compiled = jitted.lower(state, batch, teacher).compile()
+  seconds = time.perf_counter() - start
+  return compiled, seconds, step_flops(compiled)
+
+
+def step_flops(compiled):
+  """FLOPs of one step from XLA's cost analysis (None where the backend gives none)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+class Evaluator:
+  """Test accuracy of a network, data-parallel, with padded final batches masked out."""
+
+  def __init__(self, exp):
+    self.exp = exp
+    self._steps = {}
+
+  def _step(self, net):
+    if net.name not in self._steps:
+      def step(variables, batch):
+        logits = net.module.apply(variables, batch["image"], train=False)
+        hits = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32) * batch["mask"]
+        return jnp.sum(hits), jnp.sum(batch["mask"])
+      rep = replicated(self.exp.mesh)
+      self._steps[net.name] = jax.jit(step, in_shardings=(rep, batch_sharding(self.exp.mesh)), out_shardings=rep)
+    return self._steps[net.name]
+
+  def accuracy(self, net, params, batch_stats):
+    step = self._step(net)
+    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    totals = [step(variables, b) for b in prefetch_to_device(
+        data.eval_batches(self.exp.data, self.exp.local_eval_batch), self.exp.mesh)]
+    hits, count = np.sum(jax.device_get(totals), axis=0)
+    return float(hits / count)
+
+
+def init_state(stage, tx, rng, carry, mesh):
+  params, batch_stats = stage.init(rng, carry)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params), rng=rng)
+  # Fresh host copies: the donated device state must not alias arrays anyone else holds.
+  return jax.device_put(jax.device_get(state), replicated(mesh))
+
+
+def abstract_state(stage, tx, rng, mesh):
+  shapes = jax.eval_shape(lambda: init_state_host(stage, tx, rng))
+  rep = replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
+
+
+def init_state_host(stage, tx, rng):
+  params, batch_stats = stage.init(rng, None)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), rng=rng)
+
+
+def _mean_scalars(pending):
+  values = jax.device_get(pending)
+  return {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+
+
+class Runner:
+  """Runs an Experiment's stages in order, resuming from the workdir's checkpoints."""
+
+  def __init__(self, exp, workdir):
+    self.exp, self.workdir, self.config = exp, workdir, exp.config
+    self.names = [s.name for s in exp.stages]
+    self.offsets = np.cumsum([0] + [s.num_steps for s in exp.stages]).tolist()
+    self.writer = metrics.Writer(workdir)
+    self.checkpoints = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), self.config.keep_checkpoints)
+    self.evaluator = Evaluator(exp)
+    self.results = {"stages": {}, "teacher_test_accuracy": None}
+
+  # ------------------------------------------------------------------ resume
+
+  def resume_point(self):
+    latest = self.checkpoints.latest()
+    if latest is None:
+      return None
+    step, meta = latest
+    if meta.get("stages") != self.names:
+      raise FitnetsError(
+          f"--workdir={self.workdir!r} holds a run with stages {meta.get('stages')}, but this config runs "
+          f"{self.names}; use a new workdir, or the config that made it (saved in its config.json).")
+    self.results = meta["results"]
+    self.writer.truncate(lambda record: self.offsets[self.names.index(record["stage"])] + record["step"] <= step)
+    return step, meta
+
+  def meta(self, index, stage_step, elapsed):
+    return {"stages": self.names, "stage": self.names[index], "stage_index": index,
+            "stage_step": stage_step, "stage_elapsed_s": elapsed, "results": self.results}
+
+  # ------------------------------------------------------------------ teacher
+
+  def teacher_variables(self, carry_teacher):
+    exp = self.exp
+    if carry_teacher is not None:
+      params, stats = carry_teacher
+      variables = {"params": params, "batch_stats": stats}
+    elif exp.teacher_variables is not None:
+      variables = {"params": exp.teacher_variables["params"],
+                   "batch_stats": exp.teacher_variables.get("batch_stats", {})}
+    else:
+      restored = checkpoint.load_teacher(self.workdir, jax.eval_shape(
+          lambda: exp.teacher.module.init({"params": jax.random.PRNGKey(0)},
+                                          jnp.zeros((1,) + exp.teacher.input_shape), train=False)))
+      variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+    variables = jax.device_put(jax.device_get(variables), replicated(exp.mesh))
+    if self.results["teacher_test_accuracy"] is None:
+      self.results["teacher_test_accuracy"] = self.evaluator.accuracy(exp.teacher, variables["params"],
+                                                                      variables["batch_stats"])
+    return variables
+
+  # ------------------------------------------------------------------ stages
+
+  def run(self):
+    exp = self.exp
+    resume = self.resume_point()
+    carry, teacher_carry, teacher = None, None, None
+    for index, stage in enumerate(exp.stages):
+      if resume is not None and index < resume[1]["stage_index"]:
+        continue
+      if stage.uses_teacher and teacher is None:
+        teacher = self.teacher_variables(teacher_carry)
+      rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), index)
+      labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
+      tx = optim.partitioned(stage.tx, labels)
+      elapsed = 0.0
+      if resume is not None and index == resume[1]["stage_index"]:
+        step, meta = resume
+        state = self.checkpoints.restore(step, abstract_state(stage, tx, rng, exp.mesh))
+        elapsed = meta["stage_elapsed_s"]
+        print(f"Resuming {stage.name!r} at step {meta['stage_step']}/{stage.num_steps} from {self.workdir}",
+              flush=True)
+      else:
+        state = init_state(stage, tx, rng, carry, exp.mesh)
+      if int(state.step) < stage.num_steps:
+        state = self.train_stage(index, stage, tx, labels, state, teacher or {}, elapsed)
+      carry = stage.output(state.params, state.batch_stats)
+      if stage.trains == "teacher":
+        teacher_carry, carry = carry, None
+    self.checkpoints.close()
+    summary = self.summary()
+    self.writer.close()
+    return summary
+
+  def train_stage(self, index, stage, tx, labels, state, teacher, elapsed):
+    exp, cfg = self.exp, self.config
+    start = int(state.step)
+    batches = prefetch_to_device(data.train_batches(
+        exp.data, exp.local_batch, exp.steps_per_epoch, cfg.seed, index, start, cfg.dataset.shuffle_buffer), exp.mesh)
+    first = next(batches)
+    step_fn, compile_s, flops = compile_step(stage, tx, labels, exp.mesh, state, first, teacher)
+    record = self.results["stages"].setdefault(stage.name, {})
+    record.update(steps=stage.num_steps, compile_s=round(compile_s, 3), flops_per_step=flops)
+    pending, batch = [], first
+    tick, tick_step, train_time = time.perf_counter(), start, record.get("train_time_s", 0.0)
+    for s in range(start, stage.num_steps):
+      state, scalars = step_fn(state, batch, teacher)
+      pending.append(scalars)
+      done = s + 1
+      if done < stage.num_steps:
+        batch = next(batches)
+      if done % cfg.log_every_steps == 0 or done == stage.num_steps:
+        values = _mean_scalars(pending)
+        now = time.perf_counter()
+        seconds = now - tick
+        train_time += seconds
+        images_per_s = (done - tick_step) * cfg.batch_size / max(seconds, 1e-9)
+        elapsed += seconds
+        self.writer.write({"stage": stage.name, "step": done, "epoch": round(done / exp.steps_per_epoch, 4),
+                           "split": "train", **values, "images_per_s": images_per_s},
+                          self.offsets[index] + done)
+        self.writer.progress(stage.name, done, stage.num_steps, values, images_per_s,
+                             (stage.num_steps - done) * seconds / max(done - tick_step, 1))
+        record["final_train_loss"] = values["loss"]
+        pending, tick, tick_step = [], time.perf_counter(), done
+      if stage.evaluate and cfg.eval_every_steps and done % cfg.eval_every_steps == 0 and done < stage.num_steps:
+        self.evaluate(index, stage, state, done)
+      if done % cfg.checkpoint_every_steps == 0 and done < stage.num_steps:
+        record["train_time_s"] = train_time
+        self.checkpoints.save(self.offsets[index] + done, state, self.meta(index, done, elapsed))
+    record.update(train_time_s=train_time, wall_time_s=round(elapsed + compile_s, 3),
+                  images_per_s=round(stage.num_steps * cfg.batch_size / max(train_time, 1e-9), 1))
+    if stage.evaluate:
+      record["test_accuracy"] = self.evaluate(index, stage, state, stage.num_steps)
+    if stage.trains == "teacher":
+      self.results["teacher_test_accuracy"] = record["test_accuracy"]
+      params, stats = stage.output(state.params, state.batch_stats)
+      checkpoint.save_teacher(self.workdir, jax.device_get({"params": params, "batch_stats": stats}),
+                              {**exp.teacher.describe(), "test_accuracy": record["test_accuracy"],
+                               "dataset": exp.data.name, "num_classes": exp.data.num_classes,
+                               "image_shape": list(exp.data.image_shape)})
+    self.checkpoints.save(self.offsets[index] + stage.num_steps, state,
+                          self.meta(index, stage.num_steps, elapsed))
+    return state
+
+  def evaluate(self, index, stage, state, done):
+    net = self.exp.teacher if stage.trains == "teacher" else self.exp.student
+    params, stats = stage.output(state.params, state.batch_stats)
+    acc = self.evaluator.accuracy(net, params, stats)
+    self.writer.write({"stage": stage.name, "step": done, "epoch": round(done / self.exp.steps_per_epoch, 4),
+                       "split": "test", "accuracy": acc}, self.offsets[index] + done)
+    if self.writer.enabled:
+      print(f"[{stage.name}] step {done}/{stage.num_steps} test accuracy {acc:.4f}", flush=True)
+    return acc
+
+  # ------------------------------------------------------------------ outputs
+
+  def summary(self):
+    exp, cfg = self.exp, self.config
+    student_stages = [s for s in exp.stages if s.trains == "student" and s.evaluate]
+    stages = {name: {k: v for k, v in r.items() if k != "train_time_s"} for name, r in self.results["stages"].items()}
+    summary = {
+        "method": cfg.method, "dataset": exp.data.name, "seed": cfg.seed,
+        "devices": int(exp.mesh.size), "processes": jax.process_count(),
+        "teacher": None if exp.teacher is None else {
+            **exp.teacher.describe(), "test_accuracy": self.results["teacher_test_accuracy"],
+            "checkpoint": exp.teacher_source or os.path.join(os.path.abspath(self.workdir), checkpoint.TEACHER_DIR)},
+        "student": {**exp.student.describe(),
+                    "test_accuracy": self.results["stages"][student_stages[-1].name].get("test_accuracy")},
+        "stages": stages,
+    }
+    if jax.process_index() == 0:
+      with open(os.path.join(self.workdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def run(config, workdir):
+  """Validates, then trains every stage of `config.method`; returns (and writes) summary.json."""
+  if config.distributed:
+    jax.distributed.initialize()
+  exp = experiment.prepare(config, workdir)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  return Runner(exp, workdir).run()

@@ -1,0 +1,25 @@
+"""Shared helpers for the training tests."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def final_state(workdir):
+  """The newest checkpoint's state as host numpy arrays."""
+  directory = os.path.join(workdir, "checkpoints")
+  step = max(int(d) for d in os.listdir(directory) if d.isdigit())
+  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
+  return step, jax.tree.map(np.asarray, restored)
+
+
+def without_timing(records):
+  return [{k: v for k, v in r.items() if k != "images_per_s"} for r in records]

@@ -1,0 +1,144 @@
+"""Datasets: the embedded digits, npz validation, TFDS under mock_data, order, padding, ZCA."""
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from fitnets_jax import FitnetsError, data
+from fitnets_jax.config import base_config
+
+
+def dataset_config(**overrides):
+  c = base_config().dataset
+  c.update(overrides)
+  return c
+
+
+def test_digits_split_is_fixed_and_documented():
+  x_train, y_train, x_test, y_test = data.digits_arrays()
+  assert x_train.shape == (1437, 8, 8, 1) and x_test.shape == (360, 8, 8, 1)
+  assert x_train.dtype == np.uint8 and x_train.max() == 255
+  assert set(np.unique(y_train)) == set(range(10))
+  again = data.digits_arrays()
+  np.testing.assert_array_equal(again[3], y_test)
+
+
+def test_standardize_gives_zero_mean_unit_std_on_the_training_set():
+  d = data.load(dataset_config(name="digits"))
+  batch = next(data.train_batches(d, d.num_train, 1, seed=0, stage_index=0))
+  assert abs(batch["image"].mean()) < 1e-3 and abs(batch["image"].std() - 1) < 1e-3
+
+
+@pytest.mark.parametrize("flip,shift", [(False, 0), (True, 3)])
+def test_resumed_iterator_yields_the_same_batches(flip, shift):
+  d = data.load(dataset_config(name="digits", flip=flip, shift=shift))
+  spe = d.num_train // 100
+  full = data.train_batches(d, 100, spe, seed=3, stage_index=1)
+  batches = [next(full) for _ in range(spe + 4)]
+  resumed = next(data.train_batches(d, 100, spe, seed=3, stage_index=1, start_step=spe + 2))
+  np.testing.assert_array_equal(resumed["image"], batches[spe + 2]["image"])
+  np.testing.assert_array_equal(resumed["label"], batches[spe + 2]["label"])
+  # A new epoch is a new permutation, and another seed another order.
+  assert not np.array_equal(batches[0]["label"], batches[spe]["label"])
+  other = next(data.train_batches(d, 100, spe, seed=4, stage_index=1))
+  assert not np.array_equal(other["label"], batches[0]["label"])
+
+
+def test_augmentation_flips_and_shifts_within_bounds():
+  d = data.load(dataset_config(name="digits", preprocess="none", shift=2))
+  plain = data.load(dataset_config(name="digits", preprocess="none"))
+  a = next(data.train_batches(d, 64, 10, 0, 0))["image"]
+  b = next(data.train_batches(plain, 64, 10, 0, 0))["image"]
+  assert a.shape == b.shape and not np.array_equal(a, b)
+  # Shifted copies of the same images: each is b moved by at most 2 px with zero fill.
+  for i in range(8):
+    found = any(np.array_equal(a[i], np.roll(np.pad(b[i], ((2, 2), (2, 2), (0, 0))), (dy, dx), (0, 1))[2:-2, 2:-2])
+                for dy in range(-2, 3) for dx in range(-2, 3))
+    assert found
+
+
+def test_eval_batches_cover_the_test_split_once_with_a_mask():
+  d = data.load(dataset_config(name="digits"))
+  batches = list(data.eval_batches(d, 128))
+  assert len(batches) == 3 and all(b["image"].shape == (128, 8, 8, 1) for b in batches)
+  assert sum(b["mask"].sum() for b in batches) == 360
+  labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+  np.testing.assert_array_equal(np.sort(labels), np.sort(data.digits_arrays()[3]))
+
+
+def test_zca_whitens_to_identity_covariance():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(5000, 6)) @ rng.normal(size=(6, 6))
+  mean, w = data.zca_fit(x, epsilon=1e-8)
+  white = (x - mean) @ w
+  np.testing.assert_allclose(np.cov(white, rowvar=False, bias=True), np.eye(6), atol=1e-3)
+  np.testing.assert_allclose(w, w.T, atol=1e-4)   # ZCA (not PCA): symmetric
+
+
+def test_gcn_gives_zero_mean_and_norm_scale():
+  x = data.gcn(np.random.default_rng(0).normal(size=(4, 30)) + 5, scale=55.0)
+  np.testing.assert_allclose(x.mean(1), 0, atol=1e-9)
+  np.testing.assert_allclose(np.linalg.norm(x, axis=1), 55.0)
+
+
+def write_npz(path, **overrides):
+  rng = np.random.default_rng(0)
+  arrays = dict(train_images=rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8),
+                train_labels=rng.integers(0, 4, 40), test_images=rng.integers(0, 256, (10, 6, 6, 3), dtype=np.uint8),
+                test_labels=rng.integers(0, 4, 10))
+  arrays.update(overrides)
+  arrays = {k: v for k, v in arrays.items() if v is not None}
+  np.savez(path, **arrays)
+  return str(path)
+
+
+def test_npz_dataset_loads(tmp_path):
+  d = data.load(dataset_config(name="npz", path=write_npz(tmp_path / "ok.npz")))
+  assert (d.num_train, d.num_test, d.image_shape, d.num_classes) == (40, 10, (6, 6, 3), 4)
+  batch = next(data.train_batches(d, 8, 5, 0, 0))
+  assert batch["image"].shape == (8, 6, 6, 3)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(test_labels=None), "lacks test_labels"),
+    (dict(train_images=np.zeros((40, 6, 6), np.uint8)), "must be NHWC"),
+    (dict(train_images=np.zeros((40, 6, 6, 3), np.float32)), "must be uint8"),
+    (dict(test_labels=np.full(10, 7)), r"test_labels .* range over 7..7; labels must lie in 0..3"),
+    (dict(train_labels=np.full(40, -1)), "train_labels .* range over -1"),
+    (dict(test_images=np.zeros((0, 6, 6, 3), np.uint8), test_labels=np.zeros(0, int)), "test_images .* is empty"),
+    (dict(train_labels=np.zeros(39, int)), "39 labels for 40 images"),
+    (dict(test_images=np.zeros((10, 5, 5, 3), np.uint8)), "same image shape"),
+    (dict(train_labels=np.zeros(40, np.float32)), "1-D integer array"),
+])
+def test_malformed_npz_is_a_clear_error(tmp_path, overrides, message):
+  path = write_npz(tmp_path / "bad.npz", **overrides)
+  with pytest.raises(FitnetsError, match=message):
+    data.load(dataset_config(name="npz", path=path))
+
+
+def test_npz_that_is_not_an_npz(tmp_path):
+  path = tmp_path / "junk.npz"
+  path.write_text("not a zip")
+  with pytest.raises(FitnetsError, match="could not be read as an .npz"):
+    data.load(dataset_config(name="npz", path=str(path)))
+  with pytest.raises(FitnetsError, match="does not exist"):
+    data.load(dataset_config(name="npz", path=str(tmp_path / "missing.npz")))
+
+
+def test_unknown_dataset_lists_the_sources():
+  with pytest.raises(FitnetsError, match=r"dataset.name='imagenet' is not valid; choose one of: 'digits', 'npz'"):
+    data.load(dataset_config(name="imagenet"))
+
+
+def test_tfds_missing_data_is_a_clear_error(tmp_path):
+  with pytest.raises(FitnetsError, match=r"dataset.name='cifar10'.*could not be read from .*download=False"):
+    data.load(dataset_config(name="cifar10", data_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("name,shape,classes", [("cifar100", (32, 32, 3), 100), ("mnist", (28, 28, 1), 10)])
+def test_tfds_sources_under_mock_data(name, shape, classes):
+  with tfds.testing.mock_data(num_examples=24):
+    d = data.load(dataset_config(name=name))
+    assert (d.image_shape, d.num_classes, d.num_train) == (shape, classes, 24)
+    batch = next(data.train_batches(d, 8, 3, 0, 0))
+  assert batch["image"].shape == (8,) + shape and batch["image"].dtype == np.float32

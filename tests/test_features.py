@@ -1,0 +1,114 @@
+"""Layer listing, capture, regressor sizing, trainable prefixes, and parameter/MAC counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fitnets_jax import FitnetsError, features, models
+from fitnets_jax.methods.base import network
+from fitnets_jax.models.maxout import ConvSpec, MaxoutNet, max_pool_ceil, maxout
+from fitnets_jax.models.regressor import Regressor
+
+
+def layer(name, shape, nonlinearity="maxout", pieces=2):
+  return features.Layer(name, (name,), "MaxoutConv", shape, nonlinearity, pieces, 0, 0)
+
+
+@pytest.mark.parametrize("guided,hint,kernel", [
+    ((8, 8, 80), (7, 7, 192), (2, 2)),     # CIFAR-10 FitNet 4: conv11 ← teacher conv2
+    ((7, 7, 16), (4, 4, 48), (4, 4)),      # MNIST: conv4 ← conv2
+    ((4, 4, 6), (4, 4, 64), (1, 1)),       # digits quick start
+    ((9, 6, 3), (5, 6, 3), (5, 1)),        # non-square: one k per axis
+])
+def test_regressor_kernel_is_ng_minus_nh_plus_one(guided, hint, kernel):
+  assert features.regressor_kernel(layer("g", guided), layer("h", hint)) == kernel
+
+
+def test_regressor_kernel_rejects_a_guided_map_smaller_than_the_hint_map():
+  with pytest.raises(FitnetsError, match=r"smaller than the 7×7 map.*hint.teacher_layer='h'"):
+    features.regressor_kernel(layer("g", (4, 4, 16)), layer("h", (7, 7, 192)))
+
+
+def test_regressor_kernel_rejects_dense_layers():
+  with pytest.raises(FitnetsError, match="needs two feature maps"):
+    features.regressor_kernel(layer("g", (500,)), layer("h", (7, 7, 192)))
+
+
+def test_regressor_maps_guided_shape_onto_hint_shape_with_the_hint_nonlinearity():
+  reg = Regressor(192, (2, 2), "maxout", 2, 0.05)
+  variables = reg.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 80)))
+  kernel = variables["params"]["conv"]["kernel"]
+  assert kernel.shape == (2, 2, 80, 192 * 2)        # k1·k2·O_g·O_h, times the maxout pieces
+  assert float(jnp.max(jnp.abs(kernel))) <= 0.05    # U(±0.05)
+  out = reg.apply(variables, jnp.ones((3, 8, 8, 80)))
+  assert out.shape == (3, 7, 7, 192)
+  pre = jax.lax.conv_general_dilated(jnp.ones((3, 8, 8, 80)), kernel, (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + variables["params"]["conv"]["bias"]
+  np.testing.assert_allclose(out, pre.reshape(3, 7, 7, 192, 2).max(-1), rtol=1e-5)
+
+
+def test_maxout_takes_the_max_of_consecutive_channel_groups():
+  x = jnp.array([[1.0, 5.0, -2.0, -3.0, 0.5, 0.25]])
+  np.testing.assert_array_equal(maxout(x, 2), [[5.0, -2.0, 0.5]])
+  np.testing.assert_array_equal(maxout(x, 3), [[5.0, 0.5]])
+
+
+def test_ceil_pooling_covers_the_whole_map():
+  # cuda-convnet: out = ceil((33 − 4)/2) + 1 = 16 (floor pooling would give 15).
+  assert max_pool_ceil(jnp.zeros((1, 33, 33, 1)), 4, 2).shape == (1, 16, 16, 1)
+  x = jnp.arange(25.0).reshape(1, 5, 5, 1)
+  np.testing.assert_array_equal(max_pool_ceil(x, 2, 2)[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
+
+
+def test_macs_and_params_by_hand():
+  net = network("toy", MaxoutNet(convs=(ConvSpec(4, 2, 3, 1),), num_classes=10), (8, 8, 1))
+  # conv: 8·8 positions × 3·3·1 inputs × 8 outputs; logits: 256 × 10.
+  assert net.macs == 64 * 9 * 8 + 256 * 10
+  assert net.params == (9 * 8 + 8) + (256 * 10 + 10)
+  assert [l.name for l in net.layers] == ["conv1/conv", "conv1", "logits"]
+  assert net.layers[1].shape == (8, 8, 4)
+
+
+@pytest.mark.parametrize("name,paper_macs", [("fitnet1", 30e6), ("fitnet2", 108e6), ("fitnet4", 382e6),
+                                             ("maxout_cifar_teacher", 725e6)])
+def test_cifar_models_match_the_papers_multiplications(name, paper_macs):
+  net = network(name, models.get_model(name, 10), (32, 32, 3))
+  assert abs(net.macs - paper_macs) / paper_macs < 0.015
+
+
+def test_describe_lists_layers_in_execution_order_with_shapes():
+  net = network("digits_student", models.get_model("digits_student", 10), (8, 8, 1))
+  top = [l for l in net.layers if "/" not in l.name]
+  assert [l.name for l in top] == [f"conv{i}" for i in range(1, 11)] + ["fc", "logits"]
+  assert top[4].shape == (4, 4, 6) and top[4].nonlinearity == "maxout" and top[4].pieces == 2
+  assert top[9].shape == (2, 2, 12) and top[10].shape == (32,) and top[10].pieces == 2
+
+
+def test_find_layer_error_lists_valid_names():
+  net = network("digits_student", models.get_model("digits_student", 10), (8, 8, 1))
+  with pytest.raises(FitnetsError, match=r"hint.student_layer='conv99'.*Valid names: conv1/conv.*logits"):
+    features.find_layer(net.layers, "conv99", "hint.student_layer", net.name)
+
+
+def test_unknown_model_lists_known_models():
+  with pytest.raises(FitnetsError, match="student.model='resnet9000'.*fitnet4"):
+    models.get_model("resnet9000", 10, key="student.model")
+
+
+def test_capture_returns_the_named_layer_output():
+  module = models.get_model("digits_student_bn", 10)
+  variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+  logits, feats, _ = features.apply(module, variables, x, False, capture=("conv4", "conv4/conv"))
+  assert feats["conv4"].shape == (2, 4, 4, 16) and feats["conv4/conv"].shape == (2, 4, 4, 32)
+  np.testing.assert_allclose(logits, module.apply(variables, x), rtol=1e-6)
+
+
+def test_prefix_labels_train_up_to_the_guided_layer():
+  net = network("digits_student", models.get_model("digits_student", 10), (8, 8, 1))
+  params, _ = net.init(jax.random.PRNGKey(0))
+  labels = features.prefix_labels(params, features.prefix_paths(net.layers, "conv5"))
+  assert {k: set(jax.tree.leaves(v)) for k, v in labels.items()} == {
+      **{f"conv{i}": {"train"} for i in range(1, 6)}, **{f"conv{i}": {"freeze"} for i in range(6, 11)},
+      "fc": {"freeze"}, "logits": {"freeze"}}
