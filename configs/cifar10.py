@@ -8,7 +8,7 @@ max-norm 0.9 / 1.9 / 1.9365, λ 4 → 1 annealed from epoch 5 to epoch 400 (the 
   python -m fitnets_jax.main --config configs/cifar10.py:fitnet1 --workdir runs/cifar10_fitnet1
 """
 
-from fitnets_jax.config import base_config, stage_config
+from fitnets_jax.config import PAPER_MAX_NORM, base_config, stage_config
 
 # FitNets Table 7 guided layers (hint: teacher conv2 for all four).
 GUIDED = {"fitnet1": "conv6", "fitnet2": "conv6", "fitnet3": "conv8", "fitnet4": "conv11"}
@@ -32,8 +32,7 @@ def get_config(student="fitnet4", dataset="cifar10"):
   c.kd.temperature = 3.0
   c.kd.lambda_decay_begin_epochs = 5.0
   c.kd.lambda_decay_epochs = 395.0
-  max_norm = dict(max_norm_conv=0.9, max_norm_dense=1.9, max_norm_logits=1.9365)
-  c.stages.teacher = stage_config(epochs=400, learning_rate=0.005, **max_norm)
-  c.stages.hint = stage_config(epochs=100, learning_rate=0.005, **max_norm)
-  c.stages.student = stage_config(epochs=400, learning_rate=0.005, **max_norm)
+  c.stages.teacher = stage_config(epochs=400, learning_rate=0.005, **PAPER_MAX_NORM)
+  c.stages.hint = stage_config(epochs=100, learning_rate=0.005, **PAPER_MAX_NORM)
+  c.stages.student = stage_config(epochs=400, learning_rate=0.005, **PAPER_MAX_NORM)
   return c

@@ -5,7 +5,7 @@ after 150 epochs. Needs MNIST prepared for TFDS (set dataset.data_dir, or datase
   python -m fitnets_jax.main --config configs/mnist.py --workdir runs/mnist
 """
 
-from fitnets_jax.config import base_config, stage_config
+from fitnets_jax.config import PAPER_MAX_NORM, base_config, stage_config
 
 
 def get_config():
@@ -23,8 +23,7 @@ def get_config():
   c.hint.student_layer = "conv4"      # 7×7×16 → 4×4 regressor kernel
   c.kd.temperature = 3.0
   c.kd.lambda_decay_epochs = 150.0    # λ: 4 → 1 over 150 epochs, then 1
-  max_norm = dict(max_norm_conv=0.9, max_norm_dense=1.9, max_norm_logits=1.9365)
-  c.stages.teacher = stage_config(epochs=200, learning_rate=0.005, **max_norm)
-  c.stages.hint = stage_config(epochs=50, learning_rate=0.0005, **max_norm)
-  c.stages.student = stage_config(epochs=300, learning_rate=0.0005, **max_norm)
+  c.stages.teacher = stage_config(epochs=200, learning_rate=0.005, **PAPER_MAX_NORM)
+  c.stages.hint = stage_config(epochs=50, learning_rate=0.0005, **PAPER_MAX_NORM)
+  c.stages.student = stage_config(epochs=300, learning_rate=0.0005, **PAPER_MAX_NORM)
   return c

@@ -7,7 +7,7 @@ fc + softmax (the paper's §3.2 "13 layers"); hint = teacher conv2 (7×7), guide
   python -m fitnets_jax.main --config configs/svhn.py --workdir runs/svhn
 """
 
-from fitnets_jax.config import base_config, stage_config
+from fitnets_jax.config import PAPER_MAX_NORM, base_config, stage_config
 
 
 def get_config():
@@ -25,8 +25,7 @@ def get_config():
   c.hint.teacher_layer = "conv2"
   c.hint.student_layer = "conv8"
   c.kd.temperature = 3.0
-  max_norm = dict(max_norm_conv=0.9, max_norm_dense=1.9, max_norm_logits=1.9365)
-  c.stages.teacher = stage_config(epochs=50, learning_rate=0.005, **max_norm)
-  c.stages.hint = stage_config(epochs=20, learning_rate=0.005, **max_norm)
-  c.stages.student = stage_config(epochs=50, learning_rate=0.005, **max_norm)
+  c.stages.teacher = stage_config(epochs=50, learning_rate=0.005, **PAPER_MAX_NORM)
+  c.stages.hint = stage_config(epochs=20, learning_rate=0.005, **PAPER_MAX_NORM)
+  c.stages.student = stage_config(epochs=50, learning_rate=0.005, **PAPER_MAX_NORM)
   return c

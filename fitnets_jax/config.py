@@ -8,6 +8,9 @@ import ml_collections
 
 METHODS = ("fitnets", "kd", "scratch")
 
+# Max-norm limits of the maxout and FitNets papers' pylearn2 configs (conv / dense / softmax).
+PAPER_MAX_NORM = dict(max_norm_conv=0.9, max_norm_dense=1.9, max_norm_logits=1.9365)
+
 
 def optimizer_config(name="rmsprop", learning_rate=0.005, **overrides):
   """One stage's optimizer. RMSProp, lr 0.005, decay 0.9 is FitNets' recipe (SPEC §2)."""

@@ -135,8 +135,7 @@ def _tfds(cfg):
           "(tfds build / tfds.load(..., download=True) on a machine with network), point "
           "dataset.data_dir at it, or set --config.dataset.download=True.") from None
 
-  def count(split):
-    ds, info = load(split)
+  def count(split, ds, info):
     try:
       return info.splits[split].num_examples
     except (KeyError, ValueError):  # No split metadata (e.g. tfds.testing.mock_data): count.
@@ -144,12 +143,12 @@ def _tfds(cfg):
       return n if n >= 0 else sum(1 for _ in ds)
 
   host = lambda split: tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
-  _, info = load(cfg.train_split)
-  stats_ds, _ = load(cfg.train_split)
-  sample = np.stack([x for x, _ in tfds.as_numpy(stats_ds.take(cfg.stats_examples))])
+  train_ds, info = load(cfg.train_split)
+  test_ds, _ = load(cfg.test_split)
+  sample = np.stack([x for x, _ in tfds.as_numpy(train_ds.take(cfg.stats_examples))])
   spec = dict(name=cfg.name, num_classes=info.features["label"].num_classes,
-              image_shape=tuple(info.features["image"].shape), num_train=count(cfg.train_split),
-              num_test=count(cfg.test_split),
+              image_shape=tuple(info.features["image"].shape), num_train=count(cfg.train_split, train_ds, info),
+              num_test=count(cfg.test_split, test_ds, info),
               train=lambda: load(host(cfg.train_split))[0].cache(),
               test=lambda: load(host(cfg.test_split))[0])
   return spec, sample

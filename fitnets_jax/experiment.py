@@ -8,7 +8,6 @@ import os
 from typing import Any, Optional
 
 import jax
-import numpy as np
 from jax.sharding import AxisType
 
 from fitnets_jax import checkpoint, data, methods, models
@@ -80,9 +79,7 @@ def reused_teacher(config, teacher):
   check(info.get("model") == teacher.name,
         f"teacher.checkpoint={config.teacher.checkpoint!r} holds a {info.get('model')!r} teacher but "
         f"teacher.model={teacher.name!r}; set --config.teacher.model={info.get('model')}.")
-  abstract = jax.eval_shape(lambda: teacher.module.init({"params": jax.random.PRNGKey(0)},
-                                                        np.zeros((1,) + teacher.input_shape, np.float32)))
-  return checkpoint.load_teacher(config.teacher.checkpoint, abstract)
+  return checkpoint.load_teacher(config.teacher.checkpoint, teacher.abstract_variables())
 
 
 def prepare(config, workdir):

@@ -127,24 +127,23 @@ class Evaluator:
     return float(hits / count)
 
 
-def init_state(stage, tx, rng, carry, mesh):
+def initial_state(stage, tx, rng, carry=None):
   params, batch_stats = stage.init(rng, carry)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                     opt_state=tx.init(params), rng=rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), rng=rng)
+
+
+def init_state(stage, tx, rng, carry, mesh):
+  """The stage's first state, replicated over the mesh."""
   # Fresh host copies: the donated device state must not alias arrays anyone else holds.
-  return jax.device_put(jax.device_get(state), replicated(mesh))
+  return jax.device_put(jax.device_get(initial_state(stage, tx, rng, carry)), replicated(mesh))
 
 
 def abstract_state(stage, tx, rng, mesh):
-  shapes = jax.eval_shape(lambda: init_state_host(stage, tx, rng))
+  """The stage's state as replicated ShapeDtypeStructs: the target of a checkpoint restore."""
   rep = replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), shapes)
-
-
-def init_state_host(stage, tx, rng):
-  params, batch_stats = stage.init(rng, None)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), rng=rng)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+                      jax.eval_shape(lambda: initial_state(stage, tx, rng)))
 
 
 def _mean_scalars(pending):
@@ -179,9 +178,9 @@ class Runner:
     self.writer.truncate(lambda record: self.offsets[self.names.index(record["stage"])] + record["step"] <= step)
     return step, meta
 
-  def meta(self, index, stage_step, elapsed):
+  def meta(self, index, stage_step):
     return {"stages": self.names, "stage": self.names[index], "stage_index": index,
-            "stage_step": stage_step, "stage_elapsed_s": elapsed, "results": self.results}
+            "stage_step": stage_step, "results": self.results}
 
   # ------------------------------------------------------------------ teacher
 
@@ -194,9 +193,7 @@ class Runner:
       variables = {"params": exp.teacher_variables["params"],
                    "batch_stats": exp.teacher_variables.get("batch_stats", {})}
     else:
-      restored = checkpoint.load_teacher(self.workdir, jax.eval_shape(
-          lambda: exp.teacher.module.init({"params": jax.random.PRNGKey(0)},
-                                          jnp.zeros((1,) + exp.teacher.input_shape), train=False)))
+      restored = checkpoint.load_teacher(self.workdir, exp.teacher.abstract_variables())
       variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
     variables = jax.device_put(jax.device_get(variables), replicated(exp.mesh))
     if self.results["teacher_test_accuracy"] is None:
@@ -218,17 +215,15 @@ class Runner:
       rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), index)
       labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
       tx = optim.partitioned(stage.tx, labels)
-      elapsed = 0.0
       if resume is not None and index == resume[1]["stage_index"]:
         step, meta = resume
         state = self.checkpoints.restore(step, abstract_state(stage, tx, rng, exp.mesh))
-        elapsed = meta["stage_elapsed_s"]
         print(f"Resuming {stage.name!r} at step {meta['stage_step']}/{stage.num_steps} from {self.workdir}",
               flush=True)
       else:
         state = init_state(stage, tx, rng, carry, exp.mesh)
       if int(state.step) < stage.num_steps:
-        state = self.train_stage(index, stage, tx, labels, state, teacher or {}, elapsed)
+        state = self.train_stage(index, stage, tx, labels, state, teacher or {})
       carry = stage.output(state.params, state.batch_stats)
       if stage.trains == "teacher":
         teacher_carry, carry = carry, None
@@ -237,8 +232,10 @@ class Runner:
     self.writer.close()
     return summary
 
-  def train_stage(self, index, stage, tx, labels, state, teacher, elapsed):
+  def train_stage(self, index, stage, tx, labels, state, teacher):
+    """Steps `stage` from `state` to its end; logs, evaluates and checkpoints on the way."""
     exp, cfg = self.exp, self.config
+    started = time.perf_counter()
     start = int(state.step)
     batches = prefetch_to_device(data.train_batches(
         exp.data, exp.local_batch, exp.steps_per_epoch, cfg.seed, index, start, cfg.dataset.shuffle_buffer), exp.mesh)
@@ -246,8 +243,11 @@ class Runner:
     step_fn, compile_s, flops = compile_step(stage, tx, labels, exp.mesh, state, first, teacher)
     record = self.results["stages"].setdefault(stage.name, {})
     record.update(steps=stage.num_steps, compile_s=round(compile_s, 3), flops_per_step=flops)
+    # Time before a resume counts too: both totals travel in the checkpoint's metadata.
+    prior_wall, train_time = record.get("wall_time_s", 0.0), record.get("train_time_s", 0.0)
+    wall = lambda: round(prior_wall + time.perf_counter() - started, 3)
     pending, batch = [], first
-    tick, tick_step, train_time = time.perf_counter(), start, record.get("train_time_s", 0.0)
+    tick, tick_step = time.perf_counter(), start
     for s in range(start, stage.num_steps):
       state, scalars = step_fn(state, batch, teacher)
       pending.append(scalars)
@@ -260,7 +260,6 @@ class Runner:
         seconds = now - tick
         train_time += seconds
         images_per_s = (done - tick_step) * cfg.batch_size / max(seconds, 1e-9)
-        elapsed += seconds
         self.writer.write({"stage": stage.name, "step": done, "epoch": round(done / exp.steps_per_epoch, 4),
                            "split": "train", **values, "images_per_s": images_per_s},
                           self.offsets[index] + done)
@@ -271,9 +270,9 @@ class Runner:
       if stage.evaluate and cfg.eval_every_steps and done % cfg.eval_every_steps == 0 and done < stage.num_steps:
         self.evaluate(index, stage, state, done)
       if done % cfg.checkpoint_every_steps == 0 and done < stage.num_steps:
-        record["train_time_s"] = train_time
-        self.checkpoints.save(self.offsets[index] + done, state, self.meta(index, done, elapsed))
-    record.update(train_time_s=train_time, wall_time_s=round(elapsed + compile_s, 3),
+        record.update(train_time_s=train_time, wall_time_s=wall())
+        self.checkpoints.save(self.offsets[index] + done, state, self.meta(index, done))
+    record.update(train_time_s=train_time,
                   images_per_s=round(stage.num_steps * cfg.batch_size / max(train_time, 1e-9), 1))
     if stage.evaluate:
       record["test_accuracy"] = self.evaluate(index, stage, state, stage.num_steps)
@@ -284,8 +283,8 @@ class Runner:
                               {**exp.teacher.describe(), "test_accuracy": record["test_accuracy"],
                                "dataset": exp.data.name, "num_classes": exp.data.num_classes,
                                "image_shape": list(exp.data.image_shape)})
-    self.checkpoints.save(self.offsets[index] + stage.num_steps, state,
-                          self.meta(index, stage.num_steps, elapsed))
+    record["wall_time_s"] = wall()
+    self.checkpoints.save(self.offsets[index] + stage.num_steps, state, self.meta(index, stage.num_steps))
     return state
 
   def evaluate(self, index, stage, state, done):

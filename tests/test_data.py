@@ -142,3 +142,17 @@ def test_tfds_sources_under_mock_data(name, shape, classes):
     assert (d.image_shape, d.num_classes, d.num_train) == (shape, classes, 24)
     batch = next(data.train_batches(d, 8, 3, 0, 0))
   assert batch["image"].shape == (8,) + shape and batch["image"].dtype == np.float32
+
+
+def test_gcn_zca_pipeline_matches_numpy(tmp_path):
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
+  path = tmp_path / "small.npz"
+  np.savez(path, train_images=images, train_labels=np.arange(40) % 2, test_images=images[:4],
+           test_labels=np.arange(4) % 2)
+  d = data.load(dataset_config(name="npz", path=str(path), preprocess="gcn_zca", zca_epsilon=0.01))
+  batch = next(data.eval_batches(d, 4))["image"]
+  flat = data.gcn(images.reshape(40, -1) / 255.0, 55.0)
+  mean, w = data.zca_fit(flat, 0.01)
+  expected = ((flat[:4] - mean) @ w).reshape(4, 4, 4, 3)
+  np.testing.assert_allclose(batch, expected, rtol=1e-3, atol=1e-3)

@@ -112,3 +112,13 @@ def test_prefix_labels_train_up_to_the_guided_layer():
   assert {k: set(jax.tree.leaves(v)) for k, v in labels.items()} == {
       **{f"conv{i}": {"train"} for i in range(1, 6)}, **{f"conv{i}": {"freeze"} for i in range(6, 11)},
       "fc": {"freeze"}, "logits": {"freeze"}}
+
+
+def test_layers_report_shows_both_tables_and_the_hint_pair():
+  from conftest import load_config
+  from fitnets_jax import layers
+  text = layers.report(load_config("cifar10"))
+  assert "teacher: maxout_cifar_teacher — 16,247,830 params" in text
+  assert "student: fitnet4" in text and "conv11       MaxoutConv   8×8×80" in text
+  assert text.endswith("student conv11 (8, 8, 80) → regressor 2×2 conv, maxout (2 pieces), 123,264 params "
+                       "→ teacher conv2 (7, 7, 192)")

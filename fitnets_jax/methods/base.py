@@ -26,6 +26,11 @@ class Network:
   params: int
   macs: int
 
+  def abstract_variables(self):
+    """Shapes and dtypes of all variables (no computation)."""
+    return jax.eval_shape(lambda: self.module.init({"params": jax.random.PRNGKey(0)},
+                                                   jnp.zeros((1,) + self.input_shape), train=False))
+
   def init(self, rng):
     """Fresh (params, batch_stats); batch_stats is {} for models without batch norm."""
     variables = self.module.init({"params": rng, "dropout": rng}, jnp.zeros((1,) + self.input_shape), train=False)
@@ -36,11 +41,12 @@ class Network:
 
 
 def network(name, module, input_shape):
-  abstract = jax.eval_shape(lambda: module.init({"params": jax.random.PRNGKey(0)},
-                                                jnp.zeros((1,) + tuple(input_shape)), train=False))
-  layers = features.describe(module, abstract, input_shape)
-  return Network(name, module, tuple(input_shape), layers, features.count_params(abstract["params"]),
-                 features.total_macs(layers))
+  """A Network with its layer table, traced from shapes only."""
+  net = Network(name, module, tuple(input_shape), [], 0, 0)
+  abstract = net.abstract_variables()
+  net.layers = features.describe(module, abstract, input_shape)
+  net.params, net.macs = features.count_params(abstract["params"]), features.total_macs(net.layers)
+  return net
 
 
 @dataclasses.dataclass

@@ -46,8 +46,9 @@ def kd_stage(ctx, name="kd"):
     t_logits, _, _ = forward(teacher, teacher_vars["params"], teacher_vars["batch_stats"], x, False)
     s_logits, _, stats = forward(student, params["student"], batch_stats["student"], x, True, rng)
     if cfg.loss == "fitnets":
-      total, parts = losses.fitnets_kd_loss(s_logits, t_logits, y, lam(step), cfg.temperature)
-      parts["lambda"] = lam(step)
+      weight = lam(step)
+      total, parts = losses.fitnets_kd_loss(s_logits, t_logits, y, weight, cfg.temperature)
+      parts["lambda"] = weight
     else:
       total, parts = losses.hinton_kd_loss(s_logits, t_logits, y, cfg.alpha, cfg.temperature)
     parts["accuracy"] = losses.accuracy(s_logits, y)
