@@ -21,13 +21,15 @@ class RunCheckpoints:
   """Saves and restores (state, meta) at global steps; keeps the newest `keep`.
 
   Saves are synchronous: a save has returned only once its folder is complete, so a run killed
-  at any later moment finds it intact (orbax's atomic rename protects a save cut short).
+  at any later moment finds it intact. A save cut short never becomes a checkpoint (orbax writes
+  to a temporary folder and renames it), and its leftovers are removed at the next start.
   """
 
   def __init__(self, directory, keep):
     self.manager = ocp.CheckpointManager(
         os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=True))  # a killed save's leftovers
 
   def latest(self):
     """(step, meta) of the newest checkpoint, or None."""

@@ -218,8 +218,9 @@ class Runner:
       if resume is not None and index == resume[1]["stage_index"]:
         step, meta = resume
         state = self.checkpoints.restore(step, abstract_state(stage, tx, rng, exp.mesh))
-        print(f"Resuming {stage.name!r} at step {meta['stage_step']}/{stage.num_steps} from {self.workdir}",
-              flush=True)
+        done = meta["stage_step"] == stage.num_steps
+        print(f"Resuming from {self.workdir}: stage {stage.name!r} "
+              + ("finished" if done else f"at step {meta['stage_step']}/{stage.num_steps}"), flush=True)
       else:
         state = init_state(stage, tx, rng, carry, exp.mesh)
       if int(state.step) < stage.num_steps:
