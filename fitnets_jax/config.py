@@ -55,6 +55,7 @@ def base_config():
   c.eval_every_steps = 0          # 0: evaluate at each stage end only
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
+  c.on_nan = "stop"               # stop | skip_step: what a NaN/Inf loss or gradient does
 
   c.dataset = ml_collections.ConfigDict(dict(
       name="digits",              # digits | npz | svhn_cropped | cifar10 | cifar100 | mnist

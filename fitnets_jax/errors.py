@@ -5,6 +5,16 @@ class FitnetsError(ValueError):
   """Bad input (config, dataset, checkpoint, layer name), raised before any training step."""
 
 
+class Preempted(Exception):
+  """The run saved a checkpoint after SIGTERM (or a TPU preemption notice) and stopped; rerun to resume."""
+  exit_code = 75  # EX_TEMPFAIL: try again later
+
+
+class NonFiniteLoss(RuntimeError):
+  """A loss or gradient became NaN/Inf with on_nan='stop'; the last good checkpoint is kept."""
+  exit_code = 3
+
+
 def check(condition, message):
   """Raises FitnetsError(message) unless `condition` holds."""
   if not condition:

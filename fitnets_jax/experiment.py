@@ -47,6 +47,7 @@ def check_run_keys(config):
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     _positive_int(config, key)
   check(config.eval_every_steps >= 0, f"eval_every_steps={config.eval_every_steps!r} must be ≥ 0 (0: stage end only).")
+  one_of("on_nan", config.on_nan, ("stop", "skip_step"))
   check(config.num_devices >= 0, f"num_devices={config.num_devices!r} must be ≥ 0 (0: all devices).")
 
 

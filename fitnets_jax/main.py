@@ -8,7 +8,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fitnets_jax.errors import FitnetsError
+from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted
 
 config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics.jsonl, summary.json and TensorBoard.")
@@ -24,6 +24,9 @@ def main(argv):
   except FitnetsError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  except (Preempted, NonFiniteLoss) as e:
+    print(f"{'preempted' if isinstance(e, Preempted) else 'error'}: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
   workdir = flags.FLAGS.workdir
   student, teacher = summary["student"], summary["teacher"]
   if teacher:

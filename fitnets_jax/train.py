@@ -13,7 +13,10 @@ stage with the same parameters, optimizer state, RNG and data order.
 
 import collections
 import json
+import math
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -25,7 +28,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fitnets_jax import checkpoint, data, experiment, metrics, optim
-from fitnets_jax.errors import FitnetsError
+from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted
 
 
 @flax.struct.dataclass
@@ -75,9 +78,14 @@ def make_step(stage, tx, labels):
     new_params = optax.apply_updates(state.params, updates)
     params = jax.tree.map(lambda label, new, old: new if label == "train" else old,
                           labels, new_params, state.params)
-    scalars = dict(scalars, loss=loss)
-    return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state), scalars
+    # A NaN/Inf loss or gradient leaves the state as it was (the host decides, at the next log
+    # interval, whether that stops the run); no per-step host sync is needed to stay safe.
+    finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    scalars = dict(scalars, loss=loss, nonfinite=1.0 - finite.astype(jnp.float32))
+    return state.replace(step=state.step + 1, params=keep(params, state.params),
+                         batch_stats=keep(batch_stats, state.batch_stats),
+                         opt_state=keep(opt_state, state.opt_state)), scalars
 
   return step
 
@@ -146,9 +154,32 @@ def abstract_state(stage, tx, rng, mesh):
                       jax.eval_shape(lambda: initial_state(stage, tx, rng)))
 
 
-def _mean_scalars(pending):
-  values = jax.device_get(pending)
-  return {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+def _mean_scalars(values):
+  """Means over the steps whose update was applied, and the number of skipped steps."""
+  good = [v for v in values if not v["nonfinite"]] or values
+  means = {k: float(np.mean([v[k] for v in good])) for k in values[0] if k != "nonfinite"}
+  return dict(means, skipped_steps=int(sum(v["nonfinite"] for v in values)))
+
+
+class StopRequest:
+  """SIGTERM sets a flag that the loop reads at the next step boundary (single-host runs; on
+  multi-host TPU slices orbax's preemption sync point tells every host at the same step)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 class Runner:
@@ -162,6 +193,10 @@ class Runner:
     self.checkpoints = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), self.config.keep_checkpoints)
     self.evaluator = Evaluator(exp)
     self.results = {"stages": {}, "teacher_test_accuracy": None}
+    self.stop = StopRequest()
+
+  def preempted(self, global_step):
+    return self.stop.requested or self.checkpoints.manager.reached_preemption(global_step)
 
   # ------------------------------------------------------------------ resume
 
@@ -204,12 +239,20 @@ class Runner:
   # ------------------------------------------------------------------ stages
 
   def run(self):
+    with self.stop:
+      return self._run()
+
+  def _run(self):
     exp = self.exp
     resume = self.resume_point()
     carry, teacher_carry, teacher = None, None, None
     for index, stage in enumerate(exp.stages):
       if resume is not None and index < resume[1]["stage_index"]:
         continue
+      if self.stop.requested:   # between stages: the previous stage's end is saved
+        self.checkpoints.close()
+        raise Preempted(f"Stopped before stage {stage.name!r} on SIGTERM; its previous stage is saved. "
+                        f"Run the same command again to resume from {self.workdir}.")
       if stage.uses_teacher and teacher is None:
         teacher = self.teacher_variables(teacher_carry)
       rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), index)
@@ -256,7 +299,10 @@ class Runner:
       if done < stage.num_steps:
         batch = next(batches)
       if done % cfg.log_every_steps == 0 or done == stage.num_steps:
-        values = _mean_scalars(pending)
+        fetched = jax.device_get(pending)
+        self.check_finite(index, stage, done - len(fetched), fetched)
+        values = _mean_scalars(fetched)
+        record["skipped_steps"] = record.get("skipped_steps", 0) + values["skipped_steps"]
         now = time.perf_counter()
         seconds = now - tick
         train_time += seconds
@@ -270,9 +316,16 @@ class Runner:
         pending, tick, tick_step = [], time.perf_counter(), done
       if stage.evaluate and cfg.eval_every_steps and done % cfg.eval_every_steps == 0 and done < stage.num_steps:
         self.evaluate(index, stage, state, done)
-      if done % cfg.checkpoint_every_steps == 0 and done < stage.num_steps:
+      stopping = done < stage.num_steps and self.preempted(self.offsets[index] + done)
+      if stopping and pending:   # metrics of the steps since the last log are not lost
+        self.check_finite(index, stage, done - len(pending), jax.device_get(pending))
+      if (done % cfg.checkpoint_every_steps == 0 or stopping) and done < stage.num_steps:
         record.update(train_time_s=train_time, wall_time_s=wall())
         self.checkpoints.save(self.offsets[index] + done, state, self.meta(index, done))
+      if stopping:
+        self.checkpoints.close()
+        raise Preempted(f"Stopped on SIGTERM/preemption in stage {stage.name!r} at step {done}/{stage.num_steps}; "
+                        f"a checkpoint is saved. Run the same command again to resume from {self.workdir}.")
     record.update(train_time_s=train_time,
                   images_per_s=round(stage.num_steps * cfg.batch_size / max(train_time, 1e-9), 1))
     if stage.evaluate:
@@ -287,6 +340,25 @@ class Runner:
     record["wall_time_s"] = wall()
     self.checkpoints.save(self.offsets[index] + stage.num_steps, state, self.meta(index, stage.num_steps))
     return state
+
+  def check_finite(self, index, stage, first_step, fetched):
+    """With on_nan='stop', raises NonFiniteLoss naming the first bad step and its loss terms."""
+    if self.config.on_nan != "stop":
+      return
+    for offset, scalars in enumerate(fetched):
+      if scalars["nonfinite"]:
+        terms = {k: float(v) for k, v in scalars.items() if k != "nonfinite" and not math.isfinite(float(v))}
+        what = (", ".join(f"{k}={v}" for k, v in terms.items()) if terms
+                else "the gradient (the loss itself was finite)")
+        self.checkpoints.close()
+        bad_step = first_step + offset + 1
+        latest = self.checkpoints.manager.latest_step()
+        kept = (f"the newest checkpoint (global step {latest} in {self.workdir}/checkpoints) holds the last good "
+                f"parameters, from before step {bad_step}" if latest is not None else "no checkpoint had been saved yet")
+        raise NonFiniteLoss(
+            f"Stage {stage.name!r}, step {bad_step}: non-finite {what}. Non-finite updates are never applied, so "
+            f"{kept}. "
+            "Lower the stage's learning_rate (or set grad_clip_norm), or set on_nan=skip_step to skip such steps.")
 
   def evaluate(self, index, stage, state, done):
     net = self.exp.teacher if stage.trains == "teacher" else self.exp.student

@@ -43,6 +43,7 @@ CASES = [
     ({"kd.temperature": 0.0}, r"kd.temperature=0.0 must be > 0"),
     ({"kd.loss": "mse"}, r"kd.loss='mse' is not valid; choose one of: 'fitnets', 'hinton'"),
     ({"dataset.preprocess": "pca"}, r"dataset.preprocess='pca' is not valid"),
+    ({"on_nan": "ignore"}, r"on_nan='ignore' is not valid; choose one of: 'stop', 'skip_step'"),
 ]
 
 

@@ -128,8 +128,9 @@ def test_paper_configs_build_and_run_a_few_steps(name, arg, overrides, tmp_path)
   assert np.isfinite(summary["stages"]["kd"]["final_train_loss"])
 
 
-def test_a_killed_run_resumes_to_the_same_parameters(tmp_path):
-  """SIGKILL the command line in the hint stage, restart it on the same workdir, compare."""
+def test_killed_and_preempted_runs_resume_to_the_same_parameters(tmp_path):
+  """SIGKILL the command line in the hint stage and restart it; SIGTERM it in the KD stage (it saves
+  and exits with 75) and restart it; the parameters equal an uninterrupted run's."""
   import signal
   import subprocess
   import sys
@@ -147,12 +148,42 @@ def test_a_killed_run_resumes_to_the_same_parameters(tmp_path):
   proc.wait(timeout=120)
   assert proc.returncode == -signal.SIGKILL
   assert not os.path.exists(os.path.join(work, "summary.json"))
+  # Restart; this time a preemption notice (SIGTERM) arrives in the KD stage.
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in proc.stdout:
+    if line.startswith("[kd] step 4/16"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  proc.stdout.read()
+  assert proc.wait(timeout=120) == 75, proc.stderr.read()[-2000:]     # Preempted.exit_code
+  assert "preempted: Stopped on SIGTERM/preemption in stage 'kd' at step" in proc.stderr.read()
   resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert "Resuming from" in resumed.stdout   # from the teacher's end or the hint stage's step-4 checkpoint
+  assert "Resuming from" in resumed.stdout and "stage 'kd' at step" in resumed.stdout
   full = str(tmp_path / "full")
   train.run(tiny_digits(), full)
   (step, want), (got_step, got) = final_state(full), final_state(work)
   assert step == got_step
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+  from fitnets_jax.errors import NonFiniteLoss
+  work = str(tmp_path / "nan")
+  config = tiny_digits("scratch", student=12, checkpoint_every_steps=1,
+                       **{"stages.student.optimizer.name": "sgd", "stages.student.optimizer.learning_rate": 1e38})
+  with pytest.raises(NonFiniteLoss, match=r"Stage 'scratch', step \d+: non-finite .*holds the last good parameters, from before step"):
+    train.run(config, work)
+  assert not os.path.exists(os.path.join(work, "summary.json"))
+  _, state = final_state(work)
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
+
+
+def test_skip_step_skips_non_finite_updates_and_counts_them(tmp_path):
+  config = tiny_digits("scratch", student=12, on_nan="skip_step", **{"stages.student.optimizer.name": "sgd",
+                                                                   "stages.student.optimizer.learning_rate": 1e38})
+  summary = train.run(config, str(tmp_path))
+  assert 0 < summary["stages"]["scratch"]["skipped_steps"] <= 12
+  _, state = final_state(str(tmp_path))
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state["params"]))
