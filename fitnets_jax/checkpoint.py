@@ -2,16 +2,19 @@
 
 Layout in the workdir:
   checkpoints/<global step>/{state, meta}   the current stage's TrainState and JSON metadata
+  checkpoints_damaged/<global step>         checkpoints found unreadable at a restart, kept for inspection
   teacher/variables, teacher/teacher.json   the teacher, saved once when its stage ends
 """
 
 import json
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
 
 from fitnets_jax.errors import FitnetsError
+from fitnets_jax.metrics import write_atomically
 
 TEACHER_DIR = "teacher"
 TEACHER_INFO = "teacher.json"
@@ -22,22 +25,48 @@ class RunCheckpoints:
 
   Saves are synchronous: a save has returned only once its folder is complete, so a run killed
   at any later moment finds it intact. A save cut short never becomes a checkpoint (orbax writes
-  to a temporary folder and renames it), and its leftovers are removed at the next start.
+  to a temporary folder and renames it), and its leftovers are removed at the next start. Old
+  checkpoints leave the same way: renamed into retired/ first, so a kill during their deletion
+  never leaves a half-deleted checkpoint among the live ones.
   """
 
-  def __init__(self, directory, keep):
-    self.manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
-                                             cleanup_tmp_directories=True))  # a killed save's leftovers
+  RETIRED = "retired"   # checkpoints past `keep` are renamed here (atomic), then deleted
 
-  def latest(self):
-    """(step, meta) of the newest checkpoint, or None."""
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-    return step, meta
+  def __init__(self, directory, keep):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+                                             cleanup_tmp_directories=True,   # a killed save's leftovers
+                                             todelete_subdir=self.RETIRED))
+    self._delete_retired()   # a deletion cut short by a kill
+
+  def _delete_retired(self):
+    if jax.process_index() == 0:
+      shutil.rmtree(os.path.join(self.directory, self.RETIRED), ignore_errors=True)
+
+  def steps(self):
+    """Global steps of the saved checkpoints, oldest first."""
+    return sorted(self.manager.all_steps())
+
+  def meta(self, step):
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+  def set_aside(self, step):
+    """Moves an unreadable checkpoint to checkpoints_damaged/ (never deletes it); returns where."""
+    target = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged", str(step))
+    suffix = 1
+    while os.path.exists(target):
+      target = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged", f"{step}.{suffix}")
+      suffix += 1
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("checkpoint set aside")
+    self.manager.reload()
+    return target
 
   def restore(self, step, abstract_state):
     return self.manager.restore(
@@ -46,6 +75,7 @@ class RunCheckpoints:
   def save(self, step, state, meta):
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)), force=True)
+    self._delete_retired()
 
   def close(self):
     self.manager.wait_until_finished()
@@ -59,8 +89,7 @@ def save_teacher(workdir, variables, info):
     checkpointer.save(os.path.join(directory, "variables"), variables, force=True)
     checkpointer.wait_until_finished()
   if jax.process_index() == 0:
-    with open(os.path.join(directory, TEACHER_INFO), "w") as f:
-      json.dump(info, f, indent=2)
+    write_atomically(os.path.join(directory, TEACHER_INFO), json.dumps(info, indent=2))
 
 
 def teacher_dir(path):

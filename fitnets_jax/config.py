@@ -4,7 +4,11 @@ A run is described by one locked `ml_collections.ConfigDict`, so `--config.key=v
 override anything and a typo fails with a "did you mean" suggestion.
 """
 
+import json
+
 import ml_collections
+
+from fitnets_jax.errors import FitnetsError
 
 METHODS = ("fitnets", "kd", "scratch")
 
@@ -99,3 +103,51 @@ def base_config():
       student=stage_config(epochs=100),   # KD stage (fitnets, kd) or labels only (scratch)
   ))
   return c
+
+
+# Keys a run may change when it resumes in an existing workdir: they decide how often to log,
+# evaluate and save, how many checkpoints to keep, how the fixed global batch is spread over
+# devices (1 and N devices compute the same numbers), where the data lies, and what a NaN does.
+# Any other difference means another experiment, and the run refuses to resume.
+SAFE_TO_CHANGE = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+                  "num_devices", "distributed", "eval_batch_size", "on_nan", "dataset.data_dir", "dataset.download")
+
+
+def flatten(tree, prefix=""):
+  """{'a': {'b': 1}} → {'a.b': 1} for nested dicts (a ConfigDict's to_dict())."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _type_name(value):
+  return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}[type(value)]
+
+
+def check_types(config):
+  """Every key `base_config()` defines holds a value of the default's type (an int where a float is
+  expected is fine), so a None or a string never reaches arithmetic deep inside the run."""
+  reference = flatten(base_config().to_dict())
+  for key, value in flatten(config.to_dict()).items():
+    if key not in reference:
+      continue
+    want = reference[key]
+    if isinstance(want, bool) or not isinstance(want, (int, float)):
+      ok = isinstance(value, (list, tuple)) if isinstance(want, list) else isinstance(value, type(want))
+    else:
+      ok = isinstance(value, (int, float) if isinstance(want, float) else int) and not isinstance(value, bool)
+    if not ok:
+      raise FitnetsError(f"{key}={value!r} has the wrong type; it must be {_type_name(want)} "
+                         f"(the default is {want!r}).")
+
+
+def changed_keys(saved, config):
+  """[(key, saved value, value now)] for keys outside SAFE_TO_CHANGE that differ between a saved
+  config.json (a dict) and `config`."""
+  before, now = flatten(saved), flatten(json.loads(config.to_json_best_effort()))
+  return [(k, before.get(k, "unset"), now.get(k, "unset")) for k in sorted(set(before) | set(now))
+          if k not in SAFE_TO_CHANGE and before.get(k, "unset") != now.get(k, "unset")]

@@ -4,6 +4,7 @@ anything is written to the workdir.
 """
 
 import dataclasses
+import json
 import os
 from typing import Any, Optional
 
@@ -11,8 +12,12 @@ import jax
 from jax.sharding import AxisType
 
 from fitnets_jax import checkpoint, data, methods, models
+from fitnets_jax.config import SAFE_TO_CHANGE, changed_keys, check_types
 from fitnets_jax.errors import FitnetsError, check, one_of
 from fitnets_jax.methods.base import Context, network, supervised_stage
+
+
+CONFIG_FILE = "config.json"   # the workdir's experiment, written when a run starts
 
 
 @dataclasses.dataclass
@@ -74,6 +79,27 @@ def check_workdir(workdir):
   check(os.access(workdir, os.W_OK | os.X_OK), f"--workdir={workdir!r} is not writable; choose a writable folder.")
 
 
+def check_same_experiment(config, workdir):
+  """Refuses a workdir whose config.json describes another experiment (keys in SAFE_TO_CHANGE aside)."""
+  path = os.path.join(workdir or "", CONFIG_FILE)
+  if not workdir or not os.path.isfile(path):
+    return
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise FitnetsError(f"{path} cannot be read ({e}); it records the experiment this workdir holds. Restore "
+                       "it, or use a new --workdir.") from None
+  differences = changed_keys(saved, config)
+  if differences:
+    shown = ", ".join(f"{k} ({old!r} there, {new!r} now)" for k, old, new in differences[:8])
+    more = f" and {len(differences) - 8} more" if len(differences) > 8 else ""
+    raise FitnetsError(
+        f"--workdir={workdir!r} holds another experiment: its {CONFIG_FILE} differs in {shown}{more}. "
+        "Nothing in the workdir was changed. Use a new --workdir, or rerun with the saved values to resume; "
+        f"only {', '.join(SAFE_TO_CHANGE)} may change between runs in one workdir.")
+
+
 def reused_teacher(config, teacher):
   """Host variables of `teacher.checkpoint`, checked against the configured teacher model."""
   info = checkpoint.teacher_info(config.teacher.checkpoint)
@@ -85,7 +111,9 @@ def reused_teacher(config, teacher):
 
 def prepare(config, workdir):
   """Validates `config` and builds the experiment; raises FitnetsError on any bad input."""
+  check_types(config)
   check_run_keys(config)
+  check_same_experiment(config, workdir)
   method = methods.get(config.method)
   mesh = make_mesh(config)
   dataset = data.load(config.dataset)

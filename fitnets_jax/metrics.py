@@ -8,6 +8,14 @@ import os
 import jax
 
 
+def write_atomically(path, text):
+  """Writes `text` to `path` so that a reader (or a restart after a kill) sees the old or the new file."""
+  temporary = f"{path}.tmp"
+  with open(temporary, "w") as f:
+    f.write(text)
+  os.replace(temporary, path)
+
+
 class Writer:
 
   def __init__(self, workdir):
@@ -36,9 +44,14 @@ class Writer:
     if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      records = [json.loads(line) for line in f if line.strip()]
-    with open(self.path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in records if keep(r))
+      lines = f.read().splitlines()
+    records = []
+    for line in lines:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:   # the last line of a run killed while appending it
+        pass
+    write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in records if keep(r)))
 
   def progress(self, stage, step, total, scalars, images_per_s, seconds_left):
     if not self.enabled:

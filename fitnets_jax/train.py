@@ -16,6 +16,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -194,28 +195,76 @@ class Runner:
     self.evaluator = Evaluator(exp)
     self.results = {"stages": {}, "teacher_test_accuracy": None}
     self.stop = StopRequest()
+    self.pending = []   # un-logged step metrics restored from a checkpoint
 
   def preempted(self, global_step):
     return self.stop.requested or self.checkpoints.manager.reached_preemption(global_step)
 
   # ------------------------------------------------------------------ resume
 
-  def resume_point(self):
-    latest = self.checkpoints.latest()
-    if latest is None:
-      return None
-    step, meta = latest
-    if meta.get("stages") != self.names:
-      raise FitnetsError(
-          f"--workdir={self.workdir!r} holds a run with stages {meta.get('stages')}, but this config runs "
-          f"{self.names}; use a new workdir, or the config that made it (saved in its config.json).")
-    self.results = meta["results"]
-    self.writer.truncate(lambda record: self.offsets[self.names.index(record["stage"])] + record["step"] <= step)
-    return step, meta
+  def resume(self):
+    """(stage index, stage step, restored state) from the newest readable checkpoint, or None.
 
-  def meta(self, index, stage_step):
+    A checkpoint that cannot be read (truncated, partly deleted) is moved to checkpoints_damaged/
+    with a warning and the next older one is tried; if none is readable the run refuses to start
+    rather than silently begin again from step 0.
+    """
+    damaged = []
+    for step in reversed(self.checkpoints.steps()):
+      started = time.perf_counter()
+      try:
+        meta = self.checkpoints.meta(step)
+      except Exception as e:  # noqa: BLE001  (orbax/tensorstore/json all raise their own types)
+        damaged.append(self.set_aside(step, e))
+        continue
+      if meta.get("stages") != self.names:
+        raise FitnetsError(
+            f"--workdir={self.workdir!r} holds a run with stages {meta.get('stages')}, but this config runs "
+            f"{self.names}; use a new workdir, or the config that made it (saved in its config.json).")
+      index = meta["stage_index"]
+      stage, rng, labels, tx = self.stage_setup(index)
+      try:
+        state = self.checkpoints.restore(step, abstract_state(stage, tx, rng, self.exp.mesh))
+      except Exception as e:  # noqa: BLE001
+        damaged.append(self.set_aside(step, e))
+        continue
+      self.results = meta["results"]
+      self.pending = [{k: np.float32(v) for k, v in scalars.items()} for scalars in meta.get("pending", [])]
+      self.writer.truncate(lambda r: self.offsets[self.names.index(r["stage"])] + r["step"] <= step)
+      done = meta["stage_step"] == stage.num_steps
+      print(f"Resuming from {self.workdir}: stage {stage.name!r} "
+            + ("finished" if done else f"at step {meta['stage_step']}/{stage.num_steps}")
+            + f" (checkpoint restored in {time.perf_counter() - started:.2f} s)", flush=True)
+      return index, meta["stage_step"], state
+    quarantine = os.path.join(self.workdir, "checkpoints_damaged")
+    if damaged or os.path.isdir(quarantine):
+      raise FitnetsError(
+          f"--workdir={self.workdir!r} has no readable checkpoint left: the unreadable ones are in {quarantine}. "
+          "Starting again from step 0 would silently discard the run, so nothing else was changed; to start "
+          f"over in this workdir delete {quarantine}, or use a new --workdir.")
+    self.writer.truncate(lambda r: False)   # a run killed before its first checkpoint logs afresh
+    return None
+
+  def set_aside(self, step, error):
+    where = self.checkpoints.set_aside(step)
+    reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+    print(f"warning: the checkpoint at global step {step} is unreadable ({type(error).__name__}: {reason}); "
+          f"moved it to {where} and trying the previous one.", file=sys.stderr, flush=True)
+    return where
+
+  def stage_setup(self, index):
+    """(stage, rng, parameter labels, partitioned optimizer) of stage `index`."""
+    stage = self.exp.stages[index]
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), index)
+    labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
+    return stage, rng, labels, optim.partitioned(stage.tx, labels)
+
+  def meta(self, index, stage_step, pending=()):
+    """A checkpoint's JSON metadata; `pending` holds the step metrics not yet logged (float32 values
+    round-trip exactly through JSON), so a resumed run logs the same means as an uninterrupted one."""
     return {"stages": self.names, "stage": self.names[index], "stage_index": index,
-            "stage_step": stage_step, "results": self.results}
+            "stage_step": stage_step, "results": self.results,
+            "pending": [{k: float(v) for k, v in scalars.items()} for scalars in jax.device_get(list(pending))]}
 
   # ------------------------------------------------------------------ teacher
 
@@ -244,10 +293,10 @@ class Runner:
 
   def _run(self):
     exp = self.exp
-    resume = self.resume_point()
+    resume = self.resume()
     carry, teacher_carry, teacher = None, None, None
     for index, stage in enumerate(exp.stages):
-      if resume is not None and index < resume[1]["stage_index"]:
+      if resume is not None and index < resume[0]:
         continue
       if self.stop.requested:   # between stages: the previous stage's end is saved
         self.checkpoints.close()
@@ -255,15 +304,9 @@ class Runner:
                         f"Run the same command again to resume from {self.workdir}.")
       if stage.uses_teacher and teacher is None:
         teacher = self.teacher_variables(teacher_carry)
-      rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), index)
-      labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
-      tx = optim.partitioned(stage.tx, labels)
-      if resume is not None and index == resume[1]["stage_index"]:
-        step, meta = resume
-        state = self.checkpoints.restore(step, abstract_state(stage, tx, rng, exp.mesh))
-        done = meta["stage_step"] == stage.num_steps
-        print(f"Resuming from {self.workdir}: stage {stage.name!r} "
-              + ("finished" if done else f"at step {meta['stage_step']}/{stage.num_steps}"), flush=True)
+      _, rng, labels, tx = self.stage_setup(index)
+      if resume is not None and index == resume[0]:
+        state = resume[2]
       else:
         state = init_state(stage, tx, rng, carry, exp.mesh)
       if int(state.step) < stage.num_steps:
@@ -290,7 +333,7 @@ class Runner:
     # Time before a resume counts too: both totals travel in the checkpoint's metadata.
     prior_wall, train_time = record.get("wall_time_s", 0.0), record.get("train_time_s", 0.0)
     wall = lambda: round(prior_wall + time.perf_counter() - started, 3)
-    pending, batch = [], first
+    pending, batch, self.pending = self.pending, first, []
     tick, tick_step = time.perf_counter(), start
     for s in range(start, stage.num_steps):
       state, scalars = step_fn(state, batch, teacher)
@@ -321,7 +364,7 @@ class Runner:
         self.check_finite(index, stage, done - len(pending), jax.device_get(pending))
       if (done % cfg.checkpoint_every_steps == 0 or stopping) and done < stage.num_steps:
         record.update(train_time_s=train_time, wall_time_s=wall())
-        self.checkpoints.save(self.offsets[index] + done, state, self.meta(index, done))
+        self.checkpoints.save(self.offsets[index] + done, state, self.meta(index, done, pending))
       if stopping:
         self.checkpoints.close()
         raise Preempted(f"Stopped on SIGTERM/preemption in stage {stage.name!r} at step {done}/{stage.num_steps}; "
@@ -387,8 +430,7 @@ class Runner:
         "stages": stages,
     }
     if jax.process_index() == 0:
-      with open(os.path.join(self.workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+      metrics.write_atomically(os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
@@ -398,6 +440,5 @@ def run(config, workdir):
     jax.distributed.initialize()
   exp = experiment.prepare(config, workdir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    metrics.write_atomically(os.path.join(workdir, experiment.CONFIG_FILE), config.to_json_best_effort(indent=2))
   return Runner(exp, workdir).run()

@@ -5,64 +5,148 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
 from conftest import ROOT, tiny_digits
 from fitnets_jax import FitnetsError, experiment, train
+from helpers import write_npz
 
 
-def bad_npz(tmp_path):
-  path = tmp_path / "bad.npz"
-  np.savez(path, train_images=np.zeros((4, 8, 8), np.uint8), train_labels=np.zeros(4, int),
-           test_images=np.zeros((2, 8, 8), np.uint8), test_labels=np.zeros(2, int))
-  return str(path)
+class Npz:
+  """A malformed .npz the test writes: helpers.write_npz with these arrays replaced (None: dropped)."""
+
+  def __init__(self, **arrays):
+    self.arrays = arrays
 
 
+class Raw:
+  """A value of the wrong type, as a config built from a plain dict (not through ConfigDict's typed
+  assignment) would carry it."""
+
+  def __init__(self, value):
+    self.value = value
+
+
+NPZ = {"dataset.name": "npz", "eval_batch_size": 10}
 CASES = [
+    # layers and shapes
     ({"hint.student_layer": "conv99"}, r"hint.student_layer='conv99' is not a layer of model 'digits_student'.*Valid names"),
     ({"hint.teacher_layer": "fc/dens"}, r"hint.teacher_layer='fc/dens' is not a layer of model 'digits_teacher'"),
     ({"hint.student_layer": "conv10"}, r"hint.student_layer='conv10' gives a 2×2 map, smaller than the 4×4 map"),
     ({"hint.student_layer": "fc"}, r"needs two feature maps"),
+    # names
     ({"teacher.checkpoint": "/nonexistent/run"}, r"teacher.checkpoint='/nonexistent/run' holds no saved teacher"),
     ({"dataset.name": "imagenet"}, r"dataset.name='imagenet' is not valid; choose one of"),
-    ({"dataset.name": "npz", "dataset.path": "BAD_NPZ"}, r"train_images in .* must be NHWC"),
-    ({"dataset.name": "npz", "dataset.path": ""}, r"dataset.name='npz' needs dataset.path"),
     ({"method": "distill"}, r"method='distill' is not valid; choose one of: 'fitnets', 'kd', 'scratch'"),
     ({"student.model": "resnet9000"}, r"student.model='resnet9000' is not a known model"),
-    ({"teacher.dropout": 1.5}, r"teacher.dropout=1.5 must be in \[0, 1\)"),
-    ({"batch_size": 30, "num_devices": 4}, r"batch_size=30 is not divisible by the 4 devices"),
-    ({"num_devices": 64}, r"num_devices=64 but JAX sees only 4 device"),
-    ({"batch_size": 0}, r"batch_size=0 must be a positive integer"),
-    ({"batch_size": 5000}, r"batch_size=5000 is larger than the 1437 training examples"),
-    ({"stages.hint.steps": 0, "stages.hint.epochs": 0.0}, r"stages.hint would run 0 steps"),
-    ({"stages.student.steps": -3}, r"stages.student: steps=-3"),
-    ({"stages.student.optimizer.learning_rate": 0.0}, r"stages.student.optimizer.learning_rate=0.0 must be > 0"),
+    ({"teacher.model": "vgg"}, r"teacher.model='vgg' is not a known model"),
     ({"stages.teacher.optimizer.name": "lion"}, r"stages.teacher.optimizer.name='lion' is not valid"),
-    ({"kd.lambda_start": 1.0, "kd.lambda_end": 4.0}, r"kd.lambda_start=1.0 → kd.lambda_end=4.0.*anneals λ downwards"),
-    ({"kd.temperature": 0.0}, r"kd.temperature=0.0 must be > 0"),
+    ({"stages.student.optimizer.schedule": "linear"}, r"stages.student.optimizer.schedule='linear' is not valid"),
     ({"kd.loss": "mse"}, r"kd.loss='mse' is not valid; choose one of: 'fitnets', 'hinton'"),
     ({"dataset.preprocess": "pca"}, r"dataset.preprocess='pca' is not valid"),
     ({"on_nan": "ignore"}, r"on_nan='ignore' is not valid; choose one of: 'stop', 'skip_step'"),
+    # types
+    ({"batch_size": Raw("64")}, r"batch_size='64' has the wrong type; it must be an integer \(the default is 128\)"),
+    ({"seed": None}, r"seed=None has the wrong type; it must be an integer"),
+    ({"stages.student.optimizer.learning_rate": Raw("0.1")}, r"learning_rate='0.1' has the wrong type; it must be a number"),
+    ({"stages.hint.epochs": None}, r"stages.hint.epochs=None has the wrong type; it must be a number"),
+    ({"dataset.flip": Raw("yes")}, r"dataset.flip='yes' has the wrong type; it must be a boolean"),
+    ({"hint.student_layer": Raw(5)}, r"hint.student_layer=5 has the wrong type; it must be a string"),
+    # ranges
+    ({"teacher.dropout": 1.5}, r"teacher.dropout=1.5 must be in \[0, 1\)"),
+    ({"batch_size": 30, "num_devices": 4}, r"batch_size=30 is not divisible by the 4 devices"),
+    ({"eval_batch_size": 250, "num_devices": 4}, r"eval_batch_size=250 is not divisible by the 4 devices"),
+    ({"num_devices": 64}, r"num_devices=64 but JAX sees only 4 device"),
+    ({"num_devices": -1}, r"num_devices=-1 must be ≥ 0"),
+    ({"batch_size": 0}, r"batch_size=0 must be a positive integer"),
+    ({"batch_size": -32}, r"batch_size=-32 must be a positive integer"),
+    ({"eval_batch_size": 0}, r"eval_batch_size=0 must be a positive integer"),
+    ({"log_every_steps": 0}, r"log_every_steps=0 must be a positive integer"),
+    ({"checkpoint_every_steps": -1}, r"checkpoint_every_steps=-1 must be a positive integer"),
+    ({"keep_checkpoints": 0}, r"keep_checkpoints=0 must be a positive integer"),
+    ({"eval_every_steps": -5}, r"eval_every_steps=-5 must be ≥ 0"),
+    ({"batch_size": 5000}, r"batch_size=5000 is larger than the 1437 training examples"),
+    ({"stages.hint.steps": 0, "stages.hint.epochs": 0.0}, r"stages.hint would run 0 steps"),
+    ({"stages.student.steps": -3}, r"stages.student: steps=-3"),
+    ({"stages.teacher.steps": 0, "stages.teacher.epochs": -2.0}, r"stages.teacher: steps=0 and epochs=-2.0 must be ≥ 0"),
+    ({"stages.student.optimizer.learning_rate": 0.0}, r"stages.student.optimizer.learning_rate=0.0 must be > 0"),
+    ({"stages.hint.optimizer.learning_rate": -0.01}, r"stages.hint.optimizer.learning_rate=-0.01 must be > 0"),
+    ({"stages.student.optimizer.weight_decay": -1e-4}, r"stages.student.optimizer.weight_decay=-0.0001 must be ≥ 0"),
+    ({"kd.lambda_start": 1.0, "kd.lambda_end": 4.0}, r"kd.lambda_start=1.0 → kd.lambda_end=4.0.*anneals λ downwards"),
+    ({"kd.lambda_end": -1.0}, r"kd.lambda_start=4.0 → kd.lambda_end=-1.0"),
+    ({"kd.temperature": 0.0}, r"kd.temperature=0.0 must be > 0"),
+    ({"kd.alpha": 1.5}, r"kd.alpha=1.5 must be in \[0, 1\]"),
+    ({"dataset.shift": -2}, r"dataset.shift=-2 must be an integer ≥ 0"),
+    ({"dataset.stats_examples": 0}, r"dataset.stats_examples=0 must be > 0"),
+    # datasets
+    ({"dataset.name": "npz", "dataset.path": ""}, r"dataset.name='npz' needs dataset.path"),
+    ({**NPZ, "dataset.path": "MISSING"}, r"dataset.path=.*missing.npz' does not exist"),
+    ({**NPZ, "dataset.path": "JUNK"}, r"dataset.path=.*could not be read as an .npz"),
+    ({**NPZ, "dataset.path": Npz(test_labels=None)}, r"dataset.path=.* lacks test_labels"),
+    ({**NPZ, "dataset.path": Npz(train_images=np.zeros((40, 6, 6), np.uint8))}, r"train_images in .* must be NHWC"),
+    ({**NPZ, "dataset.path": Npz(train_images=np.zeros((40, 6, 6, 3), np.float32))}, r"has dtype float32; it must be uint8"),
+    ({**NPZ, "dataset.path": Npz(test_labels=np.full(10, 7))}, r"test_labels .* range over 7..7; labels must lie in 0..3"),
+    ({**NPZ, "dataset.path": Npz(train_labels=np.full(40, -1))}, r"train_labels .* range over -1"),
+    ({**NPZ, "dataset.path": Npz(test_images=np.zeros((0, 6, 6, 3), np.uint8), test_labels=np.zeros(0, int))},
+     r"test_images .* is empty"),
+    ({**NPZ, "dataset.path": Npz(train_labels=np.zeros(39, int))}, r"39 labels for 40 images"),
+    ({**NPZ, "dataset.path": Npz(test_images=np.zeros((10, 5, 5, 3), np.uint8))}, r"same image shape"),
+    ({**NPZ, "dataset.path": Npz(train_labels=np.zeros(40, np.float32))}, r"must be a 1-D integer array"),
+    ({"workdir": "UNWRITABLE"}, r"--workdir=.* cannot be created"),
 ]
 
 
-@pytest.mark.parametrize("overrides,message", CASES, ids=[next(iter(c[0])) + "=" + str(next(iter(c[0].values())))
-                                                         for c in CASES])
-def test_bad_config_is_a_clear_error_before_anything_is_written(overrides, message, tmp_path):
-  overrides = {k: bad_npz(tmp_path) if v == "BAD_NPZ" else v for k, v in overrides.items()}
+def materialize(value, tmp_path):
+  if isinstance(value, Npz):
+    return write_npz(tmp_path / "bad.npz", **value.arrays)
+  if value in ("MISSING", "JUNK"):
+    (tmp_path / "junk.npz").write_text("not a zip archive")
+    return str(tmp_path / ("missing.npz" if value == "MISSING" else "junk.npz"))
+  return value
+
+
+def bad_config(overrides, tmp_path):
+  """The tiny digits config with `overrides`; a Raw value goes in through a plain dict."""
+  typed = {k: materialize(v, tmp_path) for k, v in overrides.items() if not isinstance(v, Raw) and k != "workdir"}
+  config = tiny_digits(**typed)
+  raw = {k: v.value for k, v in overrides.items() if isinstance(v, Raw)}
+  if raw:
+    tree = config.to_dict()
+    for key, value in raw.items():
+      *parents, leaf = key.split(".")
+      node = tree
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+    config = ml_collections.ConfigDict(tree)
+  return config
+
+
+def case_id(case):
+  key, value = next(iter(case[0].items())) if "dataset.path" not in case[0] else ("npz", case[0]["dataset.path"])
+  if isinstance(value, Npz):
+    value = ",".join(f"{k}={'dropped' if v is None else getattr(v, 'shape', v)}" for k, v in value.arrays.items())
+  return f"{key}={getattr(value, 'value', value)}"
+
+
+@pytest.mark.parametrize("overrides,message", CASES, ids=[case_id(c) for c in CASES])
+def test_bad_input_is_a_clear_error_before_anything_is_written(overrides, message, tmp_path):
+  config = bad_config(overrides, tmp_path)
   workdir = tmp_path / "run"
+  if overrides.get("workdir") == "UNWRITABLE":
+    (tmp_path / "a_file").write_text("")
+    workdir = tmp_path / "a_file" / "run"
   with pytest.raises(FitnetsError, match=message) as info:
-    experiment.prepare(tiny_digits(**overrides), str(workdir))
+    train.run(config, str(workdir))
   assert "\n" not in str(info.value).strip()        # one paragraph
-  assert not workdir.exists()                        # nothing written
+  assert "Traceback" not in str(info.value)
+  assert not workdir.exists()                        # nothing written, no step taken
 
 
-def test_unwritable_workdir(tmp_path):
-  blocker = tmp_path / "a_file"
-  blocker.write_text("")
-  with pytest.raises(FitnetsError, match="--workdir=.* cannot be created"):
-    experiment.prepare(tiny_digits(), str(blocker / "run"))
+def test_the_table_is_wide():
+  assert len(CASES) >= 30
 
 
 def test_teacher_checkpoint_of_another_architecture(tmp_path):
@@ -80,15 +164,6 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path):
                                          r"checkpoint but \(3,\) in the model"):
     experiment.prepare(tiny_digits(**{"teacher.checkpoint": teacher_run, "dataset.name": "npz",
                                       "dataset.path": str(npz), "eval_batch_size": 8}), str(tmp_path / "y"))
-
-
-def test_a_workdir_of_another_method_refuses_to_resume(tmp_path):
-  workdir = str(tmp_path / "run")
-  train.run(tiny_digits("scratch", student=4), workdir)
-  before = sorted(os.listdir(workdir))
-  with pytest.raises(FitnetsError, match=r"holds a run with stages \['scratch'\], but this config runs"):
-    train.run(tiny_digits("kd", teacher=2, student=2), workdir)
-  assert sorted(os.listdir(workdir)) == before
 
 
 def run_cli(*args):

@@ -6,6 +6,7 @@ import tensorflow_datasets as tfds
 
 from fitnets_jax import FitnetsError, data
 from fitnets_jax.config import base_config
+from helpers import write_npz
 
 
 def dataset_config(**overrides):
@@ -81,48 +82,11 @@ def test_gcn_gives_zero_mean_and_norm_scale():
   np.testing.assert_allclose(np.linalg.norm(x, axis=1), 55.0)
 
 
-def write_npz(path, **overrides):
-  rng = np.random.default_rng(0)
-  arrays = dict(train_images=rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8),
-                train_labels=rng.integers(0, 4, 40), test_images=rng.integers(0, 256, (10, 6, 6, 3), dtype=np.uint8),
-                test_labels=rng.integers(0, 4, 10))
-  arrays.update(overrides)
-  arrays = {k: v for k, v in arrays.items() if v is not None}
-  np.savez(path, **arrays)
-  return str(path)
-
-
 def test_npz_dataset_loads(tmp_path):
   d = data.load(dataset_config(name="npz", path=write_npz(tmp_path / "ok.npz")))
   assert (d.num_train, d.num_test, d.image_shape, d.num_classes) == (40, 10, (6, 6, 3), 4)
   batch = next(data.train_batches(d, 8, 5, 0, 0))
   assert batch["image"].shape == (8, 6, 6, 3)
-
-
-@pytest.mark.parametrize("overrides,message", [
-    (dict(test_labels=None), "lacks test_labels"),
-    (dict(train_images=np.zeros((40, 6, 6), np.uint8)), "must be NHWC"),
-    (dict(train_images=np.zeros((40, 6, 6, 3), np.float32)), "must be uint8"),
-    (dict(test_labels=np.full(10, 7)), r"test_labels .* range over 7..7; labels must lie in 0..3"),
-    (dict(train_labels=np.full(40, -1)), "train_labels .* range over -1"),
-    (dict(test_images=np.zeros((0, 6, 6, 3), np.uint8), test_labels=np.zeros(0, int)), "test_images .* is empty"),
-    (dict(train_labels=np.zeros(39, int)), "39 labels for 40 images"),
-    (dict(test_images=np.zeros((10, 5, 5, 3), np.uint8)), "same image shape"),
-    (dict(train_labels=np.zeros(40, np.float32)), "1-D integer array"),
-])
-def test_malformed_npz_is_a_clear_error(tmp_path, overrides, message):
-  path = write_npz(tmp_path / "bad.npz", **overrides)
-  with pytest.raises(FitnetsError, match=message):
-    data.load(dataset_config(name="npz", path=path))
-
-
-def test_npz_that_is_not_an_npz(tmp_path):
-  path = tmp_path / "junk.npz"
-  path.write_text("not a zip")
-  with pytest.raises(FitnetsError, match="could not be read as an .npz"):
-    data.load(dataset_config(name="npz", path=str(path)))
-  with pytest.raises(FitnetsError, match="does not exist"):
-    data.load(dataset_config(name="npz", path=str(tmp_path / "missing.npz")))
 
 
 def test_unknown_dataset_lists_the_sources():

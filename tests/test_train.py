@@ -128,46 +128,6 @@ def test_paper_configs_build_and_run_a_few_steps(name, arg, overrides, tmp_path)
   assert np.isfinite(summary["stages"]["kd"]["final_train_loss"])
 
 
-def test_killed_and_preempted_runs_resume_to_the_same_parameters(tmp_path):
-  """SIGKILL the command line in the hint stage and restart it; SIGTERM it in the KD stage (it saves
-  and exits with 75) and restart it; the parameters equal an uninterrupted run's."""
-  import signal
-  import subprocess
-  import sys
-  from conftest import ROOT
-  flags = ["--config.num_devices=1", "--config.batch_size=32", "--config.log_every_steps=4",
-           "--config.checkpoint_every_steps=4", "--config.stages.teacher.steps=24", "--config.stages.hint.steps=8",
-           "--config.stages.student.steps=16"]
-  work = str(tmp_path / "killed")
-  cmd = [sys.executable, "-u", "-m", "fitnets_jax.main", "--config", "configs/digits.py", "--workdir", work, *flags]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-  for line in proc.stdout:
-    if line.startswith("[hint] step 4/8"):
-      proc.send_signal(signal.SIGKILL)
-      break
-  proc.wait(timeout=120)
-  assert proc.returncode == -signal.SIGKILL
-  assert not os.path.exists(os.path.join(work, "summary.json"))
-  # Restart; this time a preemption notice (SIGTERM) arrives in the KD stage.
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  for line in proc.stdout:
-    if line.startswith("[kd] step 4/16"):
-      proc.send_signal(signal.SIGTERM)
-      break
-  proc.stdout.read()
-  assert proc.wait(timeout=120) == 75, proc.stderr.read()[-2000:]     # Preempted.exit_code
-  assert "preempted: Stopped on SIGTERM/preemption in stage 'kd' at step" in proc.stderr.read()
-  resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert "Resuming from" in resumed.stdout and "stage 'kd' at step" in resumed.stdout
-  full = str(tmp_path / "full")
-  train.run(tiny_digits(), full)
-  (step, want), (got_step, got) = final_state(full), final_state(work)
-  assert step == got_step
-  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-    np.testing.assert_array_equal(a, b)
-
-
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
   from fitnets_jax.errors import NonFiniteLoss
   work = str(tmp_path / "nan")
