@@ -16,7 +16,7 @@ run: $(VENV)/.installed  ## FitNets on the embedded digits: teacher → hint sta
 	$(PY) -m fitnets_jax.main --config configs/digits.py --workdir $(WORKDIR)
 
 test: $(VENV)/.installed  ## The whole test suite (CPU, no network).
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 clean:
 	rm -rf runs

@@ -3,7 +3,8 @@
 Layout in the workdir:
   checkpoints/<global step>/{state, meta}   the current stage's TrainState and JSON metadata
   checkpoints_damaged/<global step>         checkpoints found unreadable at a restart, kept for inspection
-  teacher/variables, teacher/teacher.json   the teacher, saved once when its stage ends
+  teacher/variables, teacher/teacher.json   the teacher, saved once when its stage ends (teacher1/, … for
+                                            several teachers)
 """
 
 import json
@@ -82,9 +83,10 @@ class RunCheckpoints:
     self.manager.close()
 
 
-def save_teacher(workdir, variables, info):
-  """Writes the teacher's variables and `teacher.json` (model, sizes, accuracy) under workdir/teacher."""
-  directory = os.path.abspath(os.path.join(workdir, TEACHER_DIR))
+def save_teacher(workdir, role, variables, info):
+  """Writes a teacher's variables and `teacher.json` (model, sizes, accuracy) under workdir/<role>
+  (workdir/teacher for a run's one teacher, workdir/teacher1, … for `config.teachers`)."""
+  directory = os.path.abspath(os.path.join(workdir, role))
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(directory, "variables"), variables, force=True)
     checkpointer.wait_until_finished()

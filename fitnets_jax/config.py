@@ -10,8 +10,6 @@ import ml_collections
 
 from fitnets_jax.errors import FitnetsError
 
-METHODS = ("fitnets", "kd", "scratch")
-
 # Max-norm limits of the maxout and FitNets papers' pylearn2 configs (conv / dense / softmax).
 PAPER_MAX_NORM = dict(max_norm_conv=0.9, max_norm_dense=1.9, max_norm_logits=1.9365)
 
@@ -49,7 +47,7 @@ def stage_config(epochs, steps=0, **optimizer):
 def base_config():
   """Defaults shared by every config file; see README 'Config keys'."""
   c = ml_collections.ConfigDict()
-  c.method = "fitnets"            # fitnets | kd | scratch
+  c.method = "fitnets"            # fitnets | kd | scratch | fsp | at | multi_teacher
   c.seed = 0
   c.num_devices = 0               # data-parallel devices; 0: every device JAX sees
   c.distributed = False           # jax.distributed.initialize() first (TPU pod slices)
@@ -76,6 +74,7 @@ def base_config():
       flip=False,                 # random horizontal flips
       shift=0,                    # random shifts of up to this many pixels
       shuffle_buffer=50000,
+      validation_examples=0,      # hold out the last N training examples as a validation split
   ))
   c.teacher = ml_collections.ConfigDict(dict(
       model="digits_teacher",
@@ -83,10 +82,30 @@ def base_config():
       dropout=0.0,
   ))
   c.student = ml_collections.ConfigDict(dict(model="digits_student", dropout=0.0))
+  # multi_teacher: a list of dicts, each {model, checkpoint, dropout, epochs, steps, optimizer}; the
+  # training recipe defaults to stages.teacher (optimizer: overrides of its keys).
+  c.teachers = []
+  c.multi_teacher = ml_collections.ConfigDict(dict(
+      weights="uniform",          # uniform | explicit (mu) | accuracy (validation accuracy, normalised)
+      mu=[],                      # explicit: one weight ≥ 0 per teacher, not all zero
+  ))
   c.hint = ml_collections.ConfigDict(dict(
       teacher_layer="conv2",      # hint layer (python -m fitnets_jax.layers lists them)
       student_layer="conv5",      # guided layer
+      kind="regression",          # regression: FitNets' regressor + L2 | attention: attention transfer
+      weight=1.0,                 # this pair's weight in the loss
       regressor_init=0.05,        # U(±r) initialisation of the regressor; 0: lecun normal
+      order="progressive",        # several pairs (`hints`): progressive (one phase per pair) | joint
+  ))
+  # Several hint pairs: a list of dicts with teacher_layer, student_layer and optionally kind,
+  # weight and teacher (index into `teachers`); empty: the one pair in `hint`.
+  c.hints = []
+  c.attention = ml_collections.ConfigDict(dict(
+      beta=1000.0,                # β of the attention-transfer loss β/2·mean((Q_S − Q_T)²)
+  ))
+  c.fsp = ml_collections.ConfigDict(dict(
+      weight=1.0,                 # λ_i, equal for every section (Yim et al.)
+      kd=False,                   # stage 2: the KD loss (kd.*) instead of plain cross-entropy
   ))
   c.kd = ml_collections.ConfigDict(dict(
       loss="fitnets",             # fitnets: H(y,P_S) + λ·H(P_T^τ,P_S^τ) | hinton: α·τ²·KL + (1−α)·CE
@@ -96,6 +115,7 @@ def base_config():
       lambda_decay_begin_epochs=0.0,
       lambda_decay_epochs=-1.0,   # -1: until the end of the stage
       alpha=0.9,                  # hinton only
+      attention=False,            # add the attention pairs' loss (hint kind 'attention') to the KD loss
   ))
   c.stages = ml_collections.ConfigDict(dict(
       teacher=stage_config(epochs=100),   # trains the teacher unless teacher.checkpoint is set

@@ -45,6 +45,8 @@ class Data:
   normalize: Callable            # float32 [0, 1] batch (tf) → preprocessed batch
   augment_flip: bool = False
   augment_shift: int = 0
+  num_validation: int = 0        # held out of training by dataset.validation_examples
+  validation: Callable = None
 
   @property
   def augmented(self):
@@ -111,12 +113,17 @@ def _host_slice(array):
   return array[jax.process_index()::jax.process_count()]
 
 
-def _in_memory(name, x_train, y_train, x_test, y_test, num_classes):
+def _in_memory(name, x_train, y_train, x_test, y_test, num_classes, validation_examples=0):
+  """Splits from arrays; the last `validation_examples` training examples become the validation split."""
   tf = _tf()
   make = lambda x, y: (lambda: tf.data.Dataset.from_tensor_slices((_host_slice(x), _host_slice(y))))
-  return dict(name=name, num_classes=num_classes, image_shape=tuple(x_train.shape[1:]),
-              num_train=len(x_train), num_test=len(x_test), train=make(x_train, y_train),
+  n = len(x_train) - validation_examples
+  spec = dict(name=name, num_classes=num_classes, image_shape=tuple(x_train.shape[1:]),
+              num_train=n, num_test=len(x_test), train=make(x_train[:n], y_train[:n]),
               test=make(x_test, y_test))
+  if validation_examples:
+    spec.update(num_validation=validation_examples, validation=make(x_train[n:], y_train[n:]))
+  return spec
 
 
 def _tfds(cfg):
@@ -143,14 +150,23 @@ def _tfds(cfg):
       return n if n >= 0 else sum(1 for _ in ds)
 
   host = lambda split: tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
-  train_ds, info = load(cfg.train_split)
+  held_out = cfg.validation_examples
+  check(not held_out or ("+" not in cfg.train_split and "[" not in cfg.train_split),
+        f"dataset.validation_examples={held_out} holds out the end of one TFDS split, but dataset.train_split="
+        f"{cfg.train_split!r} is a combination or a slice; use a single split name such as 'train'.")
+  validation_split = f"{cfg.train_split}[-{held_out}:]" if held_out else ""
+  train_split = f"{cfg.train_split}[:-{held_out}]" if held_out else cfg.train_split
+  train_ds, info = load(train_split)
   test_ds, _ = load(cfg.test_split)
   sample = np.stack([x for x, _ in tfds.as_numpy(train_ds.take(cfg.stats_examples))])
   spec = dict(name=cfg.name, num_classes=info.features["label"].num_classes,
-              image_shape=tuple(info.features["image"].shape), num_train=count(cfg.train_split, train_ds, info),
+              image_shape=tuple(info.features["image"].shape), num_train=count(train_split, train_ds, info),
               num_test=count(cfg.test_split, test_ds, info),
-              train=lambda: load(host(cfg.train_split))[0].cache(),
+              train=lambda: load(host(train_split))[0].cache(),
               test=lambda: load(host(cfg.test_split))[0])
+  if held_out:
+    spec.update(num_validation=count(validation_split, load(validation_split)[0], info),
+                validation=lambda: load(host(validation_split))[0])
   return spec, sample
 
 
@@ -206,6 +222,8 @@ def load(cfg):
   one_of("dataset.preprocess", cfg.preprocess, PREPROCESS)
   check(isinstance(cfg.shift, int) and cfg.shift >= 0, f"dataset.shift={cfg.shift!r} must be an integer ≥ 0.")
   check(cfg.stats_examples > 0, f"dataset.stats_examples={cfg.stats_examples!r} must be > 0.")
+  check(cfg.validation_examples >= 0,
+        f"dataset.validation_examples={cfg.validation_examples!r} must be ≥ 0 (0: no validation split).")
   if cfg.name in TFDS_NAMES:
     spec, sample = _tfds(cfg)
   else:
@@ -213,8 +231,11 @@ def load(cfg):
       *arrays, classes = *digits_arrays(), 10
     else:
       *arrays, classes = npz_arrays(cfg.path, cfg.num_classes)
-    spec = _in_memory(cfg.name, *arrays, classes)
-    sample = arrays[0][:cfg.stats_examples]
+    check(cfg.validation_examples < len(arrays[0]),
+          f"dataset.validation_examples={cfg.validation_examples} would hold out all {len(arrays[0])} training "
+          "examples; use fewer.")
+    spec = _in_memory(cfg.name, *arrays, classes, cfg.validation_examples)
+    sample = arrays[0][:spec["num_train"]][:cfg.stats_examples]
   check(spec["num_train"] > 0 and spec["num_test"] > 0,
         f"dataset {cfg.name!r} has {spec['num_train']} training and {spec['num_test']} test examples; "
         "both splits need at least one.")
@@ -270,15 +291,15 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
     epoch, offset = epoch + 1, 0
 
 
-def eval_batches(data, local_batch):
-  """The test split as numpy batches {image, label, mask}; the last batches are padded (mask 0).
-
-  Every host yields the same number of batches (a collective step runs on each of them).
+def eval_batches(data, local_batch, split="test"):
+  """The test (or validation) split as numpy batches {image, label, mask}; the last batches are
+  padded (mask 0). Every host yields the same number of batches (a collective step runs on each).
   """
   tf = _tf()
-  per_host = math.ceil(data.num_test / jax.process_count())
+  source, size = (data.test, data.num_test) if split == "test" else (data.validation, data.num_validation)
+  per_host = math.ceil(size / jax.process_count())
   total = math.ceil(per_host / local_batch)
-  ds = data.test().batch(local_batch).map(
+  ds = source().batch(local_batch).map(
       lambda x, y: {"image": data.normalize(tf.cast(x, tf.float32) / 255.0), "label": tf.cast(y, tf.int32)},
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
   shape = (local_batch,) + tuple(data.image_shape)

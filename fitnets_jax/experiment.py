@@ -9,6 +9,7 @@ import os
 from typing import Any, Optional
 
 import jax
+import ml_collections
 from jax.sharding import AxisType
 
 from fitnets_jax import checkpoint, data, methods, models
@@ -26,11 +27,16 @@ class Experiment:
   data: data.Data
   mesh: jax.sharding.Mesh
   student: Any
-  teacher: Optional[Any]
-  stages: list                        # the teacher's own stage first when it is trained here
+  teachers: dict                      # role → Network ({} for methods without a teacher)
+  stages: list                        # the teachers' own stages first when they are trained here
   steps_per_epoch: int
-  teacher_variables: Optional[dict]   # host arrays of a reused teacher, else None
-  teacher_source: str                 # "" (trained here), or the checkpoint folder
+  teacher_variables: dict             # role → host arrays, for reused teachers
+  teacher_sources: dict               # role → checkpoint folder, for reused teachers
+  teacher_weights: Optional[Any] = None   # multi_teacher: (roles, validation_accuracy) → (μ, accuracies)
+
+  @property
+  def teacher(self):
+    return next(iter(self.teachers.values()), None)
 
   @property
   def local_batch(self):
@@ -100,13 +106,46 @@ def check_same_experiment(config, workdir):
         f"only {', '.join(SAFE_TO_CHANGE)} may change between runs in one workdir.")
 
 
-def reused_teacher(config, teacher):
-  """Host variables of `teacher.checkpoint`, checked against the configured teacher model."""
-  info = checkpoint.teacher_info(config.teacher.checkpoint)
+TEACHER_ENTRY_KEYS = ("model", "checkpoint", "dropout", "epochs", "steps", "optimizer")
+
+
+def teacher_specs(config, method):
+  """[(role, ConfigDict with model/checkpoint/dropout, its training stage config)] of the method's teachers."""
+  if not method.USES_TEACHER:
+    check(not len(config.teachers), f"config.teachers is set, but method={config.method!r} uses no teacher.")
+    return []
+  if not getattr(method, "USES_TEACHER_LIST", False):
+    check(not len(config.teachers), f"config.teachers lists several teachers, but method={config.method!r} uses "
+                                    "the one in config.teacher; use method=multi_teacher, or clear teachers.")
+    return [("teacher", config.teacher, config.stages.teacher)]
+  check(len(config.teachers) > 0, f"method={config.method!r} needs config.teachers: a non-empty list of dicts "
+                                  f"with keys {', '.join(TEACHER_ENTRY_KEYS)} (model required).")
+  specs = []
+  for i, entry in enumerate(config.teachers):
+    entry = dict(entry)
+    unknown = sorted(set(entry) - set(TEACHER_ENTRY_KEYS))
+    check(not unknown, f"teachers[{i}] has unknown keys {unknown}; valid: {', '.join(TEACHER_ENTRY_KEYS)}.")
+    check(isinstance(entry.get("model"), str), f"teachers[{i}].model={entry.get('model')!r} must name a model.")
+    stage = ml_collections.ConfigDict(config.stages.teacher.to_dict())
+    stage.epochs = float(entry.get("epochs", stage.epochs))
+    stage.steps = int(entry.get("steps", stage.steps))
+    for key, value in dict(entry.get("optimizer", {})).items():
+      check(key in stage.optimizer, f"teachers[{i}].optimizer.{key} is not an optimizer key; valid: "
+                                    f"{', '.join(stage.optimizer)}.")
+      stage.optimizer[key] = value
+    role_cfg = ml_collections.ConfigDict(dict(model=entry["model"], checkpoint=entry.get("checkpoint", ""),
+                                              dropout=float(entry.get("dropout", 0.0))))
+    specs.append((f"teacher{i + 1}", role_cfg, stage))
+  return specs
+
+
+def reused_teacher(key, role_cfg, teacher):
+  """Host variables of a teacher checkpoint, checked against the configured teacher model."""
+  info = checkpoint.teacher_info(role_cfg.checkpoint)
   check(info.get("model") == teacher.name,
-        f"teacher.checkpoint={config.teacher.checkpoint!r} holds a {info.get('model')!r} teacher but "
-        f"teacher.model={teacher.name!r}; set --config.teacher.model={info.get('model')}.")
-  return checkpoint.load_teacher(config.teacher.checkpoint, teacher.abstract_variables())
+        f"{key}.checkpoint={role_cfg.checkpoint!r} holds a {info.get('model')!r} teacher but "
+        f"{key}.model={teacher.name!r}; set --config.{key}.model={info.get('model')}.")
+  return checkpoint.load_teacher(role_cfg.checkpoint, teacher.abstract_variables())
 
 
 def prepare(config, workdir):
@@ -120,17 +159,21 @@ def prepare(config, workdir):
   steps_per_epoch = dataset.num_train // config.batch_size
   check(steps_per_epoch > 0, f"batch_size={config.batch_size} is larger than the {dataset.num_train} "
                              f"training examples of {dataset.name!r}; lower batch_size.")
-  build = lambda role: network(config[role].model, models.get_model(
-      config[role].model, dataset.num_classes, config[role].dropout, key=f"{role}.model"), dataset.image_shape)
-  student = build("student")
-  teacher = build("teacher") if method.USES_TEACHER else None
-  ctx = Context(config, student, teacher, steps_per_epoch)
+  build = lambda key, cfg: network(cfg.model, models.get_model(
+      cfg.model, dataset.num_classes, cfg.dropout, key=f"{key}.model"), dataset.image_shape)
+  student = build("student", config.student)
+  specs = teacher_specs(config, method)
+  keys = {role: "teacher" if role == "teacher" else f"teachers[{int(role[7:]) - 1}]" for role, _, _ in specs}
+  teachers = {role: build(keys[role], cfg) for role, cfg, _ in specs}
+  ctx = Context(config, student, teachers, steps_per_epoch, {role: stage for role, _, stage in specs})
   stages = method.stages(ctx)
-  teacher_variables, source = None, ""
-  if teacher is not None and config.teacher.checkpoint:
-    teacher_variables = reused_teacher(config, teacher)
-    source = checkpoint.teacher_dir(config.teacher.checkpoint)
-  elif teacher is not None:
-    stages = [supervised_stage(ctx, "teacher", teacher, "teacher", trains="teacher")] + stages
+  variables, sources, teacher_stages = {}, {}, []
+  for role, cfg, _ in specs:
+    if cfg.checkpoint:
+      variables[role] = reused_teacher(keys[role], cfg, teachers[role])
+      sources[role] = checkpoint.teacher_dir(cfg.checkpoint)
+    else:
+      teacher_stages.append(supervised_stage(ctx, role, teachers[role], role, trains=role))
   check_workdir(workdir)
-  return Experiment(config, dataset, mesh, student, teacher, stages, steps_per_epoch, teacher_variables, source)
+  return Experiment(config, dataset, mesh, student, teachers, teacher_stages + stages, steps_per_epoch,
+                    variables, sources, getattr(method, "teacher_weights", None))

@@ -1,5 +1,5 @@
-"""Lists every capturable layer of a config's teacher and student, with output shapes, parameters
-and MACs, and the regressor the configured hint pair gets.
+"""Lists every capturable layer of a config's teachers and student, with output shapes, parameters
+and MACs, their sections, and the hint pairs (with the regressor each regression pair gets).
 
   python -m fitnets_jax.layers --config configs/cifar10.py
 """
@@ -11,7 +11,7 @@ import numpy as np
 from absl import app, logging
 from ml_collections import config_flags
 
-from fitnets_jax import features, models
+from fitnets_jax import experiment, features, hints, methods, models
 from fitnets_jax.data import load as load_data
 from fitnets_jax.errors import FitnetsError
 from fitnets_jax.methods.base import network
@@ -24,28 +24,36 @@ _CLASSES = {"cifar100": 100}
 
 
 def report(config):
-  """The layer tables and hint pair of `config` as text (no data is read except for npz)."""
+  """The layer tables, sections and hint pairs of `config` as text (no data is read except for npz)."""
   name = config.dataset.name
   if name in _INPUT_SHAPES:
     shape, classes = _INPUT_SHAPES[name], _CLASSES.get(name, 10)
   else:
     data = load_data(config.dataset)
     shape, classes = data.image_shape, data.num_classes
-  nets = {role: network(config[role].model, models.get_model(config[role].model, classes, key=f"{role}.model"), shape)
-          for role in ("teacher", "student")}
+  method = methods.get(config.method)
+  build = lambda key, cfg: network(cfg.model, models.get_model(cfg.model, classes, key=f"{key}.model"), shape)
+  teachers = {role: build(role, cfg) for role, cfg, _ in experiment.teacher_specs(config, method)}
+  student = build("student", config.student)
   lines = []
-  for role, net in nets.items():
+  for role, net in [*teachers.items(), ("student", student)]:
     lines += [f"{role}: {net.name} — {net.params:,} params, {net.macs:,} MACs per example, input {shape}",
-              features.layer_table(net.layers), ""]
-  hint = features.find_layer(nets["teacher"].layers, config.hint.teacher_layer, "hint.teacher_layer", nets["teacher"].name)
-  guided = features.find_layer(nets["student"].layers, config.hint.student_layer, "hint.student_layer",
-                               nets["student"].name)
-  kernel = features.regressor_kernel(guided, hint)
-  pieces = hint.pieces if hint.nonlinearity == "maxout" else 1
-  reg_params = int(np.prod(kernel)) * guided.shape[-1] * hint.shape[-1] * pieces + hint.shape[-1] * pieces
-  lines.append(f"hint pair: student {guided.name} {guided.shape} → regressor {kernel[0]}×{kernel[1]} conv, "
-               f"{hint.nonlinearity}{f' ({hint.pieces} pieces)' if pieces > 1 else ''}, {reg_params:,} params "
-               f"→ teacher {hint.name} {hint.shape}")
+              features.layer_table(net.layers)]
+    if net.sections:
+      lines.append("sections (input → output): " + ", ".join(f"{a} → {b}" for a, b in net.sections))
+    lines.append("")
+  if config.method in ("fitnets", "at") or (teachers and config.kd.attention):
+    for pair in hints.pairs(config, student, teachers):
+      where = f"student {pair.guided.name} {pair.guided.shape}"
+      target = f"{pair.teacher} {pair.hint.name} {pair.hint.shape}"
+      if pair.regressor is None:
+        lines.append(f"{pair.key}: attention, {where} → {target}")
+        continue
+      kernel, hint = pair.regressor.kernel, pair.hint
+      pieces = hint.pieces if hint.nonlinearity == "maxout" else 1
+      reg_params = int(np.prod(kernel)) * pair.guided.shape[-1] * hint.shape[-1] * pieces + hint.shape[-1] * pieces
+      lines.append(f"{pair.key}: {where} → regressor {kernel[0]}×{kernel[1]} conv, {hint.nonlinearity}"
+                   f"{f' ({hint.pieces} pieces)' if pieces > 1 else ''}, {reg_params:,} params → {target}")
   return "\n".join(lines)
 
 

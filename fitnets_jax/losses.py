@@ -34,25 +34,40 @@ def softened(logits, temperature):
   return jax.nn.softmax(_f32(logits) / temperature)
 
 
-def fitnets_kd_loss(student_logits, teacher_logits, labels, lam, temperature):
+def soft_target(teacher_logits, temperature, weights=None):
+  """The teachers' softened outputs averaged with weights μ: Σ_i μ_i·p_i^τ / Σ_i μ_i (SPEC §4).
+
+  `teacher_logits` is one (batch, classes) array or a sequence of them; `weights` defaults to
+  uniform. One teacher gives p^τ itself. The result is a target (stop_gradient).
+  """
+  stacked = _f32(teacher_logits if not isinstance(teacher_logits, (list, tuple)) else jnp.stack(teacher_logits))
+  if stacked.ndim == 2:
+    stacked = stacked[None]
+  mu = jnp.ones(stacked.shape[0], jnp.float32) if weights is None else _f32(weights)
+  probs = jax.nn.softmax(stacked / temperature, axis=-1)
+  return jax.lax.stop_gradient(jnp.tensordot(mu / jnp.sum(mu), probs, axes=1))
+
+
+def fitnets_kd_loss(student_logits, teacher_logits, labels, lam, temperature, weights=None):
   """FitNets KD loss (Romero et al. 2015, eq. 2): L = H(y, P_S) + λ·H(P_T^τ, P_S^τ).
 
   No τ² factor, as the paper writes it; λ is annealed by the caller. The teacher is a
-  target (stop_gradient). Mean over the batch. Returns (loss, {"ce", "soft_ce"}).
+  target (stop_gradient); several teachers give the μ-weighted `soft_target`. Mean over the
+  batch. Returns (loss, {"ce", "soft_ce"}).
   """
-  target = jax.lax.stop_gradient(softened(teacher_logits, temperature))
+  target = soft_target(teacher_logits, temperature, weights)
   ce = cross_entropy(student_logits, labels)
   soft = soft_cross_entropy(target, _f32(student_logits) / temperature)
   return ce + lam * soft, {"ce": ce, "soft_ce": soft}
 
 
-def hinton_kd_loss(student_logits, teacher_logits, labels, alpha, temperature):
+def hinton_kd_loss(student_logits, teacher_logits, labels, alpha, temperature, weights=None):
   """Hinton KD: L = α·τ²·KL(P_T^τ ‖ P_S^τ) + (1−α)·H(y, P_S), mean over the batch.
 
-  The τ² keeps the soft gradients' scale independent of τ (Hinton et al. 2015, §2).
-  Returns (loss, {"ce", "kl"}).
+  The τ² keeps the soft gradients' scale independent of τ (Hinton et al. 2015, §2). Several
+  teachers give the μ-weighted `soft_target`. Returns (loss, {"ce", "kl"}).
   """
-  target = jax.lax.stop_gradient(softened(teacher_logits, temperature))
+  target = soft_target(teacher_logits, temperature, weights)
   ce = cross_entropy(student_logits, labels)
   kl = kl_divergence(target, _f32(student_logits) / temperature)
   return alpha * temperature**2 * kl + (1.0 - alpha) * ce, {"ce": ce, "kl": kl}
@@ -66,6 +81,67 @@ def hint_loss(teacher_hint, regressed_guided):
   """
   diff = _f32(jax.lax.stop_gradient(teacher_hint)) - _f32(regressed_guided)
   return 0.5 * jnp.mean(jnp.sum(jnp.square(diff).reshape(diff.shape[0], -1), axis=-1))
+
+
+def pool_to(x, size):
+  """Max-pools an NHWC map down to `size` (h, w) with window = stride = the integer ratio."""
+  fh, fw = x.shape[1] // size[0], x.shape[2] // size[1]
+  if (fh, fw) == (1, 1):
+    return x
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, fh, fw, 1), (1, fh, fw, 1), "VALID")
+
+
+def fsp_matrix(first, second):
+  """FSP matrix (Yim et al. 2017, eq. 1): G_ij = Σ_{s,t} F¹_{s,t,i}·F²_{s,t,j} / (h·w).
+
+  `first` (batch, h, w, m) and `second` (batch, h', w', n); the larger map is max-pooled to the
+  smaller one's size first. Computed in float32. Returns (batch, m, n).
+  """
+  first, second = _f32(first), _f32(second)
+  size = (min(first.shape[1], second.shape[1]), min(first.shape[2], second.shape[2]))
+  first, second = pool_to(first, size), pool_to(second, size)
+  return jnp.einsum("bhwi,bhwj->bij", first, second) / (size[0] * size[1])
+
+
+def fsp_loss(teacher_matrices, student_matrices, weights):
+  """FSP loss (Yim et al. 2017, eq. 2): (1/N) Σ_x Σ_i λ_i ‖G_i^T(x) − G_i^S(x)‖².
+
+  Squared Frobenius norm per example and section, mean over the batch. The teacher's
+  matrices are targets (stop_gradient).
+  """
+  total = 0.0
+  for g_t, g_s, lam in zip(teacher_matrices, student_matrices, weights):
+    diff = jax.lax.stop_gradient(_f32(g_t)) - _f32(g_s)
+    total = total + lam * jnp.mean(jnp.sum(jnp.square(diff), axis=(1, 2)))
+  return total
+
+
+def attention_map(features, size=None):
+  """Attention map (Zagoruyko & Komodakis 2017, eq. 2 with p = 2): Q = vec(mean_c A_c²) / ‖·‖₂.
+
+  `features` (batch, h, w, c) → (batch, h·w). With `size`, the (h, w) map of channel means is
+  average-pooled to `size` (integer ratio) before flattening and normalising.
+  """
+  a = jnp.mean(jnp.square(_f32(features)), axis=-1)
+  if size is not None and tuple(size) != a.shape[1:]:
+    fh, fw = a.shape[1] // size[0], a.shape[2] // size[1]
+    a = a.reshape(a.shape[0], size[0], fh, size[1], fw).mean(axis=(2, 4))
+  q = a.reshape(a.shape[0], -1)
+  return q / jnp.maximum(jnp.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+
+
+def attention_loss(teacher_features, student_features, beta):
+  """Attention transfer loss (Zagoruyko & Komodakis 2017, eq. 3 as in their code):
+  β/2 · mean over batch and positions of (Q_S − Q_T)².
+
+  The larger map's attention is average-pooled to the smaller one's size (integer ratio). The
+  teacher is a target (stop_gradient).
+  """
+  size = (min(teacher_features.shape[1], student_features.shape[1]),
+          min(teacher_features.shape[2], student_features.shape[2]))
+  q_t = jax.lax.stop_gradient(attention_map(teacher_features, size))
+  q_s = attention_map(student_features, size)
+  return beta / 2.0 * jnp.mean(jnp.square(q_s - q_t))
 
 
 def accuracy(logits, labels):

@@ -28,9 +28,10 @@ def main(argv):
     print(f"{'preempted' if isinstance(e, Preempted) else 'error'}: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
   workdir = flags.FLAGS.workdir
-  student, teacher = summary["student"], summary["teacher"]
-  if teacher:
-    print(f"teacher {teacher['model']}: test accuracy {teacher['test_accuracy']:.4f}")
+  student = summary["student"]
+  for teacher in summary["teachers"]:
+    weight = f", weight {teacher['weight']:.3f}" if teacher.get("weight") is not None else ""
+    print(f"{teacher['role']} {teacher['model']}: test accuracy {teacher['test_accuracy']:.4f}{weight}")
   print(f"student {student['model']} ({summary['method']}): test accuracy {student['test_accuracy']:.4f}")
   print(f"Results in {workdir}: summary.json, metrics.jsonl, tensorboard/, checkpoints/")
 

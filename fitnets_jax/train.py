@@ -127,11 +127,11 @@ class Evaluator:
       self._steps[net.name] = jax.jit(step, in_shardings=(rep, batch_sharding(self.exp.mesh)), out_shardings=rep)
     return self._steps[net.name]
 
-  def accuracy(self, net, params, batch_stats):
+  def accuracy(self, net, params, batch_stats, split="test"):
     step = self._step(net)
     variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
     totals = [step(variables, b) for b in prefetch_to_device(
-        data.eval_batches(self.exp.data, self.exp.local_eval_batch), self.exp.mesh)]
+        data.eval_batches(self.exp.data, self.exp.local_eval_batch, split), self.exp.mesh)]
     hits, count = np.sum(jax.device_get(totals), axis=0)
     return float(hits / count)
 
@@ -193,7 +193,8 @@ class Runner:
     self.writer = metrics.Writer(workdir)
     self.checkpoints = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), self.config.keep_checkpoints)
     self.evaluator = Evaluator(exp)
-    self.results = {"stages": {}, "teacher_test_accuracy": None}
+    # teachers: role → {test_accuracy, validation_accuracy, weight}, measured once the teachers are ready
+    self.results = {"stages": {}, "teachers": {}}
     self.stop = StopRequest()
     self.pending = []   # un-logged step metrics restored from a checkpoint
 
@@ -268,21 +269,34 @@ class Runner:
 
   # ------------------------------------------------------------------ teacher
 
-  def teacher_variables(self, carry_teacher):
-    exp = self.exp
-    if carry_teacher is not None:
-      params, stats = carry_teacher
-      variables = {"params": params, "batch_stats": stats}
-    elif exp.teacher_variables is not None:
-      variables = {"params": exp.teacher_variables["params"],
-                   "batch_stats": exp.teacher_variables.get("batch_stats", {})}
+  def teacher_variables(self, carried):
+    """{role: replicated variables, "mu": weights} of every teacher: carried from this run's teacher
+    stage, reused from a checkpoint, or (after a resume) restored from workdir/<role>."""
+    exp, variables = self.exp, {}
+    for role, net in exp.teachers.items():
+      if role in carried:
+        params, stats = carried[role]
+        v = {"params": params, "batch_stats": stats}
+      else:
+        v = exp.teacher_variables.get(role) or checkpoint.load_teacher(os.path.join(self.workdir, role),
+                                                                       net.abstract_variables())
+        v = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
+      variables[role] = jax.device_put(jax.device_get(v), replicated(exp.mesh))
+      record = self.results["teachers"].setdefault(role, {})
+      if record.get("test_accuracy") is None:
+        record["test_accuracy"] = self.evaluator.accuracy(net, variables[role]["params"],
+                                                          variables[role]["batch_stats"])
+    roles = list(exp.teachers)
+    if exp.teacher_weights is None:
+      mu = [1.0 / len(roles)] * len(roles)
+    elif "weight" in self.results["teachers"][roles[0]]:
+      mu = [self.results["teachers"][r]["weight"] for r in roles]
     else:
-      restored = checkpoint.load_teacher(self.workdir, exp.teacher.abstract_variables())
-      variables = {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
-    variables = jax.device_put(jax.device_get(variables), replicated(exp.mesh))
-    if self.results["teacher_test_accuracy"] is None:
-      self.results["teacher_test_accuracy"] = self.evaluator.accuracy(exp.teacher, variables["params"],
-                                                                      variables["batch_stats"])
+      mu, accuracies = exp.teacher_weights(self.config, roles, lambda r: self.evaluator.accuracy(
+          exp.teachers[r], variables[r]["params"], variables[r]["batch_stats"], split="validation"))
+      for r, m in zip(roles, mu):
+        self.results["teachers"][r].update(weight=m, validation_accuracy=accuracies[r])
+    variables["mu"] = jax.device_put(np.asarray(mu, np.float32), replicated(exp.mesh))
     return variables
 
   # ------------------------------------------------------------------ stages
@@ -294,7 +308,7 @@ class Runner:
   def _run(self):
     exp = self.exp
     resume = self.resume()
-    carry, teacher_carry, teacher = None, None, None
+    carry, teacher_carry, teacher = None, {}, None
     for index, stage in enumerate(exp.stages):
       if resume is not None and index < resume[0]:
         continue
@@ -312,8 +326,8 @@ class Runner:
       if int(state.step) < stage.num_steps:
         state = self.train_stage(index, stage, tx, labels, state, teacher or {})
       carry = stage.output(state.params, state.batch_stats)
-      if stage.trains == "teacher":
-        teacher_carry, carry = carry, None
+      if stage.trains in exp.teachers:
+        teacher_carry[stage.trains], carry = carry, None
     self.checkpoints.close()
     summary = self.summary()
     self.writer.close()
@@ -373,11 +387,11 @@ class Runner:
                   images_per_s=round(stage.num_steps * cfg.batch_size / max(train_time, 1e-9), 1))
     if stage.evaluate:
       record["test_accuracy"] = self.evaluate(index, stage, state, stage.num_steps)
-    if stage.trains == "teacher":
-      self.results["teacher_test_accuracy"] = record["test_accuracy"]
+    if stage.trains in exp.teachers:
+      self.results["teachers"].setdefault(stage.trains, {})["test_accuracy"] = record["test_accuracy"]
       params, stats = stage.output(state.params, state.batch_stats)
-      checkpoint.save_teacher(self.workdir, jax.device_get({"params": params, "batch_stats": stats}),
-                              {**exp.teacher.describe(), "test_accuracy": record["test_accuracy"],
+      checkpoint.save_teacher(self.workdir, stage.trains, jax.device_get({"params": params, "batch_stats": stats}),
+                              {**exp.teachers[stage.trains].describe(), "test_accuracy": record["test_accuracy"],
                                "dataset": exp.data.name, "num_classes": exp.data.num_classes,
                                "image_shape": list(exp.data.image_shape)})
     record["wall_time_s"] = wall()
@@ -404,7 +418,7 @@ class Runner:
             "Lower the stage's learning_rate (or set grad_clip_norm), or set on_nan=skip_step to skip such steps.")
 
   def evaluate(self, index, stage, state, done):
-    net = self.exp.teacher if stage.trains == "teacher" else self.exp.student
+    net = self.exp.teachers.get(stage.trains, self.exp.student)
     params, stats = stage.output(state.params, state.batch_stats)
     acc = self.evaluator.accuracy(net, params, stats)
     self.writer.write({"stage": stage.name, "step": done, "epoch": round(done / self.exp.steps_per_epoch, 4),
@@ -419,12 +433,14 @@ class Runner:
     exp, cfg = self.exp, self.config
     student_stages = [s for s in exp.stages if s.trains == "student" and s.evaluate]
     stages = {name: {k: v for k, v in r.items() if k != "train_time_s"} for name, r in self.results["stages"].items()}
+    teachers = [{"role": role, **net.describe(), **self.results["teachers"].get(role, {}),
+                 "checkpoint": exp.teacher_sources.get(role) or os.path.join(os.path.abspath(self.workdir), role)}
+                for role, net in exp.teachers.items()]
     summary = {
         "method": cfg.method, "dataset": exp.data.name, "seed": cfg.seed,
         "devices": int(exp.mesh.size), "processes": jax.process_count(),
-        "teacher": None if exp.teacher is None else {
-            **exp.teacher.describe(), "test_accuracy": self.results["teacher_test_accuracy"],
-            "checkpoint": exp.teacher_source or os.path.join(os.path.abspath(self.workdir), checkpoint.TEACHER_DIR)},
+        "teacher": teachers[0] if teachers else None,   # the (first) teacher
+        "teachers": teachers,
         "student": {**exp.student.describe(),
                     "test_accuracy": self.results["stages"][student_stages[-1].name].get("test_accuracy")},
         "stages": stages,

@@ -35,13 +35,18 @@ def tiny_digits(method="fitnets", teacher=24, hint=8, student=16, **overrides):
   c.stages.teacher.steps = teacher
   c.stages.hint.steps = hint
   c.stages.student.steps = student
+  return with_overrides(c, overrides)
+
+
+def with_overrides(config, overrides):
+  """Sets dotted keys ("stages.hint.steps") of `config`; returns it."""
   for key, value in overrides.items():
-    target = c
+    target = config
     *parents, leaf = key.split(".")
     for p in parents:
       target = target[p]
     target[leaf] = value
-  return c
+  return config
 
 
 @pytest.fixture

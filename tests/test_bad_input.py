@@ -40,7 +40,7 @@ CASES = [
     ({"teacher.checkpoint": "/nonexistent/run"}, r"teacher.checkpoint='/nonexistent/run' holds no saved teacher"),
     ({"dataset.name": "imagenet"}, r"dataset.name='imagenet' is not valid; choose one of"),
     ({"method": "distill"}, r"method='distill' is not valid; choose one of: 'fitnets', 'kd', 'scratch'"),
-    ({"student.model": "resnet9000"}, r"student.model='resnet9000' is not a known model"),
+    ({"student.model": "vgg16"}, r"student.model='vgg16' is not a known model"),
     ({"teacher.model": "vgg"}, r"teacher.model='vgg' is not a known model"),
     ({"stages.teacher.optimizer.name": "lion"}, r"stages.teacher.optimizer.name='lion' is not valid"),
     ({"stages.student.optimizer.schedule": "linear"}, r"stages.student.optimizer.schedule='linear' is not valid"),
@@ -95,6 +95,33 @@ CASES = [
     ({**NPZ, "dataset.path": Npz(test_images=np.zeros((10, 5, 5, 3), np.uint8))}, r"same image shape"),
     ({**NPZ, "dataset.path": Npz(train_labels=np.zeros(40, np.float32))}, r"must be a 1-D integer array"),
     ({"workdir": "UNWRITABLE"}, r"--workdir=.* cannot be created"),
+    ({"dataset.validation_examples": -5}, r"dataset.validation_examples=-5 must be ≥ 0"),
+    # FSP, attention, several hints and teachers
+    ({"method": "fsp", "teacher.model": "digits_resnet20", "student.model": "digits_resnet8x2"},
+     r"FSP section 1 \(stem → section1\) gives 16×16 matrices in the student but 8×8 in the teacher"),
+    ({"method": "fsp"}, r"student.model='digits_student' has no sections; FSP compares"),
+    ({"hint.kind": "attention", "hint.student_layer": "fc"}, r"hint: attention transfer needs two feature maps"),
+    ({**NPZ, "dataset.path": Npz(), "hint.kind": "attention", "hint.student_layer": "conv10"},
+     r"hint: attention maps of 'conv2' \(3×3\) and 'conv10' \(2×2\) cannot be compared"),
+    ({"method": "at"}, r"method='at' trains on attention pairs, but hint has kind 'regression'"),
+    ({"kd.attention": True}, r"kd.attention=True adds the attention pairs' loss, but no hint pair has kind='attention'"),
+    ({"hints": [dict(teacher_layer="conv2", student_layer="conv5"), dict(teacher_layer="conv1", student_layer="conv3")]},
+     r"hint.order='progressive' .* from shallow to deep; got \['conv5', 'conv3'\]"),
+    ({"hints": [dict(teacher_layer="conv2", student_layer="conv5", depth=3)]}, r"hints\[0\] has unknown keys \['depth'\]"),
+    ({"hints": [dict(teacher_layer="conv2", student_layer="conv5", teacher=1)]}, r"hints\[0\].teacher=1 must index"),
+    ({"hints": [dict(teacher_layer="conv2", student_layer="conv5", weight=-1.0)]}, r"hints\[0\].weight=-1.0 must be"),
+    ({"method": "multi_teacher"}, r"method='multi_teacher' needs config.teachers: a non-empty list"),
+    ({"method": "kd", "teachers": [dict(model="digits_teacher")]}, r"config.teachers lists several teachers, but"),
+    ({"method": "multi_teacher", "teachers": [dict(model="digits_teacher"), dict(model="digits_resnet8")],
+      "multi_teacher.weights": "explicit", "multi_teacher.mu": [-1.0, 2.0]}, r"weights must be ≥ 0 and not all zero"),
+    ({"method": "multi_teacher", "teachers": [dict(model="digits_teacher"), dict(model="digits_resnet8")],
+      "multi_teacher.weights": "explicit", "multi_teacher.mu": [0.0, 0.0]}, r"mu=\[0.0, 0.0\]: weights must be ≥ 0 and not all"),
+    ({"method": "multi_teacher", "teachers": [dict(model="digits_teacher")], "multi_teacher.weights": "explicit",
+      "multi_teacher.mu": [1.0, 1.0]}, r"must hold one weight per teacher \(1\)"),
+    ({"method": "multi_teacher", "teachers": [dict(model="digits_teacher")], "multi_teacher.weights": "accuracy"},
+     r"needs a validation split held out of training: set dataset.validation_examples"),
+    ({"method": "multi_teacher", "teachers": [dict(model="digits_teacher", lr=0.1)]}, r"teachers\[0\] has unknown keys \['lr'\]"),
+    ({"method": "multi_teacher", "teachers": [dict(model="vgg16")]}, r"teachers\[0\].model='vgg16' is not a known model"),
 ]
 
 
@@ -126,6 +153,8 @@ def bad_config(overrides, tmp_path):
 
 def case_id(case):
   key, value = next(iter(case[0].items())) if "dataset.path" not in case[0] else ("npz", case[0]["dataset.path"])
+  if key in ("hints", "teachers", "method") and len(case[0]) > 1:
+    key, value = "+".join(case[0]), len(case[0])
   if isinstance(value, Npz):
     value = ",".join(f"{k}={'dropped' if v is None else getattr(v, 'shape', v)}" for k, v in value.arrays.items())
   return f"{key}={getattr(value, 'value', value)}"

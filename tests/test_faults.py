@@ -28,8 +28,8 @@ def comparable_summary(workdir):
   """summary.json without timings and the workdir-specific teacher path."""
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
-  if summary["teacher"]:
-    summary["teacher"].pop("checkpoint")
+  for teacher in [summary["teacher"] or {}] + summary["teachers"]:
+    teacher.pop("checkpoint", None)
   for stage in summary["stages"].values():
     for key in TIMING:
       stage.pop(key)

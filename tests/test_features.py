@@ -92,8 +92,12 @@ def test_find_layer_error_lists_valid_names():
 
 
 def test_unknown_model_lists_known_models():
-  with pytest.raises(FitnetsError, match="student.model='resnet9000'.*fitnet4"):
+  with pytest.raises(FitnetsError, match="student.model='vgg16'.*fitnet4.*resnetD or resnetDxW"):
+    models.get_model("vgg16", 10, key="student.model")
+  with pytest.raises(FitnetsError, match=r"student.model='resnet9000': a CIFAR ResNet needs depth 6n\+2"):
     models.get_model("resnet9000", 10, key="student.model")
+  with pytest.raises(FitnetsError, match=r"teacher.model='wrn_15_2': a wide ResNet needs depth 6n\+4"):
+    models.get_model("wrn_15_2", 10, key="teacher.model")
 
 
 def test_capture_returns_the_named_layer_output():
@@ -122,3 +126,20 @@ def test_layers_report_shows_both_tables_and_the_hint_pair():
   assert "student: fitnet4" in text and "conv11       MaxoutConv   8×8×80" in text
   assert text.endswith("student conv11 (8, 8, 80) → regressor 2×2 conv, maxout (2 pieces), 123,264 params "
                        "→ teacher conv2 (7, 7, 192)")
+  text = layers.report(load_config("at_digits"))
+  assert "sections (input → output): stem → section1, section1 → section2, section2 → section3" in text
+  assert text.endswith("hints[2]: attention, student section3 (2, 2, 32) → teacher section3 (2, 2, 32)")
+
+
+@pytest.mark.parametrize("name,params", [
+    # He et al. 2016 Table 6 (option A shortcuts; option B's 1×1 projections add < 1 %), Zagoruyko &
+    # Komodakis 2016 Table 1, and CRD's resnet8x4 / resnet32x4.
+    ("resnet20", 0.27e6), ("resnet56", 0.85e6), ("resnet110", 1.7e6),
+    ("wrn_16_4", 2.7e6), ("wrn_40_4", 8.9e6), ("wrn_16_8", 11.0e6), ("resnet8x4", 1.23e6), ("resnet32x4", 7.43e6),
+])
+def test_resnet_parameter_counts_match_the_papers(name, params):
+  net = network(name, models.get_model(name, 10), (32, 32, 3))
+  assert abs(net.params - params) / params < 0.025
+  assert net.sections == (("stem", "section1"), ("section1", "section2"), ("section2", "section3"))
+  shapes = {l.name: l.shape for l in net.layers}
+  assert shapes["section1"][:2] == (32, 32) and shapes["section2"][:2] == (16, 16) and shapes["section3"][:2] == (8, 8)

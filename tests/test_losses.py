@@ -98,3 +98,91 @@ def test_losses_reduce_in_float32_from_bfloat16():
 
 def test_accuracy():
   assert float(losses.accuracy(np.array([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0]]), np.array([1, 1, 1]))) == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------------------- FSP, attention, several teachers
+
+
+def np_max_pool(x, f):
+  b, h, w, c = x.shape
+  return x.reshape(b, h // f, f, w // f, f, c).max(axis=(2, 4))
+
+
+def np_fsp(a, b):
+  """G_ij = Σ_{s,t} a_{s,t,i} b_{s,t,j} / (h·w), written as explicit loops over positions."""
+  batch, h, w, m = a.shape
+  g = np.zeros((batch, m, b.shape[-1]))
+  for s in range(h):
+    for t in range(w):
+      g += a[:, s, t, :, None] * b[:, s, t, None, :]
+  return g / (h * w)
+
+
+def test_fsp_matrix_matches_numpy_with_and_without_pooling():
+  a = RNG.normal(size=(2, 4, 4, 3))
+  b = RNG.normal(size=(2, 4, 4, 5))
+  np.testing.assert_allclose(losses.fsp_matrix(a, b), np_fsp(a, b), rtol=1e-5, atol=1e-6)
+  small = RNG.normal(size=(2, 2, 2, 5))     # the 4×4 map is max-pooled 2×2 first, whichever side it is on
+  np.testing.assert_allclose(losses.fsp_matrix(a, small), np_fsp(np_max_pool(a, 2), small), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(losses.fsp_matrix(small, a), np_fsp(small, np_max_pool(a, 2)), rtol=1e-5, atol=1e-6)
+  assert losses.fsp_matrix(a.astype(np.float16), b.astype(np.float16)).dtype == jnp.float32
+
+
+def test_fsp_matrix_by_hand():
+  # One position: G = outer product; four positions of ones: G_ij = 1.
+  np.testing.assert_allclose(losses.fsp_matrix(np.array([[[[1.0, 2.0]]]]), np.array([[[[3.0]]]]))[0], [[3.0], [6.0]])
+  np.testing.assert_allclose(losses.fsp_matrix(np.ones((1, 2, 2, 2)), np.ones((1, 2, 2, 3)))[0], np.ones((2, 3)))
+
+
+def test_fsp_loss_matches_numpy():
+  g_t = [RNG.normal(size=(3, 4, 5)), RNG.normal(size=(3, 5, 6))]
+  g_s = [RNG.normal(size=(3, 4, 5)), RNG.normal(size=(3, 5, 6))]
+  weights = [1.0, 0.5]
+  expected = sum(w * np.mean(np.sum((t - s) ** 2, axis=(1, 2))) for t, s, w in zip(g_t, g_s, weights))
+  np.testing.assert_allclose(losses.fsp_loss(g_t, g_s, weights), expected, rtol=1e-5)
+  grads = jax.grad(lambda t: losses.fsp_loss([t], [g_s[0]], [1.0]))(jnp.asarray(g_t[0], jnp.float32))
+  assert not np.any(grads)                  # the teacher's matrices are targets
+
+
+def np_attention(x, f=1):
+  a = (x ** 2).mean(-1)
+  if f > 1:
+    b, h, w = a.shape
+    a = a.reshape(b, h // f, f, w // f, f).mean(axis=(2, 4))
+  q = a.reshape(a.shape[0], -1)
+  return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def test_attention_map_and_loss_match_numpy():
+  t = RNG.normal(size=(3, 4, 4, 8))
+  s = RNG.normal(size=(3, 4, 4, 2))          # channel counts may differ
+  np.testing.assert_allclose(losses.attention_map(t), np_attention(t), rtol=1e-5)
+  expected = 1000 / 2 * np.mean((np_attention(s) - np_attention(t)) ** 2)
+  np.testing.assert_allclose(losses.attention_loss(t, s, 1000.0), expected, rtol=1e-5)
+  big = RNG.normal(size=(3, 8, 8, 2))        # a 2× larger student map: its attention is average-pooled
+  expected = 1000 / 2 * np.mean((np_attention(big, 2) - np_attention(t)) ** 2)
+  np.testing.assert_allclose(losses.attention_loss(t, big, 1000.0), expected, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(losses.attention_map(t), axis=1), 1.0, rtol=1e-6)
+
+
+def test_attention_loss_by_hand():
+  # A map with all attention on one position vs a uniform one over 4 positions:
+  # Q_T = (1,0,0,0), Q_S = (½,½,½,½); mean square difference = (¼ + 3·¼)/4 = ¼; β/2·¼ = β/8.
+  t = np.zeros((1, 2, 2, 1)); t[0, 0, 0, 0] = 3.0
+  np.testing.assert_allclose(losses.attention_loss(t, np.ones((1, 2, 2, 1)), 8.0), 1.0, rtol=1e-6)
+
+
+def test_weighted_soft_target_matches_numpy():
+  t1, t2, t3 = (RNG.normal(size=(5, 7)) * 3 for _ in range(3))
+  mu = np.array([0.2, 0.0, 0.6])
+  expected = sum(m * np_softmax(t / 3.0) for m, t in zip(mu, (t1, t2, t3))) / mu.sum()
+  np.testing.assert_allclose(losses.soft_target([t1, t2, t3], 3.0, mu), expected, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(losses.soft_target([t1, t2], 2.0), (np_softmax(t1 / 2) + np_softmax(t2 / 2)) / 2,
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(losses.soft_target(t1, 3.0), np_softmax(t1 / 3.0), rtol=1e-5, atol=1e-7)
+  # The KD losses with several teachers use that target.
+  target = expected
+  hard = np_ce(np.eye(7)[Y], np_softmax(S.astype(np.float64)))
+  soft = np_ce(target, np_softmax(S.astype(np.float64) / 3.0))
+  total, _ = losses.fitnets_kd_loss(S, [t1, t2, t3], Y, 2.0, 3.0, mu)
+  np.testing.assert_allclose(total, hard + 2.0 * soft, rtol=1e-5)

@@ -31,8 +31,10 @@ def stage_named(exp, name):
 
 
 def random_teacher(exp):
+  """The step's teacher argument for one randomly initialised teacher: {"teacher": variables, "mu": [1]}."""
   params, stats = exp.teacher.init(jax.random.PRNGKey(7))
-  return jax.device_put({"params": params, "batch_stats": stats}, train.replicated(exp.mesh))
+  return jax.device_put({"teacher": {"params": params, "batch_stats": stats}, "mu": np.ones(1, np.float32)},
+                        train.replicated(exp.mesh))
 
 
 def run_steps(exp, stage, teacher, n):
@@ -78,7 +80,7 @@ def test_hint_stage_freezes_everything_after_the_guided_layer_bit_for_bit(digits
       assert not np.array_equal(before.batch_stats["student"][layer]["bn"]["mean"],
                                 after.batch_stats["student"][layer]["bn"]["mean"]), layer
   assert batch_norm == (digits_exp.student.name == "digits_student_bn")
-  assert not np.array_equal(before.params["regressor"]["conv"]["kernel"], after.params["regressor"]["conv"]["kernel"])
+  assert not np.array_equal(before.params["regressor0"]["conv"]["kernel"], after.params["regressor0"]["conv"]["kernel"])
   # Frozen leaves carry no optimizer state (set_to_zero), trained ones do.
   assert jax.tree.leaves(after.opt_state.inner_states["freeze"]) == []
 
@@ -108,9 +110,9 @@ def test_hint_stage_pays_only_for_the_two_prefixes(digits_exp):
   s_params, s_stats = exp.student.init(jax.random.PRNGKey(0))
   s_prefix = {k: s_params[k] for k in trained}
   s_prefix_stats = {k: s_stats[k] for k in trained if k in s_stats}
-  t_prefix = {k: teacher["params"][k] for k in ("conv1", "conv2")}
-  t_prefix_stats = {k: teacher["batch_stats"][k] for k in t_prefix}
-  reg = stage.init(jax.random.PRNGKey(0), None)[0]["regressor"]
+  t_prefix = {k: teacher["teacher"]["params"][k] for k in ("conv1", "conv2")}
+  t_prefix_stats = {k: teacher["teacher"]["batch_stats"][k] for k in t_prefix}
+  reg = stage.init(jax.random.PRNGKey(0), None)[0]["regressor0"]
 
   def reference_loss(params, x, full):
     s = s_prefix_net.apply({"params": params["s"], "batch_stats": s_prefix_stats}, x, True, mutable=["batch_stats"])[0]
@@ -122,7 +124,7 @@ def test_hint_stage_pays_only_for_the_two_prefixes(digits_exp):
     if full:  # Also run both whole networks: what the hint stage must *not* pay for.
       student_vars = {"params": params["s_all"], **({"batch_stats": s_stats} if s_stats else {})}
       value += 1e-9 * (jnp.sum(exp.student.module.apply(student_vars, x, True, mutable=["batch_stats"])[0])
-                       + jnp.sum(exp.teacher.module.apply(teacher, x, False)))
+                       + jnp.sum(exp.teacher.module.apply(teacher["teacher"], x, False)))
     return value
 
   def flops(full):

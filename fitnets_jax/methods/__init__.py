@@ -1,9 +1,10 @@
 """Distillation methods, one module each: `stages(ctx) -> list[Stage]` and `USES_TEACHER`."""
 
 from fitnets_jax.errors import one_of
-from fitnets_jax.methods import fitnets, kd, scratch
+from fitnets_jax.methods import attention, fitnets, fsp, kd, multi_teacher, scratch
 
-METHODS = {"fitnets": fitnets, "kd": kd, "scratch": scratch}
+METHODS = {"fitnets": fitnets, "kd": kd, "scratch": scratch, "fsp": fsp, "at": attention,
+           "multi_teacher": multi_teacher}
 
 
 def get(name):

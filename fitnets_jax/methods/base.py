@@ -25,6 +25,7 @@ class Network:
   layers: list
   params: int
   macs: int
+  sections: tuple = ()   # ((input layer, output layer), …) of models with named sections
 
   def abstract_variables(self):
     """Shapes and dtypes of all variables (no computation)."""
@@ -42,7 +43,7 @@ class Network:
 
 def network(name, module, input_shape):
   """A Network with its layer table, traced from shapes only."""
-  net = Network(name, module, tuple(input_shape), [], 0, 0)
+  net = Network(name, module, tuple(input_shape), [], 0, 0, tuple(getattr(module, "sections", ())))
   abstract = net.abstract_variables()
   net.layers = features.describe(module, abstract, input_shape)
   net.params, net.macs = features.count_params(abstract["params"]), features.total_macs(net.layers)
@@ -71,15 +72,28 @@ class Stage:
 
 @dataclasses.dataclass
 class Context:
-  """What methods may read: the config, the networks, and the epoch length."""
+  """What methods may read: the config, the networks, and the epoch length.
+
+  `teachers` maps a role to its Network: {"teacher": …} for one teacher, {"teacher1": …,
+  "teacher2": …} for `config.teachers`. Inside a step the teachers' variables arrive as
+  {role: {"params", "batch_stats"}, "mu": weights}.
+  """
   config: Any
   student: Network
-  teacher: Optional[Network]
+  teachers: dict
   steps_per_epoch: int
+  stage_configs: dict = dataclasses.field(default_factory=dict)   # role → its training stage config
+
+  @property
+  def teacher(self):
+    return next(iter(self.teachers.values()), None)
+
+  def stage_config(self, stage_key):
+    return self.stage_configs.get(stage_key) or self.config.stages[stage_key]
 
   def steps(self, stage_key):
     """A stage's length in steps: `stages.<key>.steps` if > 0, else epochs × steps per epoch."""
-    cfg = self.config.stages[stage_key]
+    cfg = self.stage_config(stage_key)
     check(cfg.steps >= 0 and cfg.epochs >= 0,
           f"stages.{stage_key}: steps={cfg.steps!r} and epochs={cfg.epochs!r} must be ≥ 0.")
     n = cfg.steps or int(round(cfg.epochs * self.steps_per_epoch))
@@ -87,7 +101,7 @@ class Context:
     return n
 
   def optimizer(self, stage_key, num_steps):
-    return optim.optimizer(self.config.stages[stage_key].optimizer, num_steps, self.steps_per_epoch,
+    return optim.optimizer(self.stage_config(stage_key).optimizer, num_steps, self.steps_per_epoch,
                            f"stages.{stage_key}.optimizer")
 
 
@@ -97,6 +111,21 @@ def forward(net, params, batch_stats, x, train, rng=None, capture=()):
   logits, feats, new_stats = features.apply(net.module, variables, x, train, capture,
                                             rngs={"dropout": rng} if rng is not None else None)
   return logits, feats, new_stats if new_stats is not None else batch_stats
+
+
+def hint_captures(pairs):
+  """{teacher role: its hint layer names} and the student's guided layer names, for `forward`."""
+  by_teacher = {}
+  for p in pairs:
+    by_teacher.setdefault(p.teacher, []).append(p.hint.name)
+  return by_teacher, tuple(dict.fromkeys(p.guided.name for p in pairs))
+
+
+def teacher_features(ctx, teacher_vars, x, by_teacher):
+  """The hint layers' outputs of each teacher, in inference mode: {role: {layer: array}}."""
+  return {role: forward(ctx.teachers[role], teacher_vars[role]["params"], teacher_vars[role]["batch_stats"], x,
+                        False, capture=tuple(dict.fromkeys(names)))[1]
+          for role, names in by_teacher.items()}
 
 
 def fresh_or_carried(net, rng, carry):

@@ -4,54 +4,69 @@ Stage `hint`: the student up to and including the guided layer, plus a convoluti
 minimise ½‖u_h(x) − r(v_g(x))‖² against the teacher's hint layer (eq. 3). Everything after the
 guided layer — parameters and batch statistics — is frozen bit for bit, and is not computed:
 only the two networks' prefixes are captured, and XLA drops the unused rest.
-Stage `kd`: the regressor is dropped and the whole student trains on the KD loss from the
-stage-1 weights (`fitnets_jax.methods.kd`).
+Several hint pairs (`config.hints`, see `fitnets_jax.hints`) train progressively — stage
+`hint1` up to guided layer 1, then `hint2` up to guided layer 2, … — or jointly in one `hint`
+stage on the weighted sum, up to the deepest guided layer. A pair may be of kind `attention`.
+Stage `kd`: the regressors are dropped and the whole student trains on the KD loss from the
+hint stages' weights (`fitnets_jax.methods.kd`).
 """
 
 import jax
 import jax.numpy as jnp
 
-from fitnets_jax import features, losses
+from fitnets_jax import features, hints
 from fitnets_jax.methods import kd
-from fitnets_jax.methods.base import Stage, forward, fresh_or_carried
-from fitnets_jax.models.regressor import Regressor
+from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, hint_captures, teacher_features
 
 USES_TEACHER = True
 
 
-def hint_stage(ctx):
-  cfg = ctx.config.hint
-  student, teacher = ctx.student, ctx.teacher
-  hint = features.find_layer(teacher.layers, cfg.teacher_layer, "hint.teacher_layer", teacher.name)
-  guided = features.find_layer(student.layers, cfg.student_layer, "hint.student_layer", student.name)
-  regressor = Regressor(hint.shape[-1], features.regressor_kernel(guided, hint), hint.nonlinearity,
-                        hint.pieces, cfg.regressor_init)
-  trained = features.prefix_paths(student.layers, guided.name)
+def hint_stage(ctx, name, pairs):
+  """Trains the student up to the deepest guided layer of `pairs` (and their regressors) on their losses."""
+  student = ctx.student
+  beta = ctx.config.attention.beta
+  last = max((p.guided for p in pairs), key=lambda l: [x.name for x in student.layers].index(l.name))
+  trained = features.prefix_paths(student.layers, last.name)
+  by_teacher, guided_names = hint_captures(pairs)
   num_steps = ctx.steps("hint")
 
   def init(rng, carry):
     params, stats = fresh_or_carried(student, rng, carry)
-    reg = regressor.init(jax.random.fold_in(rng, 1), jnp.zeros((1,) + guided.shape))["params"]
-    return {"student": params, "regressor": reg}, {"student": stats}
+    regressors = {f"regressor{i}": p.regressor.init(jax.random.fold_in(rng, i + 1),
+                                                     jnp.zeros((1,) + p.guided.shape))["params"]
+                  for i, p in enumerate(pairs) if p.regressor is not None}
+    return {"student": params, **regressors}, {"student": stats}
 
   def labels(params):
-    return {"student": features.prefix_labels(params["student"], trained),
-            "regressor": jax.tree.map(lambda _: "train", params["regressor"])}
+    return {k: features.prefix_labels(v, trained) if k == "student" else jax.tree.map(lambda _: "train", v)
+            for k, v in params.items()}
 
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
     x = batch["image"]
     _, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng,
-                                capture=(guided.name,))
-    _, t_feats, _ = forward(teacher, teacher_vars["params"], teacher_vars["batch_stats"], x, False,
-                            capture=(hint.name,))
-    value = losses.hint_loss(t_feats[hint.name], regressor.apply({"params": params["regressor"]},
-                                                                 s_feats[guided.name]))
+                                capture=guided_names)
+    t_feats = teacher_features(ctx, teacher_vars, x, by_teacher)
+    terms = [hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name],
+                             params.get(f"regressor{i}"), beta) for i, p in enumerate(pairs)]
+    value = sum(terms)
+    scalars = {"hint": value}
+    if len(pairs) > 1:
+      scalars.update({f"hint_{p.guided.name}": t for p, t in zip(pairs, terms)})
     stats = features.merge_prefix(stats, batch_stats["student"], trained)
-    return value, ({"hint": value}, {"student": stats})
+    return value, (scalars, {"student": stats})
 
-  return Stage("hint", "student", num_steps, ctx.optimizer("hint", num_steps), init, loss, labels,
+  return Stage(name, "student", num_steps, ctx.optimizer("hint", num_steps), init, loss, labels,
                uses_teacher=True, evaluate=False)
 
 
+def hint_stages(ctx):
+  """One `hint` stage (one pair, or several jointly), or `hint1`, `hint2`, … (progressive)."""
+  pairs = hints.pairs(ctx.config, ctx.student, ctx.teachers)
+  if len(pairs) == 1 or ctx.config.hint.order == "joint":
+    return [hint_stage(ctx, "hint", pairs)]
+  hints.progressive_order_ok(pairs, ctx.student)
+  return [hint_stage(ctx, f"hint{i + 1}", [p]) for i, p in enumerate(pairs)]
+
+
 def stages(ctx):
-  return [hint_stage(ctx), kd.kd_stage(ctx)]
+  return hint_stages(ctx) + [kd.kd_stage(ctx)]

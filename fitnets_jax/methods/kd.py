@@ -5,9 +5,10 @@ Loss (`kd.loss`): `fitnets` — H(y, P_S) + λ·H(P_T^τ, P_S^τ) with λ anneal
 (Hinton et al. 2015). The teacher runs in inference mode inside the step.
 """
 
-from fitnets_jax import losses
+from fitnets_jax import hints, losses
 from fitnets_jax.errors import check, one_of
-from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, linear_anneal
+from fitnets_jax.methods.base import (Stage, forward, fresh_or_carried, hint_captures, linear_anneal,
+                                      teacher_features)
 
 USES_TEACHER = True
 KD_LOSSES = ("fitnets", "hinton")
@@ -29,13 +30,22 @@ def lambda_schedule(cfg, num_steps, steps_per_epoch):
 
 
 def kd_stage(ctx, name="kd"):
+  """The KD stage; with several teachers the soft target is their μ-weighted average (SPEC §4), and
+  with `kd.attention` the attention pairs' loss (`fitnets_jax.hints`) is added."""
   cfg = ctx.config.kd
   one_of("kd.loss", cfg.loss, KD_LOSSES)
   check(cfg.temperature > 0, f"kd.temperature={cfg.temperature!r} must be > 0.")
   check(0.0 <= cfg.alpha <= 1.0, f"kd.alpha={cfg.alpha!r} must be in [0, 1].")
   num_steps = ctx.steps("student")
   lam = lambda_schedule(cfg, num_steps, ctx.steps_per_epoch)
-  student, teacher = ctx.student, ctx.teacher
+  student, roles = ctx.student, list(ctx.teachers)
+  pairs = []
+  if cfg.attention:
+    pairs = [p for p in hints.pairs(ctx.config, student, ctx.teachers) if p.kind == "attention"]
+    check(pairs, "kd.attention=True adds the attention pairs' loss, but no hint pair has kind='attention'; set "
+                 "hint.kind=attention (or list pairs in `hints`).")
+  by_teacher, guided_names = hint_captures(pairs)
+  beta = ctx.config.attention.beta
 
   def init(rng, carry):
     params, stats = fresh_or_carried(student, rng, carry)
@@ -43,14 +53,21 @@ def kd_stage(ctx, name="kd"):
 
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
     x, y = batch["image"], batch["label"]
-    t_logits, _, _ = forward(teacher, teacher_vars["params"], teacher_vars["batch_stats"], x, False)
-    s_logits, _, stats = forward(student, params["student"], batch_stats["student"], x, True, rng)
+    t_logits = [forward(ctx.teachers[r], teacher_vars[r]["params"], teacher_vars[r]["batch_stats"], x, False)[0]
+                for r in roles]
+    s_logits, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng,
+                                       capture=guided_names)
     if cfg.loss == "fitnets":
       weight = lam(step)
-      total, parts = losses.fitnets_kd_loss(s_logits, t_logits, y, weight, cfg.temperature)
+      total, parts = losses.fitnets_kd_loss(s_logits, t_logits, y, weight, cfg.temperature, teacher_vars["mu"])
       parts["lambda"] = weight
     else:
-      total, parts = losses.hinton_kd_loss(s_logits, t_logits, y, cfg.alpha, cfg.temperature)
+      total, parts = losses.hinton_kd_loss(s_logits, t_logits, y, cfg.alpha, cfg.temperature, teacher_vars["mu"])
+    if pairs:
+      t_feats = teacher_features(ctx, teacher_vars, x, by_teacher)
+      parts["attention"] = sum(hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, beta)
+                               for p in pairs)
+      total = total + parts["attention"]
     parts["accuracy"] = losses.accuracy(s_logits, y)
     return total, (parts, {"student": stats})
 

@@ -11,10 +11,16 @@
 | digits_teacher | 8×8 digits teacher: maxout convs 32-64-64 with batch norm, fc 128×2 (179K params) |
 | digits_student | 8×8 digits FitNet: 10 thin maxout convs (6×5, 12×5), no batch norm, fc 32×2 (18K params) |
 | digits_student_bn | 6 maxout convs 8-8-16-16-16-16 with batch norm, fc 32×2 (22K params) |
+| resnetD, resnetDxW | CIFAR ResNet-D (D = 6n+2: 8, 14, 20, 26, 32, 56, 110, …), sections 16W/32W/64W |
+| wrn_D_K | wide ResNet WRN-D-K (D = 6n+4), pre-activation, sections 16K/32K/64K |
+| digits_resnetD | ResNet-D for 8×8 digits: sections 8/16/32 |
 """
+
+import re
 
 from fitnets_jax.errors import FitnetsError
 from fitnets_jax.models.maxout import ConvSpec, MaxoutNet
+from fitnets_jax.models.resnet import resnet, wide_resnet
 
 PAPER_INIT = 0.005  # U(±0.005), FitNets §4 / maxout paper
 
@@ -71,12 +77,36 @@ _SPECS = {
 }
 
 MODEL_NAMES = tuple(_SPECS)
+FAMILIES = "resnetD or resnetDxW (D = 6n+2, e.g. resnet8, resnet26, resnet32x4), wrn_D_K (D = 6n+4, e.g. wrn_16_2), digits_resnetD"
+
+
+def _resnet(name, num_classes, dropout, key):
+  """The ResNet family member called `name`, or None when `name` is not of that family."""
+  match = re.fullmatch(r"(digits_)?resnet(\d+)(?:x(\d+))?|wrn_(\d+)_(\d+)", name)
+  if not match:
+    return None
+  digits, depth, width, wrn_depth, k = match.groups()
+  if wrn_depth:
+    if (int(wrn_depth) - 4) % 6 or int(wrn_depth) < 10 or int(k) < 1:
+      raise FitnetsError(f"{key}={name!r}: a wide ResNet needs depth 6n+4 ≥ 10 and k ≥ 1 (e.g. wrn_16_2, wrn_40_2).")
+    return wide_resnet(int(wrn_depth), int(k), num_classes, dropout)
+  if (int(depth) - 2) % 6 or int(depth) < 8 or (width is not None and int(width) < 1):
+    raise FitnetsError(f"{key}={name!r}: a CIFAR ResNet needs depth 6n+2 ≥ 8 (8, 14, 20, 26, 32, 56, 110) "
+                       "and a width multiplier ≥ 1 (e.g. resnet32x4).")
+  if dropout:
+    raise FitnetsError(f"{key.rsplit('.', 1)[0]}.dropout={dropout!r}: ResNet-D has no dropout (as in He et al.); "
+                       "use 0, or a wide ResNet (wrn_D_K), whose blocks take dropout.")
+  return resnet(int(depth), num_classes, int(width or 1), base=8 if digits else 16)
 
 
 def get_model(name, num_classes, dropout=0.0, key="model"):
   """Builds the named model; an unknown name raises FitnetsError listing the known ones."""
-  if name not in _SPECS:
-    raise FitnetsError(f"{key}={name!r} is not a known model; choose one of: {', '.join(MODEL_NAMES)}.")
   if not 0.0 <= dropout < 1.0:
     raise FitnetsError(f"{key.rsplit('.', 1)[0]}.dropout={dropout!r} must be in [0, 1).")
+  model = _resnet(name, num_classes, dropout, key)
+  if model is not None:
+    return model
+  if name not in _SPECS:
+    raise FitnetsError(f"{key}={name!r} is not a known model; choose one of: {', '.join(MODEL_NAMES)}, "
+                       f"or {FAMILIES}.")
   return MaxoutNet(num_classes=num_classes, dropout=dropout, **_SPECS[name])

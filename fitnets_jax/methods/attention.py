@@ -1,0 +1,44 @@
+"""`at`: attention transfer (Zagoruyko & Komodakis 2017), trained with the labels in one stage.
+
+Stage `at`: L = H(y, P_S) + Σ_pairs w·β/2·mean((Q_S − Q_T)²) over the configured hint pairs
+(`hint` or `hints`, every one of kind 'attention'), with Q = vec(mean_c A²)/‖·‖₂ (eq. 2–3;
+β = `attention.beta`, 1000 in the paper). The teacher runs in inference mode. To add attention
+to a KD or FitNets student instead, set `kd.attention=True`.
+"""
+
+from fitnets_jax import hints, losses
+from fitnets_jax.errors import check
+from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, hint_captures, teacher_features
+
+USES_TEACHER = True
+
+
+def at_stage(ctx):
+  pairs = hints.pairs(ctx.config, ctx.student, ctx.teachers)
+  wrong = [p.key for p in pairs if p.kind != "attention"]
+  check(not wrong, f"method='at' trains on attention pairs, but {', '.join(wrong)} has kind 'regression'; set "
+                   "hint.kind=attention (or kind in each `hints` entry).")
+  by_teacher, guided_names = hint_captures(pairs)
+  student, beta = ctx.student, ctx.config.attention.beta
+  num_steps = ctx.steps("student")
+
+  def init(rng, carry):
+    params, stats = fresh_or_carried(student, rng, carry)
+    return {"student": params}, {"student": stats}
+
+  def loss(params, batch_stats, teacher_vars, batch, rng, step):
+    x, y = batch["image"], batch["label"]
+    logits, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng,
+                                     capture=guided_names)
+    t_feats = teacher_features(ctx, teacher_vars, x, by_teacher)
+    attention = sum(hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, beta)
+                    for p in pairs)
+    ce = losses.cross_entropy(logits, y)
+    return ce + attention, ({"ce": ce, "attention": attention, "accuracy": losses.accuracy(logits, y)},
+                            {"student": stats})
+
+  return Stage("at", "student", num_steps, ctx.optimizer("student", num_steps), init, loss, uses_teacher=True)
+
+
+def stages(ctx):
+  return [at_stage(ctx)]

@@ -1,0 +1,55 @@
+"""`multi_teacher`: KD from several teachers (SPEC §4).
+
+The soft target is the μ-weighted average of the teachers' softened outputs,
+q^τ = Σ_i μ_i·p_i^τ / Σ_i μ_i, used in the configured KD loss (`kd.loss`, λ schedule, τ). Teachers
+come from `config.teachers` (each its own architecture, and a checkpoint or a training recipe).
+Weights (`multi_teacher.weights`): `uniform`; `explicit` (`multi_teacher.mu`); or `accuracy` —
+each teacher's accuracy on the validation split (`dataset.validation_examples` held out of
+training), measured once the teachers are ready and recorded in summary.json. Hint pairs for
+`kd.attention` may name any teacher by index.
+"""
+
+import numpy as np
+
+from fitnets_jax.errors import check, one_of
+from fitnets_jax.methods import kd
+
+USES_TEACHER = True
+USES_TEACHER_LIST = True
+WEIGHTS = ("uniform", "explicit", "accuracy")
+
+
+def check_weights(config, num_teachers):
+  """Validates `multi_teacher` at setup (before any teacher is trained)."""
+  cfg = config.multi_teacher
+  one_of("multi_teacher.weights", cfg.weights, WEIGHTS)
+  if cfg.weights == "explicit":
+    mu = list(cfg.mu)
+    check(len(mu) == num_teachers, f"multi_teacher.mu={mu} must hold one weight per teacher ({num_teachers}).")
+    check(all(isinstance(m, (int, float)) and m >= 0 for m in mu) and sum(mu) > 0,
+          f"multi_teacher.mu={mu}: weights must be ≥ 0 and not all zero (they are normalised to sum to 1).")
+  if cfg.weights == "accuracy":
+    check(config.dataset.validation_examples > 0,
+          "multi_teacher.weights='accuracy' weighs teachers by their validation accuracy, which needs a validation "
+          "split held out of training: set dataset.validation_examples (e.g. 200).")
+
+
+def teacher_weights(config, roles, validation_accuracy):
+  """(μ normalised to sum 1, {role: validation accuracy or None}); `validation_accuracy(role)` measures one."""
+  cfg = config.multi_teacher
+  accuracies = {r: None for r in roles}
+  if cfg.weights == "uniform":
+    mu = np.ones(len(roles))
+  elif cfg.weights == "explicit":
+    mu = np.asarray(cfg.mu, np.float64)
+  else:
+    accuracies = {r: validation_accuracy(r) for r in roles}
+    mu = np.asarray([accuracies[r] for r in roles], np.float64)
+    check(mu.sum() > 0, f"multi_teacher.weights='accuracy': every teacher scored 0 on the validation split "
+                        f"({accuracies}); train them longer or use weights='uniform'.")
+  return (mu / mu.sum()).tolist(), accuracies
+
+
+def stages(ctx):
+  check_weights(ctx.config, len(ctx.teachers))
+  return [kd.kd_stage(ctx)]

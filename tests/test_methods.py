@@ -1,0 +1,122 @@
+"""FSP, attention transfer, multi-teacher KD and several hint pairs: freezing, configs, resume."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from conftest import load_config, with_overrides
+from fitnets_jax import experiment, train
+from helpers import final_state, read_metrics, without_timing
+from test_stages import run_steps
+
+
+def tiny(name, teacher=8, hint=4, student=8, **overrides):
+  """configs/<name>.py shrunk to a few steps of batch 32 on the 4 test devices."""
+  c = load_config(name)
+  c.batch_size = 32
+  c.log_every_steps = 4
+  c.checkpoint_every_steps = 4
+  c.keep_checkpoints = 100
+  c.stages.teacher.steps, c.stages.hint.steps, c.stages.student.steps = teacher, hint, student
+  return with_overrides(c, overrides)
+
+
+def test_progressive_hints_train_each_phase_only_up_to_its_guided_layer(tmp_path):
+  exp = experiment.prepare(tiny("multi_hint_digits"), str(tmp_path))
+  assert [s.name for s in exp.stages] == ["teacher", "hint1", "hint2", "kd"]
+  params, stats = exp.teacher.init(jax.random.PRNGKey(7))
+  teacher = jax.device_put({"teacher": {"params": params, "batch_stats": stats}, "mu": np.ones(1, np.float32)},
+                           train.replicated(exp.mesh))
+  for stage, guided in zip(exp.stages[1:3], (3, 5)):
+    before, after, _ = run_steps(exp, stage, teacher, 3)
+    assert set(after.params) == {"student", "regressor0"}          # one regressor per phase
+    for name, leaf in before.params["student"].items():
+      same = jax.tree.all(jax.tree.map(np.array_equal, leaf, after.params["student"][name]))
+      trained = name.startswith("conv") and int(name[4:]) <= guided
+      assert same != trained, (stage.name, name)                   # later layers untouched, bit for bit
+
+
+def test_joint_hints_train_one_stage_on_the_weighted_sum(tmp_path):
+  exp = experiment.prepare(tiny("multi_hint_digits", **{"hint.order": "joint"}), str(tmp_path))
+  assert [s.name for s in exp.stages] == ["teacher", "hint", "kd"]
+  state = exp.stages[1].init(jax.random.PRNGKey(0), None)[0]
+  assert set(state) == {"student", "regressor0", "regressor1"}
+
+
+def test_fsp_with_kd_swaps_the_second_stage(tmp_path):
+  exp = experiment.prepare(tiny("fsp_digits", **{"fsp.kd": True}), str(tmp_path))
+  assert [s.name for s in exp.stages] == ["teacher", "fsp", "kd"]
+
+
+# The digits ResNet-14 teacher stands in for the configs' ResNet-20 here: same sections and
+# channels, less compile time.
+@pytest.mark.parametrize("name,stages,overrides", [
+    ("fsp_digits", ["teacher", "fsp", "ce"], {"teacher.model": "digits_resnet14"}),
+    ("at_digits", ["teacher", "at"], {"teacher.model": "digits_resnet14"}),
+    ("multi_hint_digits", ["teacher", "hint1", "hint2", "kd"], {}),
+    ("digits", ["teacher", "hint", "kd"], {"hint.kind": "attention", "hint.student_layer": "conv5",
+                                           "kd.attention": True}),
+])
+def test_method_configs_run_data_parallel_on_digits(name, stages, overrides, tmp_path):
+  summary = train.run(tiny(name, **overrides), str(tmp_path))
+  assert list(summary["stages"]) == stages and summary["devices"] == 4
+  assert summary["method"] == load_config(name).method
+  assert np.isfinite(summary["stages"][stages[-1]]["final_train_loss"])
+  records = read_metrics(str(tmp_path))
+  assert {"fsp", "attention", "hint"} & set().union(*records)        # the method's own loss term is logged
+
+
+def test_multi_teacher_weighs_by_validation_accuracy_and_names_every_teacher(tmp_path):
+  config = tiny("multi_teacher_digits", **{"multi_teacher.weights": "accuracy", "dataset.validation_examples": 200})
+  config.teachers[1]["model"] = "digits_resnet8"
+  summary = train.run(config, str(tmp_path))
+  assert list(summary["stages"]) == ["teacher1", "teacher2", "kd"]
+  teachers = summary["teachers"]
+  assert [t["model"] for t in teachers] == ["digits_teacher", "digits_resnet8"]
+  accuracies = np.array([t["validation_accuracy"] for t in teachers])
+  np.testing.assert_allclose([t["weight"] for t in teachers], accuracies / accuracies.sum(), rtol=1e-6)
+  for t in teachers:
+    assert os.path.isfile(os.path.join(t["checkpoint"], "teacher.json")) and t["test_accuracy"] is not None
+
+
+def test_multi_teacher_resumes_in_the_kd_stage_with_both_teachers_from_disk(tmp_path):
+  def config():
+    c = tiny("multi_teacher_digits", teacher=8, student=12, num_devices=1,
+             **{"multi_teacher.weights": "explicit", "multi_teacher.mu": [3.0, 1.0]})
+    c.teachers[1]["model"] = "digits_resnet8"
+    return c
+
+  full = str(tmp_path / "full")
+  expected = train.run(config(), full)
+  assert [t["weight"] for t in expected["teachers"]] == [0.75, 0.25]
+  work = str(tmp_path / "resumed")
+  shutil.copytree(full, work)
+  for d in os.listdir(os.path.join(work, "checkpoints")):
+    if d.isdigit() and int(d) > 20:                               # keep kd step 4 (global 16 + 4)
+      shutil.rmtree(os.path.join(work, "checkpoints", d))
+  os.remove(os.path.join(work, "summary.json"))
+  resumed = train.run(config(), work)
+  (_, want), (_, got) = final_state(full), final_state(work)
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+  assert resumed["student"]["test_accuracy"] == expected["student"]["test_accuracy"]
+  assert without_timing(read_metrics(work)) == without_timing(read_metrics(full))
+
+
+@pytest.mark.parametrize("name", ["fsp_cifar10", "multi_teacher_svhn"])
+def test_paper_method_configs_run_a_few_steps_under_mock_data(name, tmp_path):
+  config = tiny(name, teacher=2, hint=2, student=2, num_devices=1, batch_size=8, eval_batch_size=8,
+                **{"dataset.stats_examples": 16})
+  if name == "multi_teacher_svhn":   # the WRN-16-4 recipe, on a WRN-10-1 to keep compile time short
+    config.dataset.validation_examples = 8
+    config.teachers[1]["model"] = "wrn_10_1"
+    for entry in config.teachers:
+      entry["steps"] = 2
+  with tfds.testing.mock_data(num_examples=24):
+    summary = train.run(config, str(tmp_path))
+  assert all(s["steps"] == 2 for s in summary["stages"].values())
+  assert np.isfinite(summary["stages"][list(summary["stages"])[-1]]["final_train_loss"])
