@@ -88,6 +88,7 @@ def base_config():
   c.multi_teacher = ml_collections.ConfigDict(dict(
       weights="uniform",          # uniform | explicit (mu) | accuracy (validation accuracy, normalised)
       mu=[],                      # explicit: one weight ≥ 0 per teacher, not all zero
+      hint_stage=False,           # run the FitNets hint stage(s) first (pairs name their teacher)
   ))
   c.hint = ml_collections.ConfigDict(dict(
       teacher_layer="conv2",      # hint layer (python -m fitnets_jax.layers lists them)

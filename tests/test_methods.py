@@ -83,6 +83,20 @@ def test_multi_teacher_weighs_by_validation_accuracy_and_names_every_teacher(tmp
     assert os.path.isfile(os.path.join(t["checkpoint"], "teacher.json")) and t["test_accuracy"] is not None
 
 
+def test_multi_teacher_hint_stage_takes_its_hint_from_the_named_teacher(tmp_path):
+  config = tiny("multi_teacher_digits", **{"multi_teacher.hint_stage": True})
+  config.teachers[1]["model"] = "digits_resnet8"
+  config.hints = [dict(teacher_layer="section2", student_layer="conv5", teacher=1)]
+  exp = experiment.prepare(config, str(tmp_path))
+  assert [s.name for s in exp.stages] == ["teacher1", "teacher2", "hint", "kd"]
+  params, stats = exp.teachers["teacher2"].init(jax.random.PRNGKey(7))
+  teachers = {"teacher2": {"params": params, "batch_stats": stats}, "mu": np.ones(2, np.float32)}
+  before, after, _ = run_steps(exp, exp.stages[2], jax.device_put(teachers, train.replicated(exp.mesh)), 2)
+  assert after.params["regressor0"]["conv"]["kernel"].shape == (1, 1, 6, 16)   # 4×4×6 → section2's 4×4×16
+  assert not np.array_equal(before.params["student"]["conv5"]["conv"]["kernel"],
+                            after.params["student"]["conv5"]["conv"]["kernel"])
+
+
 def test_multi_teacher_resumes_in_the_kd_stage_with_both_teachers_from_disk(tmp_path):
   def config():
     c = tiny("multi_teacher_digits", teacher=8, student=12, num_devices=1,

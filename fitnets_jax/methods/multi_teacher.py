@@ -5,14 +5,16 @@ q^τ = Σ_i μ_i·p_i^τ / Σ_i μ_i, used in the configured KD loss (`kd.loss`,
 come from `config.teachers` (each its own architecture, and a checkpoint or a training recipe).
 Weights (`multi_teacher.weights`): `uniform`; `explicit` (`multi_teacher.mu`); or `accuracy` —
 each teacher's accuracy on the validation split (`dataset.validation_examples` held out of
-training), measured once the teachers are ready and recorded in summary.json. Hint pairs for
-`kd.attention` may name any teacher by index.
+training), measured once the teachers are ready and recorded in summary.json. With
+`multi_teacher.hint_stage=True` the FitNets hint stage(s) of `fitnets_jax.methods.fitnets` run
+first; each hint pair names its teacher by index (`teacher` in a `hints` entry, 0 by default), as
+do the attention pairs of `kd.attention`.
 """
 
 import numpy as np
 
 from fitnets_jax.errors import check, one_of
-from fitnets_jax.methods import kd
+from fitnets_jax.methods import fitnets, kd
 
 USES_TEACHER = True
 USES_TEACHER_LIST = True
@@ -52,4 +54,5 @@ def teacher_weights(config, roles, validation_accuracy):
 
 def stages(ctx):
   check_weights(ctx.config, len(ctx.teachers))
-  return [kd.kd_stage(ctx)]
+  hint_stages = fitnets.hint_stages(ctx) if ctx.config.multi_teacher.hint_stage else []
+  return hint_stages + [kd.kd_stage(ctx)]
