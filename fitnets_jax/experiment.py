@@ -126,6 +126,10 @@ def teacher_specs(config, method):
     unknown = sorted(set(entry) - set(TEACHER_ENTRY_KEYS))
     check(not unknown, f"teachers[{i}] has unknown keys {unknown}; valid: {', '.join(TEACHER_ENTRY_KEYS)}.")
     check(isinstance(entry.get("model"), str), f"teachers[{i}].model={entry.get('model')!r} must name a model.")
+    for key, kind in (("epochs", (int, float)), ("steps", int), ("dropout", (int, float))):
+      value = entry.get(key, 0)
+      check(isinstance(value, kind) and not isinstance(value, bool),
+            f"teachers[{i}].{key}={value!r} has the wrong type; it must be a number.")
     stage = ml_collections.ConfigDict(config.stages.teacher.to_dict())
     stage.epochs = float(entry.get("epochs", stage.epochs))
     stage.steps = int(entry.get("steps", stage.steps))

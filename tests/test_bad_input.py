@@ -122,6 +122,8 @@ CASES = [
      r"needs a validation split held out of training: set dataset.validation_examples"),
     ({"method": "multi_teacher", "teachers": [dict(model="digits_teacher", lr=0.1)]}, r"teachers\[0\] has unknown keys \['lr'\]"),
     ({"method": "multi_teacher", "teachers": [dict(model="vgg16")]}, r"teachers\[0\].model='vgg16' is not a known model"),
+    ({"method": "multi_teacher", "teachers": [dict(model="digits_teacher", epochs="ten")]},
+     r"teachers\[0\].epochs='ten' has the wrong type"),
 ]
 
 
