@@ -110,14 +110,15 @@ TEACHER_ENTRY_KEYS = ("model", "checkpoint", "dropout", "epochs", "steps", "opti
 
 
 def teacher_specs(config, method):
-  """[(role, ConfigDict with model/checkpoint/dropout, its training stage config)] of the method's teachers."""
+  """[(role, config key, ConfigDict with model/checkpoint/dropout, its training stage config)] of the
+  method's teachers; the key ("teacher", "teachers[0]", …) is what error messages name."""
   if not method.USES_TEACHER:
     check(not len(config.teachers), f"config.teachers is set, but method={config.method!r} uses no teacher.")
     return []
   if not getattr(method, "USES_TEACHER_LIST", False):
     check(not len(config.teachers), f"config.teachers lists several teachers, but method={config.method!r} uses "
                                     "the one in config.teacher; use method=multi_teacher, or clear teachers.")
-    return [("teacher", config.teacher, config.stages.teacher)]
+    return [("teacher", "teacher", config.teacher, config.stages.teacher)]
   check(len(config.teachers) > 0, f"method={config.method!r} needs config.teachers: a non-empty list of dicts "
                                   f"with keys {', '.join(TEACHER_ENTRY_KEYS)} (model required).")
   specs = []
@@ -139,8 +140,13 @@ def teacher_specs(config, method):
       stage.optimizer[key] = value
     role_cfg = ml_collections.ConfigDict(dict(model=entry["model"], checkpoint=entry.get("checkpoint", ""),
                                               dropout=float(entry.get("dropout", 0.0))))
-    specs.append((f"teacher{i + 1}", role_cfg, stage))
+    specs.append((f"teacher{i + 1}", f"teachers[{i}]", role_cfg, stage))
   return specs
+
+
+def build_network(key, cfg, num_classes, image_shape):
+  """The Network of `cfg.model` (dropout `cfg.dropout`); `key` names the config entry in errors."""
+  return network(cfg.model, models.get_model(cfg.model, num_classes, cfg.dropout, key=f"{key}.model"), image_shape)
 
 
 def reused_teacher(key, role_cfg, teacher):
@@ -163,18 +169,16 @@ def prepare(config, workdir):
   steps_per_epoch = dataset.num_train // config.batch_size
   check(steps_per_epoch > 0, f"batch_size={config.batch_size} is larger than the {dataset.num_train} "
                              f"training examples of {dataset.name!r}; lower batch_size.")
-  build = lambda key, cfg: network(cfg.model, models.get_model(
-      cfg.model, dataset.num_classes, cfg.dropout, key=f"{key}.model"), dataset.image_shape)
+  build = lambda key, cfg: build_network(key, cfg, dataset.num_classes, dataset.image_shape)
   student = build("student", config.student)
   specs = teacher_specs(config, method)
-  keys = {role: "teacher" if role == "teacher" else f"teachers[{int(role[7:]) - 1}]" for role, _, _ in specs}
-  teachers = {role: build(keys[role], cfg) for role, cfg, _ in specs}
-  ctx = Context(config, student, teachers, steps_per_epoch, {role: stage for role, _, stage in specs})
+  teachers = {role: build(key, cfg) for role, key, cfg, _ in specs}
+  ctx = Context(config, student, teachers, steps_per_epoch, {role: stage for role, _, _, stage in specs})
   stages = method.stages(ctx)
   variables, sources, teacher_stages = {}, {}, []
-  for role, cfg, _ in specs:
+  for role, key, cfg, _ in specs:
     if cfg.checkpoint:
-      variables[role] = reused_teacher(keys[role], cfg, teachers[role])
+      variables[role] = reused_teacher(key, cfg, teachers[role])
       sources[role] = checkpoint.teacher_dir(cfg.checkpoint)
     else:
       teacher_stages.append(supervised_stage(ctx, role, teachers[role], role, trains=role))

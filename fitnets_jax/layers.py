@@ -11,10 +11,9 @@ import numpy as np
 from absl import app, logging
 from ml_collections import config_flags
 
-from fitnets_jax import experiment, features, hints, methods, models
+from fitnets_jax import experiment, features, hints, methods
 from fitnets_jax.data import load as load_data
 from fitnets_jax.errors import FitnetsError
-from fitnets_jax.methods.base import network
 
 config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.", lock_config=True)
 
@@ -32,8 +31,8 @@ def report(config):
     data = load_data(config.dataset)
     shape, classes = data.image_shape, data.num_classes
   method = methods.get(config.method)
-  build = lambda key, cfg: network(cfg.model, models.get_model(cfg.model, classes, key=f"{key}.model"), shape)
-  teachers = {role: build(role, cfg) for role, cfg, _ in experiment.teacher_specs(config, method)}
+  build = lambda key, cfg: experiment.build_network(key, cfg, classes, shape)
+  teachers = {role: build(key, cfg) for role, key, cfg, _ in experiment.teacher_specs(config, method)}
   student = build("student", config.student)
   lines = []
   for role, net in [*teachers.items(), ("student", student)]:
