@@ -47,7 +47,7 @@ def stage_config(epochs, steps=0, **optimizer):
 def base_config():
   """Defaults shared by every config file; see README 'Config keys'."""
   c = ml_collections.ConfigDict()
-  c.method = "fitnets"            # fitnets | kd | scratch | fsp | at | multi_teacher
+  c.method = "fitnets"            # fitnets | kd | scratch | fsp | at | multi_teacher | dml | byot
   c.seed = 0
   c.num_devices = 0               # data-parallel devices; 0: every device JAX sees
   c.distributed = False           # jax.distributed.initialize() first (TPU pod slices)
@@ -72,7 +72,8 @@ def base_config():
       gcn_scale=55.0,
       zca_epsilon=0.1,
       flip=False,                 # random horizontal flips
-      shift=0,                    # random shifts of up to this many pixels
+      shift=0,                    # random shifts of up to this many pixels (pad, then crop)
+      pad_mode="constant",        # shift padding: constant (zeros) | reflect
       shuffle_buffer=50000,
       validation_examples=0,      # hold out the last N training examples as a validation split
   ))
@@ -89,6 +90,19 @@ def base_config():
       weights="uniform",          # uniform | explicit (mu) | accuracy (validation accuracy, normalised)
       mu=[],                      # explicit: one weight ≥ 0 per teacher, not all zero
       hint_stage=False,           # run the FitNets hint stage(s) first (pairs name their teacher)
+  ))
+  # dml: the cohort, a list of K ≥ 2 dicts {model, dropout, optimizer}; each network trains for
+  # stages.student's length with its own optimizer (stages.student.optimizer with `optimizer` overrides).
+  c.cohort = []
+  c.dml = ml_collections.ConfigDict(dict(
+      temperature=1.0,            # τ of the peers' KL terms (the paper: 1)
+      order="alternating",        # alternating: update net 1, recompute, update net 2, … | simultaneous
+  ))
+  c.byot = ml_collections.ConfigDict(dict(
+      alpha=0.3,                  # (1−α)·CE + α·KL(q_C^τ ‖ q_i^τ) per shallow exit (authors' code: 0.3)
+      temperature=3.0,            # authors' code: 3
+      feature="l2",               # feature term d(F_i, F_C): l2 (code, not squared) | squared (paper) | off
+      feature_weight=0.03,        # λ (authors' code: 0.03)
   ))
   c.hint = ml_collections.ConfigDict(dict(
       teacher_layer="conv2",      # hint layer (python -m fitnets_jax.layers lists them)

@@ -45,6 +45,7 @@ class Data:
   normalize: Callable            # float32 [0, 1] batch (tf) → preprocessed batch
   augment_flip: bool = False
   augment_shift: int = 0
+  augment_pad_mode: str = "constant"   # how a shift pads: constant (zeros) | reflect
   num_validation: int = 0        # held out of training by dataset.validation_examples
   validation: Callable = None
 
@@ -221,6 +222,7 @@ def load(cfg):
   one_of("dataset.name", cfg.name, SOURCES)
   one_of("dataset.preprocess", cfg.preprocess, PREPROCESS)
   check(isinstance(cfg.shift, int) and cfg.shift >= 0, f"dataset.shift={cfg.shift!r} must be an integer ≥ 0.")
+  one_of("dataset.pad_mode", cfg.pad_mode, ("constant", "reflect"))
   check(cfg.stats_examples > 0, f"dataset.stats_examples={cfg.stats_examples!r} must be > 0.")
   check(cfg.validation_examples >= 0,
         f"dataset.validation_examples={cfg.validation_examples!r} must be ≥ 0 (0: no validation split).")
@@ -239,7 +241,11 @@ def load(cfg):
   check(spec["num_train"] > 0 and spec["num_test"] > 0,
         f"dataset {cfg.name!r} has {spec['num_train']} training and {spec['num_test']} test examples; "
         "both splits need at least one.")
-  return Data(**spec, normalize=fit_normalizer(cfg, sample), augment_flip=cfg.flip, augment_shift=cfg.shift)
+  check(cfg.pad_mode != "reflect" or cfg.shift < min(spec["image_shape"][:2]),
+        f"dataset.shift={cfg.shift} with pad_mode='reflect' needs a shift smaller than the "
+        f"{spec['image_shape'][0]}×{spec['image_shape'][1]} images; lower dataset.shift.")
+  return Data(**spec, normalize=fit_normalizer(cfg, sample), augment_flip=cfg.flip, augment_shift=cfg.shift,
+              augment_pad_mode=cfg.pad_mode)
 
 
 def epoch_seed(seed, stage_index, epoch):
@@ -247,8 +253,9 @@ def epoch_seed(seed, stage_index, epoch):
   return int(np.random.SeedSequence([seed, stage_index, epoch]).generate_state(1)[0] >> 1)
 
 
-def _augment(tf, images, seed, index, flip, shift):
-  """Random flips and shifts of a batch, drawn statelessly from (seed, batch index)."""
+def _augment(tf, images, seed, index, flip, shift, pad_mode="constant"):
+  """Random flips and shifts (pad by `shift` pixels, zeros or reflected, then crop back) of a
+  batch, drawn statelessly from (seed, batch index)."""
   n, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
   key = tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)])
   if flip:
@@ -256,7 +263,7 @@ def _augment(tf, images, seed, index, flip, shift):
     images = tf.where(coin[:, None, None, None], tf.reverse(images, axis=[2]), images)
   if shift:
     offsets = tf.random.stateless_uniform([n, 2], seed=key + 1, minval=0, maxval=2 * shift + 1, dtype=tf.int32)
-    padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]])
+    padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode=pad_mode.upper())
     rows = offsets[:, :1] + tf.range(h)[None]
     cols = offsets[:, 1:] + tf.range(w)[None]
     images = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
@@ -275,7 +282,7 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
     def prepare(index, batch, seed_e=seed_e):
       images = data.normalize(tf.cast(batch[0], tf.float32) / 255.0)
       if data.augmented:
-        images = _augment(tf, images, seed_e, index, data.augment_flip, data.augment_shift)
+        images = _augment(tf, images, seed_e, index, data.augment_flip, data.augment_shift, data.augment_pad_mode)
       return {"image": images, "label": tf.cast(batch[1], tf.int32)}
 
     ds = base.shuffle(buffer, seed=seed_e, reshuffle_each_iteration=False)

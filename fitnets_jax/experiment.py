@@ -12,10 +12,10 @@ import jax
 import ml_collections
 from jax.sharding import AxisType
 
-from fitnets_jax import checkpoint, data, methods, models
+from fitnets_jax import checkpoint, data, methods
 from fitnets_jax.config import SAFE_TO_CHANGE, changed_keys, check_types
 from fitnets_jax.errors import FitnetsError, check, one_of
-from fitnets_jax.methods.base import Context, network, supervised_stage
+from fitnets_jax.methods.base import Context, build_network, network_entry, supervised_stage
 
 
 CONFIG_FILE = "config.json"   # the workdir's experiment, written when a run starts
@@ -123,30 +123,21 @@ def teacher_specs(config, method):
                                   f"with keys {', '.join(TEACHER_ENTRY_KEYS)} (model required).")
   specs = []
   for i, entry in enumerate(config.teachers):
-    entry = dict(entry)
-    unknown = sorted(set(entry) - set(TEACHER_ENTRY_KEYS))
-    check(not unknown, f"teachers[{i}] has unknown keys {unknown}; valid: {', '.join(TEACHER_ENTRY_KEYS)}.")
-    check(isinstance(entry.get("model"), str), f"teachers[{i}].model={entry.get('model')!r} must name a model.")
-    for key, kind in (("epochs", (int, float)), ("steps", int), ("dropout", (int, float))):
-      value = entry.get(key, 0)
-      check(isinstance(value, kind) and not isinstance(value, bool),
-            f"teachers[{i}].{key}={value!r} has the wrong type; it must be a number.")
-    stage = ml_collections.ConfigDict(config.stages.teacher.to_dict())
-    stage.epochs = float(entry.get("epochs", stage.epochs))
-    stage.steps = int(entry.get("steps", stage.steps))
-    for key, value in dict(entry.get("optimizer", {})).items():
-      check(key in stage.optimizer, f"teachers[{i}].optimizer.{key} is not an optimizer key; valid: "
-                                    f"{', '.join(stage.optimizer)}.")
-      stage.optimizer[key] = value
+    entry, stage = network_entry(entry, f"teachers[{i}]", TEACHER_ENTRY_KEYS, config.stages.teacher)
     role_cfg = ml_collections.ConfigDict(dict(model=entry["model"], checkpoint=entry.get("checkpoint", ""),
                                               dropout=float(entry.get("dropout", 0.0))))
     specs.append((f"teacher{i + 1}", f"teachers[{i}]", role_cfg, stage))
   return specs
 
 
-def build_network(key, cfg, num_classes, image_shape):
-  """The Network of `cfg.model` (dropout `cfg.dropout`); `key` names the config entry in errors."""
-  return network(cfg.model, models.get_model(cfg.model, num_classes, cfg.dropout, key=f"{key}.model"), image_shape)
+def trained_networks(config, method):
+  """[(role, config key, {model, dropout})] of the networks a method trains from scratch: the
+  student, or a method's own list (mutual learning's cohort); the first is the summary's student."""
+  networks = getattr(method, "networks", None)
+  check(networks or not len(config.cohort),
+        f"config.cohort is set, but method={config.method!r} trains one student (config.student); use method=dml, "
+        "or clear cohort.")
+  return networks(config) if networks else [("student", "student", config.student)]
 
 
 def reused_teacher(key, role_cfg, teacher):
@@ -170,10 +161,13 @@ def prepare(config, workdir):
   check(steps_per_epoch > 0, f"batch_size={config.batch_size} is larger than the {dataset.num_train} "
                              f"training examples of {dataset.name!r}; lower batch_size.")
   build = lambda key, cfg: build_network(key, cfg, dataset.num_classes, dataset.image_shape)
-  student = build("student", config.student)
+  # A method whose networks are configured elsewhere (mutual learning's cohort) names its own.
+  _, key, student_cfg = trained_networks(config, method)[0]
+  student = build(key, student_cfg)
   specs = teacher_specs(config, method)
   teachers = {role: build(key, cfg) for role, key, cfg, _ in specs}
-  ctx = Context(config, student, teachers, steps_per_epoch, {role: stage for role, _, _, stage in specs})
+  ctx = Context(config, student, teachers, steps_per_epoch, {role: stage for role, _, _, stage in specs},
+                dataset.num_classes)
   stages = method.stages(ctx)
   variables, sources, teacher_stages = {}, {}, []
   for role, key, cfg, _ in specs:

@@ -33,9 +33,10 @@ def report(config):
   method = methods.get(config.method)
   build = lambda key, cfg: experiment.build_network(key, cfg, classes, shape)
   teachers = {role: build(key, cfg) for role, key, cfg, _ in experiment.teacher_specs(config, method)}
-  student = build("student", config.student)
+  trained = {role: build(key, cfg) for role, key, cfg in experiment.trained_networks(config, method)}
+  student = next(iter(trained.values()))
   lines = []
-  for role, net in [*teachers.items(), ("student", student)]:
+  for role, net in [*teachers.items(), *trained.items()]:
     lines += [f"{role}: {net.name} — {net.params:,} params, {net.macs:,} MACs per example, input {shape}",
               features.layer_table(net.layers)]
     if net.sections:

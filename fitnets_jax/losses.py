@@ -144,6 +144,52 @@ def attention_loss(teacher_features, student_features, beta):
   return beta / 2.0 * jnp.mean(jnp.square(q_s - q_t))
 
 
+def mutual_learning_loss(logits, peer_logits, labels, temperature=1.0):
+  """Deep Mutual Learning (Zhang et al. 2018, eq. 4/10): the loss of network k in a cohort of K,
+  L_k = H(y, p_k) + 1/(K−1) · Σ_{l≠k} KL(p_l^τ ‖ p_k^τ), mean over the batch.
+
+  `peer_logits` holds the other K−1 networks' logits; they are targets for this update only
+  (stop_gradient). τ = 1 in the paper; no τ² factor. Returns (loss, {"ce", "kl"}), kl being the
+  peer average.
+  """
+  ce = cross_entropy(logits, labels)
+  scaled = _f32(logits) / temperature
+  kl = sum(kl_divergence(softened(jax.lax.stop_gradient(peer), temperature), scaled)
+           for peer in peer_logits) / len(peer_logits)
+  return ce + kl, {"ce": ce, "kl": kl}
+
+
+def feature_distance(features, target, kind):
+  """BYOT's feature term between a shallow exit's feature and the deepest one's (a target):
+  `l2` — ‖F_i − F_C‖₂ per example (the authors' code, not squared), `squared` — ‖F_i − F_C‖²₂
+  per example (the paper's eq. 3); mean over the batch."""
+  diff = _f32(features) - jax.lax.stop_gradient(_f32(target))
+  squared = jnp.sum(jnp.square(diff.reshape(diff.shape[0], -1)), axis=-1)
+  return jnp.mean(jnp.sqrt(squared + 1e-12) if kind == "l2" else squared)
+
+
+def self_distillation_loss(exit_logits, exit_features, labels, alpha, temperature, feature_weight,
+                           feature_kind="l2"):
+  """Be Your Own Teacher (Zhang et al. 2019, eq. 1–3): the deepest exit teaches the shallow ones.
+
+  `exit_logits` / `exit_features` list the exits shallow → deep; the last is the teacher q_C, F_C
+  (stop_gradient). Loss: H(y, q_C) + Σ_{i<C} [(1−α)·H(y, q_i) + α·KL(q_C^τ ‖ q_i^τ)
+  + λ·d(F_i, F_C)], d from `feature_distance` (λ = 0 or kind "off": no feature term); no τ².
+  Means over the batch. Returns (loss, {"ce", "kl", "feature"}) with the terms summed over exits.
+  """
+  deep_logits, deep_feature = exit_logits[-1], exit_features[-1]
+  target = softened(jax.lax.stop_gradient(deep_logits), temperature)
+  ce_deep = cross_entropy(deep_logits, labels)
+  ce, kl, feature = 0.0, 0.0, 0.0
+  for logits, feat in zip(exit_logits[:-1], exit_features[:-1]):
+    ce = ce + cross_entropy(logits, labels)
+    kl = kl + kl_divergence(target, _f32(logits) / temperature)
+    if feature_kind != "off" and feature_weight:
+      feature = feature + feature_distance(feat, deep_feature, feature_kind)
+  total = ce_deep + (1.0 - alpha) * ce + alpha * kl + feature_weight * feature
+  return total, {"ce": ce_deep + ce, "kl": kl, "feature": feature}
+
+
 def accuracy(logits, labels):
   """Fraction of argmax predictions equal to the labels."""
   return jnp.mean(jnp.argmax(logits, axis=-1) == labels)

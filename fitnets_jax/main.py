@@ -33,6 +33,13 @@ def main(argv):
     weight = f", weight {teacher['weight']:.3f}" if teacher.get("weight") is not None else ""
     print(f"{teacher['role']} {teacher['model']}: test accuracy {teacher['test_accuracy']:.4f}{weight}")
   print(f"student {student['model']} ({summary['method']}): test accuracy {student['test_accuracy']:.4f}")
+  for net in summary.get("cohort", []):
+    print(f"{net['role']} {net['model']}: test accuracy {net['test_accuracy']:.4f}")
+  for e in summary.get("exits", []):
+    print(f"{e['exit']} after {e['after']} ({e['macs']:,} MACs): test accuracy {e['test_accuracy']:.4f}")
+  if "ensemble_accuracy" in summary:
+    agreement = f", agreement {summary['agreement']:.4f}" if "agreement" in summary else ""
+    print(f"ensemble: test accuracy {summary['ensemble_accuracy']:.4f}{agreement}")
   print(f"Results in {workdir}: summary.json, metrics.jsonl, tensorboard/, checkpoints/")
 
 

@@ -91,3 +91,17 @@ def partitioned(tx, labels):
   return optax.partition({"train": tx, "freeze": optax.set_to_zero()}, labels)
 
 
+
+
+def per_network(transforms):
+  """One optax transformation per top-level key of the parameters ({"net1": tx1, …}): each network
+  keeps its own optimizer state and learning-rate schedule (Deep Mutual Learning's cohort)."""
+
+  def init(params):
+    return {k: tx.init(params[k]) for k, tx in transforms.items()}
+
+  def update(updates, state, params=None):
+    out = {k: tx.update(updates[k], state[k], None if params is None else params[k]) for k, tx in transforms.items()}
+    return {k: u for k, (u, _) in out.items()}, {k: s for k, (_, s) in out.items()}
+
+  return optax.GradientTransformation(init, update)

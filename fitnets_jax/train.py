@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from fitnets_jax import checkpoint, data, experiment, metrics, optim
 from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted
+from fitnets_jax.methods import base
 
 
 @flax.struct.dataclass
@@ -66,19 +67,25 @@ def prefetch_to_device(batches, mesh, size=2):
 
 
 def make_step(stage, tx, labels):
-  """The stage's train step: loss, gradients, update of the trained leaves, metrics."""
+  """The stage's train step: loss, gradients, update of the trained leaves, metrics (or the
+  stage's own `update`), with non-finite updates discarded."""
+
+  def gradient_update(params, batch_stats, opt_state, teacher, batch, rng, step):
+    def loss_fn(p):
+      return stage.loss(p, batch_stats, teacher, batch, rng, step)
+
+    (loss, (scalars, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    new_params = jax.tree.map(lambda label, new, old: new if label == "train" else old, labels, new_params, params)
+    return new_params, new_stats, new_opt_state, loss, scalars, grads
+
+  update = stage.update or gradient_update
 
   def step(state, batch, teacher):
     rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-      return stage.loss(params, state.batch_stats, teacher, batch, rng, state.step)
-
-    (loss, (scalars, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    params = jax.tree.map(lambda label, new, old: new if label == "train" else old,
-                          labels, new_params, state.params)
+    params, batch_stats, opt_state, loss, scalars, grads = update(
+        state.params, state.batch_stats, state.opt_state, teacher, batch, rng, state.step)
     # A NaN/Inf loss or gradient leaves the state as it was (the host decides, at the next log
     # interval, whether that stops the run); no per-step host sync is needed to stay safe.
     finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
@@ -110,30 +117,46 @@ def step_flops(compiled):
   return float(cost["flops"]) if cost and "flops" in cost else None
 
 
+def network_accuracy(net):
+  """The default evaluation: per-example hits of `net` ({"accuracy": …})."""
+  def evaluation(variables, images, labels):
+    return {"accuracy": (jnp.argmax(net.module.apply(variables, images, train=False), -1) == labels)}
+  return evaluation
+
+
 class Evaluator:
-  """Test accuracy of a network, data-parallel, with padded final batches masked out."""
+  """Test (or validation) metrics, data-parallel, with padded final batches masked out."""
 
   def __init__(self, exp):
     self.exp = exp
     self._steps = {}
 
-  def _step(self, net):
-    if net.name not in self._steps:
+  def _step(self, key, evaluation):
+    if key not in self._steps:
       def step(variables, batch):
-        logits = net.module.apply(variables, batch["image"], train=False)
-        hits = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32) * batch["mask"]
-        return jnp.sum(hits), jnp.sum(batch["mask"])
+        values = evaluation(variables, batch["image"], batch["label"])
+        sums = {k: jnp.sum(v.astype(jnp.float32) * batch["mask"]) for k, v in values.items()}
+        return sums, jnp.sum(batch["mask"])
       rep = replicated(self.exp.mesh)
-      self._steps[net.name] = jax.jit(step, in_shardings=(rep, batch_sharding(self.exp.mesh)), out_shardings=rep)
-    return self._steps[net.name]
+      self._steps[key] = jax.jit(step, in_shardings=(rep, batch_sharding(self.exp.mesh)), out_shardings=rep)
+    return self._steps[key]
+
+  def metrics(self, key, evaluation, variables, split="test"):
+    """{metric: mean over the split} of `evaluation(variables, images, labels)`'s per-example values."""
+    step = self._step(key, evaluation)
+    totals = jax.device_get([step(variables, b) for b in prefetch_to_device(
+        data.eval_batches(self.exp.data, self.exp.local_eval_batch, split), self.exp.mesh)])
+    count = sum(float(c) for _, c in totals)
+    return {k: float(sum(float(t[k]) for t, _ in totals) / count) for k in totals[0][0]}
 
   def accuracy(self, net, params, batch_stats, split="test"):
-    step = self._step(net)
-    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-    totals = [step(variables, b) for b in prefetch_to_device(
-        data.eval_batches(self.exp.data, self.exp.local_eval_batch, split), self.exp.mesh)]
-    hits, count = np.sum(jax.device_get(totals), axis=0)
-    return float(hits / count)
+    return self.metrics(("network", net.name), network_accuracy(net), base.variables(params, batch_stats), split)["accuracy"]
+
+
+def transformation(stage, labels):
+  """The stage's optimizer over its parameter tree: frozen leaves get zero updates and no state.
+  A stage with its own `update` applies its own transformations to its own optimizer state."""
+  return stage.tx if stage.update else optim.partitioned(stage.tx, labels)
 
 
 def initial_state(stage, tx, rng, carry=None):
@@ -258,7 +281,7 @@ class Runner:
     stage = self.exp.stages[index]
     rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), index)
     labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
-    return stage, rng, labels, optim.partitioned(stage.tx, labels)
+    return stage, rng, labels, transformation(stage, labels)
 
   def meta(self, index, stage_step, pending=()):
     """A checkpoint's JSON metadata; `pending` holds the step metrics not yet logged (float32 values
@@ -386,7 +409,10 @@ class Runner:
     record.update(train_time_s=train_time,
                   images_per_s=round(stage.num_steps * cfg.batch_size / max(train_time, 1e-9), 1))
     if stage.evaluate:
-      record["test_accuracy"] = self.evaluate(index, stage, state, stage.num_steps)
+      values = self.evaluate(index, stage, state, stage.num_steps)
+      record["test_accuracy"] = values["accuracy"]
+      if len(values) > 1:
+        record["test"] = values
     if stage.trains in exp.teachers:
       self.results["teachers"].setdefault(stage.trains, {})["test_accuracy"] = record["test_accuracy"]
       params, stats = stage.output(state.params, state.batch_stats)
@@ -418,20 +444,25 @@ class Runner:
             "Lower the stage's learning_rate (or set grad_clip_norm), or set on_nan=skip_step to skip such steps.")
 
   def evaluate(self, index, stage, state, done):
-    net = self.exp.teachers.get(stage.trains, self.exp.student)
-    params, stats = stage.output(state.params, state.batch_stats)
-    acc = self.evaluator.accuracy(net, params, stats)
+    """The stage's test metrics ({"accuracy": …, and any the stage's evaluation adds}), logged."""
+    if stage.evaluation:
+      values = self.evaluator.metrics(("stage", stage.name), stage.evaluation,
+                                      {"params": state.params, "batch_stats": state.batch_stats})
+    else:
+      net = self.exp.teachers.get(stage.trains, self.exp.student)
+      values = {"accuracy": self.evaluator.accuracy(net, *stage.output(state.params, state.batch_stats))}
     self.writer.write({"stage": stage.name, "step": done, "epoch": round(done / self.exp.steps_per_epoch, 4),
-                       "split": "test", "accuracy": acc}, self.offsets[index] + done)
+                       "split": "test", **values}, self.offsets[index] + done)
     if self.writer.enabled:
-      print(f"[{stage.name}] step {done}/{stage.num_steps} test accuracy {acc:.4f}", flush=True)
-    return acc
+      others = "".join(f", {k} {v:.4f}" for k, v in values.items() if k != "accuracy")
+      print(f"[{stage.name}] step {done}/{stage.num_steps} test accuracy {values['accuracy']:.4f}{others}", flush=True)
+    return values
 
   # ------------------------------------------------------------------ outputs
 
   def summary(self):
     exp, cfg = self.exp, self.config
-    student_stages = [s for s in exp.stages if s.trains == "student" and s.evaluate]
+    last = [s for s in exp.stages if s.trains not in exp.teachers and s.evaluate][-1]   # the student's
     stages = {name: {k: v for k, v in r.items() if k != "train_time_s"} for name, r in self.results["stages"].items()}
     teachers = [{"role": role, **net.describe(), **self.results["teachers"].get(role, {}),
                  "checkpoint": exp.teacher_sources.get(role) or os.path.join(os.path.abspath(self.workdir), role)}
@@ -442,9 +473,11 @@ class Runner:
         "teacher": teachers[0] if teachers else None,   # the (first) teacher
         "teachers": teachers,
         "student": {**exp.student.describe(),
-                    "test_accuracy": self.results["stages"][student_stages[-1].name].get("test_accuracy")},
+                    "test_accuracy": self.results["stages"][last.name].get("test_accuracy")},
         "stages": stages,
     }
+    if last.summarize:
+      summary.update(last.summarize(self.results["stages"][last.name].get("test", {})))
     if jax.process_index() == 0:
       metrics.write_atomically(os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary

@@ -124,6 +124,22 @@ CASES = [
     ({"method": "multi_teacher", "teachers": [dict(model="vgg16")]}, r"teachers\[0\].model='vgg16' is not a known model"),
     ({"method": "multi_teacher", "teachers": [dict(model="digits_teacher", epochs="ten")]},
      r"teachers\[0\].epochs='ten' has the wrong type"),
+    # mutual learning and self-distillation
+    ({"method": "dml"}, r"method='dml' trains a cohort of K ≥ 2 networks, but config.cohort lists 0"),
+    ({"method": "dml", "cohort": [dict(model="digits_resnet8")]}, r"config.cohort lists 1; give at least two"),
+    ({"method": "dml", "cohort": [dict(model="digits_resnet8"), dict(model="mobilenet")]},
+     r"cohort\[1\].model='mobilenet' is not a known model"),
+    ({"method": "dml", "cohort": [dict(model="digits_resnet8"), dict(model="digits_resnet8", lr=0.1)]},
+     r"cohort\[1\] has unknown keys \['lr'\]; valid: model, dropout, optimizer"),
+    ({"method": "dml", "cohort": [dict(model="digits_resnet8"), "digits_resnet8"]}, r"cohort\[1\]='digits_resnet8' must be a dict"),
+    ({"method": "dml", "cohort": [dict(model="digits_resnet8"), dict(model="digits_resnet8", optimizer=dict(lr=1))]},
+     r"cohort\[1\].optimizer.lr is not an optimizer key"),
+    ({"method": "dml", "cohort": [dict(model="digits_resnet8")] * 2, "dml.order": "random"}, r"dml.order='random' is not valid"),
+    ({"method": "kd", "cohort": [dict(model="digits_resnet8")] * 2}, r"config.cohort is set, but method='kd'"),
+    ({"method": "byot"}, r"method='byot' puts an exit after each section of the student, but student.model='digits_student' has no"),
+    ({"method": "byot", "student.model": "digits_resnet8", "byot.feature": "cosine"}, r"byot.feature='cosine' is not valid"),
+    ({"method": "byot", "student.model": "digits_resnet8", "byot.alpha": 1.5}, r"byot.alpha=1.5 must be in \[0, 1\]"),
+    ({"dataset.shift": 8, "dataset.pad_mode": "reflect"}, r"dataset.shift=8 with pad_mode='reflect' needs a shift smaller"),
 ]
 
 
@@ -155,7 +171,7 @@ def bad_config(overrides, tmp_path):
 
 def case_id(case):
   key, value = next(iter(case[0].items())) if "dataset.path" not in case[0] else ("npz", case[0]["dataset.path"])
-  if key in ("hints", "teachers", "method") and len(case[0]) > 1:
+  if key in ("hints", "teachers", "method", "cohort", "dataset.shift") and len(case[0]) > 1:
     key, value = "+".join(case[0]), len(case[0])
   if isinstance(value, Npz):
     value = ",".join(f"{k}={'dropped' if v is None else getattr(v, 'shape', v)}" for k, v in value.arrays.items())

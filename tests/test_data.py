@@ -58,6 +58,16 @@ def test_augmentation_flips_and_shifts_within_bounds():
     assert found
 
 
+def test_reflect_padded_shifts_are_crops_of_the_mirrored_image():
+  d = data.load(dataset_config(name="digits", preprocess="none", shift=2, pad_mode="reflect"))
+  plain = data.load(dataset_config(name="digits", preprocess="none"))
+  a = next(data.train_batches(d, 64, 10, 0, 0))["image"]
+  b = next(data.train_batches(plain, 64, 10, 0, 0))["image"]
+  for i in range(8):
+    mirrored = np.pad(b[i], ((2, 2), (2, 2), (0, 0)), mode="reflect")
+    assert any(np.array_equal(a[i], mirrored[dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+
+
 def test_eval_batches_cover_the_test_split_once_with_a_mask():
   d = data.load(dataset_config(name="digits"))
   batches = list(data.eval_batches(d, 128))

@@ -143,3 +143,13 @@ def test_resnet_parameter_counts_match_the_papers(name, params):
   assert net.sections == (("stem", "section1"), ("section1", "section2"), ("section2", "section3"))
   shapes = {l.name: l.shape for l in net.layers}
   assert shapes["section1"][:2] == (32, 32) and shapes["section2"][:2] == (16, 16) and shapes["section3"][:2] == (8, 8)
+
+
+@pytest.mark.parametrize("name,params", [("resnet18", 11_173_962), ("resnet34", 21_282_122)])
+def test_four_section_resnets_match_the_usual_cifar_counts(name, params):
+  """He et al.'s ResNet-18/34 with a 3×3 stem and no max-pool, as CIFAR code bases build them."""
+  net = network(name, models.get_model(name, 10), (32, 32, 3))
+  assert net.params == params
+  assert [b for _, b in net.sections] == ["section1", "section2", "section3", "section4"]
+  shapes = {l.name: l.shape for l in net.layers}
+  assert [shapes[f"section{i}"] for i in range(1, 5)] == [(32, 32, 64), (16, 16, 128), (8, 8, 256), (4, 4, 512)]

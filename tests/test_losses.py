@@ -186,3 +186,57 @@ def test_weighted_soft_target_matches_numpy():
   soft = np_ce(target, np_softmax(S.astype(np.float64) / 3.0))
   total, _ = losses.fitnets_kd_loss(S, [t1, t2, t3], Y, 2.0, 3.0, mu)
   np.testing.assert_allclose(total, hard + 2.0 * soft, rtol=1e-5)
+
+
+def np_kl(p, q):
+  return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), -1)))
+
+
+@pytest.mark.parametrize("k,tau", [(2, 1.0), (3, 1.0), (3, 2.0)])
+def test_mutual_learning_loss_matches_numpy(k, tau):
+  cohort = [RNG.normal(size=(5, 7)).astype(np.float32) * s for s in (2, 3, 1.5)[:k]]
+  for i in range(k):
+    mine, peers = cohort[i].astype(np.float64), [c.astype(np.float64) for j, c in enumerate(cohort) if j != i]
+    ce = np_ce(np.eye(7)[Y], np_softmax(mine))
+    kl = sum(np_kl(np_softmax(p / tau), np_softmax(mine / tau)) for p in peers) / (k - 1)   # 1/(K−1) Σ_l KL(p_l ‖ p_k)
+    total, parts = losses.mutual_learning_loss(cohort[i], [c for j, c in enumerate(cohort) if j != i], Y, tau)
+    np.testing.assert_allclose(parts["ce"], ce, rtol=1e-5)
+    np.testing.assert_allclose(parts["kl"], kl, rtol=1e-5)
+    np.testing.assert_allclose(total, ce + kl, rtol=1e-5)
+
+
+def test_mutual_learning_loss_treats_peers_as_targets():
+  peer_grad = jax.grad(lambda p: losses.mutual_learning_loss(jnp.asarray(S), [p], jnp.asarray(Y))[0])(jnp.asarray(T))
+  assert float(jnp.max(jnp.abs(peer_grad))) == 0.0
+  own_grad = jax.grad(lambda s: losses.mutual_learning_loss(s, [jnp.asarray(T)], jnp.asarray(Y))[0])(jnp.asarray(S))
+  expected = 2 * np_softmax(S.astype(np.float64)) - np.eye(7)[Y] - np_softmax(T.astype(np.float64))   # CE + KL at τ = 1
+  np.testing.assert_allclose(own_grad, expected / 5, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,alpha,tau,lam", [("l2", 0.3, 3.0, 0.03), ("squared", 0.5, 2.0, 0.1), ("off", 0.3, 3.0, 0.03)])
+def test_self_distillation_loss_matches_numpy(kind, alpha, tau, lam):
+  exits = [RNG.normal(size=(5, 7)) * s for s in (1.0, 2.0, 3.0)]            # shallow → deep
+  feats = [RNG.normal(size=(5, 4)) for _ in range(3)]
+  deep, deep_feat = exits[-1], feats[-1]
+  expected = np_ce(np.eye(7)[Y], np_softmax(deep))
+  for z, f in zip(exits[:-1], feats[:-1]):
+    expected += (1 - alpha) * np_ce(np.eye(7)[Y], np_softmax(z))
+    expected += alpha * np_kl(np_softmax(deep / tau), np_softmax(z / tau))
+    distance = np.sum((f - deep_feat) ** 2, axis=-1)
+    expected += {"l2": lam * np.mean(np.sqrt(distance)), "squared": lam * np.mean(distance), "off": 0.0}[kind]
+  total, parts = losses.self_distillation_loss([np.float32(z) for z in exits], [np.float32(f) for f in feats], Y,
+                                               alpha, tau, lam, kind)
+  np.testing.assert_allclose(total, expected, rtol=1e-5)
+  assert set(parts) == {"ce", "kl", "feature"}
+
+
+def test_self_distillation_targets_are_the_deepest_exit():
+  exits = [jnp.asarray(S), jnp.asarray(T)]
+  feats = [jnp.ones((5, 3)), jnp.zeros((5, 3))]
+  grads = jax.grad(lambda e, f: losses.self_distillation_loss(e, f, jnp.asarray(Y), 0.3, 3.0, 0.03, "l2")[0],
+                   argnums=(0, 1))(exits, feats)
+  ce_only = jax.grad(lambda z: losses.cross_entropy(z, jnp.asarray(Y)))(jnp.asarray(T))
+  np.testing.assert_allclose(grads[0][1], ce_only, rtol=1e-5)   # the deepest exit learns from the labels only
+  assert float(jnp.max(jnp.abs(grads[1][1]))) == 0.0             # F_C is a target
+  # ‖F_1 − F_C‖ = √3 per example; its gradient is λ·(F_1 − F_C)/√3 / batch
+  np.testing.assert_allclose(grads[1][0], np.full((5, 3), 0.03 / np.sqrt(3) / 5), rtol=1e-5)

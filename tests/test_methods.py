@@ -121,15 +121,24 @@ def test_multi_teacher_resumes_in_the_kd_stage_with_both_teachers_from_disk(tmp_
   assert without_timing(read_metrics(work)) == without_timing(read_metrics(full))
 
 
-@pytest.mark.parametrize("name", ["fsp_cifar10", "multi_teacher_svhn"])
+@pytest.mark.parametrize("name", ["fsp_cifar10", "multi_teacher_svhn", "dml_cifar100", "byot_cifar100", "resnet_cifar"])
 def test_paper_method_configs_run_a_few_steps_under_mock_data(name, tmp_path):
   config = tiny(name, teacher=2, hint=2, student=2, num_devices=1, batch_size=8, eval_batch_size=8,
                 **{"dataset.stats_examples": 16})
-  if name == "multi_teacher_svhn":   # the WRN-16-4 recipe, on a WRN-10-1 to keep compile time short
+  # The papers' recipes and data pipelines on smaller networks (less compile time; the paper models
+  # themselves are built and run by the single-method config tests).
+  if name == "fsp_cifar10":
+    config.teacher.model = "resnet14"          # ResNet-26's sections, fewer blocks
+  if name == "multi_teacher_svhn":           # both teachers' recipes (dropout, SGD override) on WRN-10-1s
     config.dataset.validation_examples = 8
-    config.teachers[1]["model"] = "wrn_10_1"
     for entry in config.teachers:
-      entry["steps"] = 2
+      entry["model"], entry["steps"] = "wrn_10_1", 2
+  if name == "dml_cifar100":                 # with its reflect-padded crops
+    config.cohort = [dict(model="resnet8"), dict(model="resnet8")]
+  if name == "resnet_cifar":
+    config.student.model = "resnet8"
+  if name == "byot_cifar100":
+    config.student.model = "digits_resnet10"   # four sections of 8–64 channels instead of ResNet-18's 64–512
   with tfds.testing.mock_data(num_examples=24):
     summary = train.run(config, str(tmp_path))
   assert all(s["steps"] == 2 for s in summary["stages"].values())

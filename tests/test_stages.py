@@ -42,7 +42,7 @@ def run_steps(exp, stage, teacher, n):
   from fitnets_jax import data
   rng = jax.random.PRNGKey(0)
   labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
-  tx = optim.partitioned(stage.tx, labels)
+  tx = train.transformation(stage, labels)
   state = train.init_state(stage, tx, rng, None, exp.mesh)
   before = jax.device_get(state)
   batches = train.prefetch_to_device(data.train_batches(exp.data, exp.local_batch, exp.steps_per_epoch, 0, 1), exp.mesh)

@@ -115,7 +115,7 @@ def shrink(config, batch=8):
     ("mnist", None, {}),
     ("svhn", None, {}),
     ("cifar10", None, {}),   # the real FitNet 4 / maxout teacher, GCN + ZCA, flips and shifts
-    ("cifar100", "fitnet1", {"method": "kd"}),
+    ("cifar100", "fitnet1", {"method": "scratch"}),   # 100 classes; the CIFAR teacher is built by cifar10
 ])
 def test_paper_configs_build_and_run_a_few_steps(name, arg, overrides, tmp_path):
   config = shrink(load_config(name, arg))
@@ -125,7 +125,7 @@ def test_paper_configs_build_and_run_a_few_steps(name, arg, overrides, tmp_path)
     summary = train.run(config, str(tmp_path))
   assert summary["dataset"] == config.dataset.name
   assert all(s["steps"] == 2 for s in summary["stages"].values())
-  assert np.isfinite(summary["stages"]["kd"]["final_train_loss"])
+  assert np.isfinite(summary["stages"][list(summary["stages"])[-1]]["final_train_loss"])
 
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -10,10 +10,38 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-from fitnets_jax import features, losses, optim
+from fitnets_jax import features, losses, models, optim
 from fitnets_jax.errors import check
+
+
+def network_entry(entry, key, allowed, stage):
+  """A list entry naming a network ({"model": …, "dropout": …, …}, e.g. `teachers[1]`), checked,
+  and the stage config it trains with: a copy of `stage` with the entry's epochs, steps and
+  optimizer overrides. Returns (entry as a dict, stage config)."""
+  check(isinstance(entry, (dict, ml_collections.ConfigDict)),
+        f"{key}={entry!r} must be a dict with keys {', '.join(allowed)} (model required).")
+  entry = dict(entry)
+  unknown = sorted(set(entry) - set(allowed))
+  check(not unknown, f"{key} has unknown keys {unknown}; valid: {', '.join(allowed)}.")
+  check(isinstance(entry.get("model"), str), f"{key}.model={entry.get('model')!r} must name a model.")
+  for field, kind in (("epochs", (int, float)), ("steps", int), ("dropout", (int, float))):
+    value = entry.get(field, 0)
+    check(isinstance(value, kind) and not isinstance(value, bool),
+          f"{key}.{field}={value!r} has the wrong type; it must be a number.")
+  stage = ml_collections.ConfigDict(stage.to_dict())
+  stage.epochs = float(entry.get("epochs", stage.epochs))
+  stage.steps = int(entry.get("steps", stage.steps))
+  overrides = entry.get("optimizer", {})
+  check(isinstance(overrides, (dict, ml_collections.ConfigDict)),
+        f"{key}.optimizer={overrides!r} must be a dict of optimizer keys ({', '.join(stage.optimizer)}).")
+  for field, value in dict(overrides).items():
+    check(field in stage.optimizer, f"{key}.optimizer.{field} is not an optimizer key; valid: "
+                                    f"{', '.join(stage.optimizer)}.")
+    stage.optimizer[field] = value
+  return entry, stage
 
 
 @dataclasses.dataclass
@@ -61,6 +89,15 @@ class Stage:
   labels: Optional[Callable] = None   # params -> tree of 'train' / 'freeze'; None: all 'train'
   uses_teacher: bool = False
   evaluate: bool = True         # evaluate the trained network on the test split at the end
+  # Stages that train several networks together (mutual learning) or with extra heads (BYOT):
+  # update — (params, batch_stats, opt_state, teacher, batch, rng, step) -> (params, batch_stats,
+  #   opt_state, loss, metrics, grads) replaces "one gradient step of `loss` with `tx`";
+  # evaluation — ({"params", "batch_stats"} of the stage, images, labels) -> {metric: per-example
+  #   values}, with an "accuracy" entry, replaces the trained network's accuracy on the test split;
+  # summarize — {metric: test value} -> entries added to summary.json.
+  update: Optional[Callable] = None
+  evaluation: Optional[Callable] = None
+  summarize: Optional[Callable] = None
 
   def output(self, params, batch_stats):
     """(params, batch_stats) of the trained network, handed to the next stage."""
@@ -83,6 +120,7 @@ class Context:
   teachers: dict
   steps_per_epoch: int
   stage_configs: dict = dataclasses.field(default_factory=dict)   # role → its training stage config
+  num_classes: int = 0
 
   @property
   def teacher(self):
@@ -105,10 +143,19 @@ class Context:
                            f"stages.{stage_key}.optimizer")
 
 
+def build_network(key, cfg, num_classes, image_shape):
+  """The Network of `cfg.model` (dropout `cfg.dropout`); `key` names the config entry in errors."""
+  return network(cfg.model, models.get_model(cfg.model, num_classes, cfg.dropout, key=f"{key}.model"), image_shape)
+
+
+def variables(params, batch_stats):
+  """Flax variables of a network: its params, and its batch_stats when it has batch norm."""
+  return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
 def forward(net, params, batch_stats, x, train, rng=None, capture=()):
   """(logits, captured features, batch_stats after the call) of `net`."""
-  variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-  logits, feats, new_stats = features.apply(net.module, variables, x, train, capture,
+  logits, feats, new_stats = features.apply(net.module, variables(params, batch_stats), x, train, capture,
                                             rngs={"dropout": rng} if rng is not None else None)
   return logits, feats, new_stats if new_stats is not None else batch_stats
 

@@ -14,13 +14,15 @@
 | resnetD, resnetDxW | CIFAR ResNet-D (D = 6n+2: 8, 14, 20, 26, 32, 56, 110, …), sections 16W/32W/64W |
 | wrn_D_K | wide ResNet WRN-D-K (D = 6n+4), pre-activation, sections 16K/32K/64K |
 | digits_resnetD | ResNet-D for 8×8 digits: sections 8/16/32 |
+| resnet10, resnet18, resnet34 | four-section ResNet (CIFAR form: 3×3 stem, no max-pool), sections 64/128/256/512 |
+| digits_resnet10, digits_resnet18 | the same for 8×8 digits: sections 8/16/32/64 |
 """
 
 import re
 
 from fitnets_jax.errors import FitnetsError
 from fitnets_jax.models.maxout import ConvSpec, MaxoutNet
-from fitnets_jax.models.resnet import resnet, wide_resnet
+from fitnets_jax.models.resnet import FOUR_SECTION_BLOCKS, four_section_resnet, resnet, wide_resnet
 
 PAPER_INIT = 0.005  # U(±0.005), FitNets §4 / maxout paper
 
@@ -77,7 +79,8 @@ _SPECS = {
 }
 
 MODEL_NAMES = tuple(_SPECS)
-FAMILIES = "resnetD or resnetDxW (D = 6n+2, e.g. resnet8, resnet26, resnet32x4), wrn_D_K (D = 6n+4, e.g. wrn_16_2), digits_resnetD"
+FAMILIES = ("resnetD or resnetDxW (D = 6n+2, e.g. resnet8, resnet26, resnet32x4), resnet10/18/34 (four sections), "
+            "wrn_D_K (D = 6n+4, e.g. wrn_16_2), digits_resnetD")
 
 
 def _resnet(name, num_classes, dropout, key):
@@ -90,12 +93,16 @@ def _resnet(name, num_classes, dropout, key):
     if (int(wrn_depth) - 4) % 6 or int(wrn_depth) < 10 or int(k) < 1:
       raise FitnetsError(f"{key}={name!r}: a wide ResNet needs depth 6n+4 ≥ 10 and k ≥ 1 (e.g. wrn_16_2, wrn_40_2).")
     return wide_resnet(int(wrn_depth), int(k), num_classes, dropout)
-  if (int(depth) - 2) % 6 or int(depth) < 8 or (width is not None and int(width) < 1):
+  four_section = int(depth) in FOUR_SECTION_BLOCKS and width is None
+  if not four_section and ((int(depth) - 2) % 6 or int(depth) < 8 or (width is not None and int(width) < 1)):
     raise FitnetsError(f"{key}={name!r}: a CIFAR ResNet needs depth 6n+2 ≥ 8 (8, 14, 20, 26, 32, 56, 110) "
-                       "and a width multiplier ≥ 1 (e.g. resnet32x4).")
+                       "and a width multiplier ≥ 1 (e.g. resnet32x4), or depth 10, 18 or 34 for the four-section "
+                       "ResNet.")
   if dropout:
-    raise FitnetsError(f"{key.rsplit('.', 1)[0]}.dropout={dropout!r}: ResNet-D has no dropout (as in He et al.); "
+    raise FitnetsError(f"{key.rsplit('.', 1)[0]}.dropout={dropout!r}: {name} has no dropout (as in He et al.); "
                        "use 0, or a wide ResNet (wrn_D_K), whose blocks take dropout.")
+  if four_section:
+    return four_section_resnet(int(depth), num_classes, base=8 if digits else 64)
   return resnet(int(depth), num_classes, int(width or 1), base=8 if digits else 16)
 
 

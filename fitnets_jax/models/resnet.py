@@ -1,10 +1,12 @@
-"""CIFAR ResNets (He et al. 2016, §4.2) and wide ResNets (Zagoruyko & Komodakis 2016).
+"""CIFAR ResNets (He et al. 2016, §4.2), wide ResNets (Zagoruyko & Komodakis 2016), and the
+four-section ResNet-18/34 in its usual CIFAR form (3×3 stem, no max-pool).
 
 ResNet-(6n+2): a 3×3 `stem` conv, three sections `section1..3` of n basic blocks (`block1..n`,
 16w/32w/64w channels, strides 1/2/2), global average pooling and `logits`. Blocks are
 post-activation (conv-BN-ReLU-conv-BN, add, ReLU); where the shape changes the shortcut is a 1×1
 conv + BN (He et al.'s option B). WRN-d-k: n = (d−4)/6 pre-activation blocks per section of
-16k/32k/64k channels after a 16-channel stem, BN-ReLU before pooling.
+16k/32k/64k channels after a 16-channel stem, BN-ReLU before pooling. ResNet-10/18/34: a 64-channel stem and four sections of 1/2/(3,4,6,3)
+basic blocks with 64/128/256/512 channels, strides 1/2/2/2.
 
 Sections are named modules, so a section's output is captured by name like any hint layer, and
 `sections` lists each section's (input layer, output layer): the input of `section1` is `stem`,
@@ -95,9 +97,9 @@ class Stem(nn.Module):
 
 
 class ResNet(nn.Module):
-  """stem → section1..3 → (BN-ReLU for pre-activation) → global average pool → logits."""
+  """stem → section1..S → (BN-ReLU for pre-activation) → global average pool → logits."""
   num_classes: int
-  blocks: int                  # n blocks per section
+  blocks: int | tuple          # n blocks per section, or one count per section
   widths: tuple = (16, 32, 64)
   stem_width: int = 16
   preact: bool = False
@@ -111,8 +113,9 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     x = Stem(self.stem_width, self.preact, name="stem")(x, train)
-    for i, width in enumerate(self.widths):
-      x = Section(width, self.blocks, 1 if i == 0 else 2, self.preact, self.dropout,
+    counts = self.blocks if isinstance(self.blocks, tuple) else (self.blocks,) * len(self.widths)
+    for i, (width, count) in enumerate(zip(self.widths, counts)):
+      x = Section(width, count, 1 if i == 0 else 2, self.preact, self.dropout,
                   name=f"section{i + 1}")(x, train)
     if self.preact:
       x = jax.nn.relu(_bn(train, "final_bn")(x))
@@ -124,6 +127,14 @@ def resnet(depth, num_classes, width=1, base=16, dropout=0.0):
   """ResNet-depth (depth = 6n+2) with sections of base·w, 2·base·w, 4·base·w channels."""
   return ResNet(num_classes, (depth - 2) // 6, tuple(base * width * m for m in (1, 2, 4)), base * width,
                 dropout=dropout)
+
+
+FOUR_SECTION_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+
+def four_section_resnet(depth, num_classes, base=64):
+  """ResNet-10/18/34 (He et al. 2016, Table 1) for small images: sections of base·(1, 2, 4, 8) channels."""
+  return ResNet(num_classes, FOUR_SECTION_BLOCKS[depth], tuple(base * m for m in (1, 2, 4, 8)), base)
 
 
 def wide_resnet(depth, k, num_classes, dropout=0.0):

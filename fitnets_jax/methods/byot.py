@@ -1,0 +1,117 @@
+"""`byot`: Be Your Own Teacher (Zhang et al., ICCV 2019) — self-distillation through early exits.
+
+The student's sections each end in an exit. The deepest exit is the network's own classifier;
+each shallower section gets an `ExitHead` (a depthwise-separable bottleneck to the deepest
+section's channels and resolution, average pooling, a classifier). One stage trains the network
+and its heads on `losses.self_distillation_loss`: per shallow exit (1−α)·CE + α·KL(q_C^τ ‖ q_i^τ)
++ λ·d(F_i, F_C), plus CE for the deepest, whose outputs and pooled features are the targets.
+
+Defaults follow the authors' released code: α = 0.3, τ = 3, λ = 0.03 with d the (unsquared) L2
+distance; the paper's squared distance is `byot.feature=squared`, and `off` drops the term
+(the authors report better CIFAR results without it).
+
+Evaluation: every exit's accuracy and the ensemble's (mean of the exits' logits). summary.json
+lists each exit with the parameters and MACs needed to classify there (the network up to that
+section plus its head): the accuracy/cost trade-off of exiting early. The stage hands on the
+plain network (the deepest exit); the heads stay in the stage's checkpoint.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from fitnets_jax import losses
+from fitnets_jax.errors import check, one_of
+from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, network
+from fitnets_jax.models.exits import ExitHead
+
+USES_TEACHER = False
+FEATURE_TERMS = ("l2", "squared", "off")
+
+
+def exit_blocks(shapes, outputs, i):
+  """(channels, stride) of the separable blocks that take section output `outputs[i]` to the
+  deepest section's shape: one block per later section, with that section's channels and
+  resolution."""
+  blocks = []
+  for before, after in zip(outputs[i:-1], outputs[i + 1:]):
+    ratio = shapes[before][0] // shapes[after][0]
+    check(ratio >= 1 and shapes[before][0] == ratio * shapes[after][0] and shapes[before][1] == ratio * shapes[after][1],
+          f"BYOT needs each section to shrink the map by an integer factor; {before} {shapes[before]} → "
+          f"{after} {shapes[after]} does not.")
+    blocks.append((shapes[after][-1], ratio))
+  return tuple(blocks)
+
+
+def cost_to_exit(student, heads, outputs, i):
+  """(params, MACs per example) of classifying at exit i: the network up to section i plus its head."""
+  if i == len(outputs) - 1:
+    return student.params, student.macs
+  top = {l.name: l for l in student.layers if len(l.path) == 1}
+  prefix = [top[a] for a, _ in student.sections[:1]] + [top[b] for _, b in student.sections[:i + 1]]
+  head = heads[f"exit{i + 1}"]
+  return sum(l.params for l in prefix) + head.params, sum(l.macs for l in prefix) + head.macs
+
+
+def byot_stage(ctx):
+  cfg, student = ctx.config.byot, ctx.student
+  check(len(student.sections) >= 2,
+        f"method='byot' puts an exit after each section of the student, but student.model={student.name!r} has no "
+        "named sections; use a ResNet (e.g. resnet18, resnet32, digits_resnet18, digits_resnet10).")
+  check(0.0 <= cfg.alpha <= 1.0, f"byot.alpha={cfg.alpha!r} must be in [0, 1].")
+  check(cfg.temperature > 0, f"byot.temperature={cfg.temperature!r} must be > 0.")
+  one_of("byot.feature", cfg.feature, FEATURE_TERMS)
+  check(cfg.feature_weight >= 0, f"byot.feature_weight={cfg.feature_weight!r} must be ≥ 0.")
+  outputs = [b for _, b in student.sections]
+  shapes = {l.name: l.shape for l in student.layers}
+  heads = {f"exit{i + 1}": network(f"exit{i + 1}", ExitHead(exit_blocks(shapes, outputs, i), ctx.num_classes),
+                                   shapes[name])
+           for i, name in enumerate(outputs[:-1])}
+  num_steps = ctx.steps("student")
+
+  def init(rng, carry):
+    params, stats = fresh_or_carried(student, rng, carry)
+    fresh = {name: head.init(jax.random.fold_in(rng, i + 1)) for i, (name, head) in enumerate(heads.items())}
+    return ({"student": params, **{n: p for n, (p, _) in fresh.items()}},
+            {"student": stats, **{n: s for n, (_, s) in fresh.items()}})
+
+  def exits(params, batch_stats, x, train, rng=None):
+    """([logits per exit, shallow → deep], [pooled feature per exit], batch_stats after the call)."""
+    logits, feats, stats = forward(student, params["student"], batch_stats["student"], x, train, rng,
+                                   capture=tuple(outputs))
+    all_logits, all_features, new_stats = [], [], {"student": stats}
+    for name, output in zip(heads, outputs):
+      (z, f), _, new_stats[name] = forward(heads[name], params[name], batch_stats[name], feats[output], train)
+      all_logits.append(z)
+      all_features.append(f)
+    return all_logits + [logits], all_features + [jnp.mean(feats[outputs[-1]], axis=(1, 2))], new_stats
+
+  def loss(params, batch_stats, teacher, batch, rng, step):
+    y = batch["label"]
+    all_logits, all_features, stats = exits(params, batch_stats, batch["image"], True, rng)
+    total, parts = losses.self_distillation_loss(all_logits, all_features, y, cfg.alpha, cfg.temperature,
+                                                 cfg.feature_weight, cfg.feature)
+    parts.update({f"exit{i + 1}_accuracy": losses.accuracy(z, y) for i, z in enumerate(all_logits)})
+    parts["accuracy"] = parts[f"exit{len(all_logits)}_accuracy"]
+    return total, (parts, stats)
+
+  def evaluation(state_vars, images, labels):
+    all_logits, _, _ = exits(state_vars["params"], state_vars["batch_stats"], images, False)
+    values = {f"exit{i + 1}_accuracy": jnp.argmax(z, -1) == labels for i, z in enumerate(all_logits)}
+    ensemble = jnp.mean(jnp.stack([z.astype(jnp.float32) for z in all_logits]), axis=0)
+    return {"accuracy": values[f"exit{len(all_logits)}_accuracy"], **values,
+            "ensemble_accuracy": jnp.argmax(ensemble, -1) == labels}
+
+  def summarize(test):
+    rows = []
+    for i, output in enumerate(outputs):
+      params, macs = cost_to_exit(student, heads, outputs, i)
+      rows.append({"exit": f"exit{i + 1}", "after": output, "params": params, "macs": macs,
+                   "test_accuracy": test.get(f"exit{i + 1}_accuracy")})
+    return {"exits": rows, "ensemble_accuracy": test.get("ensemble_accuracy")}
+
+  return Stage("byot", "student", num_steps, ctx.optimizer("student", num_steps), init, loss,
+               evaluation=evaluation, summarize=summarize)
+
+
+def stages(ctx):
+  return [byot_stage(ctx)]

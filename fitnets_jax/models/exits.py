@@ -1,0 +1,43 @@
+"""Early-exit heads of "Be Your Own Teacher" (Zhang et al., ICCV 2019, §3.1 and Fig. 2).
+
+A shallow section's output goes through a bottleneck of depthwise-separable convolutions, one
+per later section, each bringing it to that section's channels and resolution, so the last one
+matches the deepest section. Global average pooling gives the exit's feature F_i; a dense layer
+gives its logits. A separable block is the authors' SepConv: depthwise 3×3 (stride s), 1×1,
+BN, ReLU, depthwise 3×3, 1×1 to the new width, BN, ReLU.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class SeparableBlock(nn.Module):
+  features: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    channels = x.shape[-1]
+    depthwise = lambda stride, name: nn.Conv(channels, (3, 3), (stride, stride), padding=[(1, 1)] * 2,
+                                             feature_group_count=channels, use_bias=False, name=name)
+    pointwise = lambda features, name: nn.Conv(features, (1, 1), use_bias=False, name=name)
+    x = jax.nn.relu(bn("bn1")(pointwise(channels, "pointwise1")(depthwise(self.stride, "depthwise1")(x))))
+    return jax.nn.relu(bn("bn2")(pointwise(self.features, "pointwise2")(depthwise(1, "depthwise2")(x))))
+
+
+class ExitHead(nn.Module):
+  """Bottleneck (`blocks`: (channels, stride) per separable block) → average pool → logits.
+
+  Returns (logits, feature): the feature is the pooled bottleneck output, compared with the
+  deepest section's pooled output in BYOT's feature term."""
+  blocks: tuple
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    for i, (features, stride) in enumerate(self.blocks):
+      x = SeparableBlock(features, stride, name=f"sepconv{i + 1}")(x, train)
+    feature = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name="logits")(feature), feature

@@ -1,0 +1,151 @@
+"""Deep Mutual Learning and Be Your Own Teacher: update order, exits, data parallelism, resume."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import load_config, with_overrides
+from fitnets_jax import data, experiment, losses, models, train
+from fitnets_jax.methods import byot
+from fitnets_jax.methods.base import network
+from fitnets_jax.models.exits import ExitHead
+from helpers import final_state, read_metrics
+
+
+def tiny(name, steps=12, **overrides):
+  """configs/<name>.py shrunk to `steps` steps of batch 32 (checkpoints every 4)."""
+  c = load_config(name)
+  c.batch_size = 32
+  c.log_every_steps = 4
+  c.checkpoint_every_steps = 4
+  c.keep_checkpoints = 100
+  c.stages.student.steps = steps
+  return with_overrides(c, overrides)
+
+
+def one_step(order, tmp_path):
+  """A DML cohort (thin maxout, no batch norm + digits ResNet-8) before and after one plain-SGD step."""
+  config = tiny("dml_digits", num_devices=1, **{"dml.order": order, "stages.student.optimizer.name": "sgd",
+                                                "stages.student.optimizer.learning_rate": 0.5,
+                                                "stages.student.optimizer.schedule": "constant"})
+  exp = experiment.prepare(config, str(tmp_path / order))
+  stage = exp.stages[0]
+  rng = jax.random.PRNGKey(0)
+  tx = train.transformation(stage, None)
+  state = train.init_state(stage, tx, rng, None, exp.mesh)
+  before = jax.device_get(state)
+  batch = next(train.prefetch_to_device(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, 0), exp.mesh))
+  step = jax.jit(train.make_step(stage, tx, None))
+  after, _ = step(state, batch, {})
+  return exp, before, jax.device_get(after), jax.device_get(batch)
+
+
+def sgd_on_mutual_loss(net, params, stats, peer_logits, batch, lr):
+  """Network params after one SGD step on its DML loss against `peer_logits` (written independently)."""
+  def loss(p):
+    variables = {"params": p, **({"batch_stats": stats} if stats else {})}
+    logits = net.module.apply(variables, batch["image"], train=True, mutable=["batch_stats"] if stats else False)
+    logits = logits[0] if stats else logits
+    return losses.mutual_learning_loss(logits, [peer_logits], batch["label"])[0]
+  return jax.tree.map(lambda p, g: p - lr * g, params, jax.grad(loss)(params))
+
+
+def logits_of(net, params, stats, batch):
+  variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+  out = net.module.apply(variables, batch["image"], train=True, mutable=["batch_stats"] if stats else False)
+  return out[0] if stats else out
+
+
+def test_alternating_order_learns_from_the_updated_peer_and_simultaneous_does_not(tmp_path):
+  lr = 0.5
+  nets = None
+
+  @jax.jit
+  def expected(p, s, batch):
+    """net1 after its step, and net2 after its step against net1's updated and its old predictions."""
+    net1 = sgd_on_mutual_loss(nets["net1"], p["net1"], s["net1"], logits_of(nets["net2"], p["net2"], s["net2"], batch),
+                              batch, lr)
+    return net1, {peer: sgd_on_mutual_loss(nets["net2"], p["net2"], s["net2"], logits_of(nets["net1"], q, s["net1"], batch),
+                                           batch, lr)
+                  for peer, q in (("updated", net1), ("old", p["net1"]))}
+
+  close = lambda a, b: all(np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  for order in ("alternating", "simultaneous"):
+    exp, before, after, batch = one_step(order, tmp_path)
+    nets = {"net1": exp.student, "net2": network("digits_resnet8", models.get_model("digits_resnet8", 10), (8, 8, 1))}
+    net1, net2 = expected(before.params, before.batch_stats, batch)
+    assert close(after.params["net1"], net1)
+    want, other = ("updated", "old") if order == "alternating" else ("old", "updated")
+    assert close(after.params["net2"], net2[want]), order
+    assert not close(after.params["net2"], net2[other]), order      # the two orders really differ
+
+
+def test_each_network_keeps_its_own_optimizer_state_and_schedule(tmp_path):
+  config = tiny("dml_digits", num_devices=1)
+  config.cohort[1]["optimizer"] = {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9}
+  exp = experiment.prepare(config, str(tmp_path))
+  stage = exp.stages[0]
+  state = train.initial_state(stage, train.transformation(stage, None), jax.random.PRNGKey(0))
+  assert set(state.opt_state) == {"net1", "net2"}
+  rmsprop = jax.tree.leaves(state.opt_state["net1"])
+  sgd = jax.tree.leaves(state.opt_state["net2"])
+  assert len(rmsprop) != len(sgd)   # RMSProp keeps ν per weight, momentum SGD a trace per weight
+
+
+def test_byot_bottlenecks_reach_the_deepest_section_shape():
+  net = network("resnet18", models.get_model("resnet18", 100), (32, 32, 3))
+  shapes = {l.name: l.shape for l in net.layers}
+  outputs = [b for _, b in net.sections]
+  assert [shapes[o] for o in outputs] == [(32, 32, 64), (16, 16, 128), (8, 8, 256), (4, 4, 512)]
+  blocks = [byot.exit_blocks(shapes, outputs, i) for i in range(3)]
+  assert blocks == [((128, 2), (256, 2), (512, 2)), ((256, 2), (512, 2)), ((512, 2),)]
+  for i, b in enumerate(blocks):
+    head = ExitHead(b, 100)
+    variables = jax.eval_shape(lambda: head.init(jax.random.PRNGKey(0), np.zeros((1,) + shapes[outputs[i]])))
+    logits, feature = jax.eval_shape(lambda v: head.apply(v, np.zeros((2,) + shapes[outputs[i]])), variables)
+    assert logits.shape == (2, 100) and feature.shape == (2, 512)
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("dml_digits", {}),
+    ("byot_digits", {"student.model": "digits_resnet8"}),    # three sections, one block each: less compile time
+])
+def test_a_run_resumed_on_1_device_matches_the_4_device_run(name, overrides, tmp_path):
+  """A 4-device run; a copy rolled back to its step-4 checkpoint (as a kill mid-epoch leaves it) and
+  restarted on 1 device ends with the same metrics, parameters and summary, to float32 reduction-order
+  noise (bit-identical restarts on an unchanged device count are tested for the shared loop)."""
+  full = str(tmp_path / "four")
+  summary = train.run(tiny(name, **overrides), full)
+  assert summary["devices"] == 4 and list(summary["stages"]) == [name.split("_")[0]]
+  work = str(tmp_path / "resumed")
+  shutil.copytree(full, work)
+  for d in os.listdir(os.path.join(work, "checkpoints")):
+    if d.isdigit() and int(d) > 4:
+      shutil.rmtree(os.path.join(work, "checkpoints", d))
+  os.remove(os.path.join(work, "summary.json"))
+  resumed = train.run(tiny(name, num_devices=1, **overrides), work)
+  assert resumed["devices"] == 1
+  for four, one in zip(read_metrics(full), read_metrics(work), strict=True):
+    assert set(four) == set(one)
+    for key, value in four.items():
+      if key != "images_per_s":
+        assert one[key] == (pytest.approx(value, rel=1e-4, abs=1e-5) if isinstance(value, float) else value), key
+  (_, want), (_, got) = final_state(full), final_state(work)
+  for a, b in zip(jax.tree.leaves(want["params"]), jax.tree.leaves(got["params"]), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+  test = summary["stages"][list(summary["stages"])[0]]["test"]
+  if name == "dml_digits":
+    assert [n["model"] for n in summary["cohort"]] == ["digits_student", "digits_resnet8"]
+    assert summary["student"]["test_accuracy"] == summary["cohort"][0]["test_accuracy"] == test["net1_accuracy"]
+    assert {"ensemble_accuracy", "agreement", "net2_accuracy"} <= set(test) and 0 <= summary["agreement"] <= 1
+    assert resumed["cohort"] == summary["cohort"] and resumed["agreement"] == summary["agreement"]
+  else:
+    exits = summary["exits"]
+    assert [e["after"] for e in exits] == ["section1", "section2", "section3"]
+    assert exits[-1]["macs"] == summary["student"]["macs"] and exits[-1]["test_accuracy"] == test["accuracy"]
+    assert all(a["macs"] < b["macs"] for a, b in zip(exits, exits[1:]))
+    assert summary["ensemble_accuracy"] == test["ensemble_accuracy"]
+    assert resumed["exits"] == exits
