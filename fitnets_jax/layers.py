@@ -1,5 +1,6 @@
-"""Lists every capturable layer of a config's teachers and student, with output shapes, parameters
-and MACs, their sections, and the hint pairs (with the regressor each regression pair gets).
+"""Lists every capturable layer of a config's teachers and student (DML: every cohort network; BYOT:
+the exit heads too), with output shapes, parameters and MACs, their sections, and the hint pairs
+(with the regressor each regression pair gets).
 
   python -m fitnets_jax.layers --config configs/cifar10.py
 """
@@ -14,6 +15,7 @@ from ml_collections import config_flags
 from fitnets_jax import experiment, features, hints, methods
 from fitnets_jax.data import load as load_data
 from fitnets_jax.errors import FitnetsError
+from fitnets_jax.methods import byot
 
 config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.", lock_config=True)
 
@@ -36,7 +38,8 @@ def report(config):
   trained = {role: build(key, cfg) for role, key, cfg in experiment.trained_networks(config, method)}
   student = next(iter(trained.values()))
   lines = []
-  for role, net in [*teachers.items(), *trained.items()]:
+  heads = byot.exit_heads(student, classes) if config.method == "byot" and len(student.sections) > 1 else {}
+  for role, net in [*teachers.items(), *trained.items(), *heads.items()]:
     lines += [f"{role}: {net.name} — {net.params:,} params, {net.macs:,} MACs per example, input {shape}",
               features.layer_table(net.layers)]
     if net.sections:

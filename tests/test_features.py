@@ -129,6 +129,10 @@ def test_layers_report_shows_both_tables_and_the_hint_pair():
   text = layers.report(load_config("at_digits"))
   assert "sections (input → output): stem → section1, section1 → section2, section2 → section3" in text
   assert text.endswith("hints[2]: attention, student section3 (2, 2, 32) → teacher section3 (2, 2, 32)")
+  text = layers.report(load_config("dml_digits"))
+  assert "net1: digits_student — 18,010 params" in text and "net2: digits_resnet8 — 19,810 params" in text
+  text = layers.report(load_config("byot_digits"))
+  assert "student: digits_resnet18" in text and "exit3: exit head after section3" in text and "sepconv1/depthwise1" in text
 
 
 @pytest.mark.parametrize("name,params", [

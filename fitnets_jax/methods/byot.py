@@ -42,6 +42,15 @@ def exit_blocks(shapes, outputs, i):
   return tuple(blocks)
 
 
+def exit_heads(student, num_classes):
+  """{"exit1": Network, …}: the head after each section of `student` but the last."""
+  outputs = [b for _, b in student.sections]
+  shapes = {l.name: l.shape for l in student.layers}
+  return {f"exit{i + 1}": network(f"exit head after {name}", ExitHead(exit_blocks(shapes, outputs, i), num_classes),
+                                   shapes[name])
+          for i, name in enumerate(outputs[:-1])}
+
+
 def cost_to_exit(student, heads, outputs, i):
   """(params, MACs per example) of classifying at exit i: the network up to section i plus its head."""
   if i == len(outputs) - 1:
@@ -62,10 +71,7 @@ def byot_stage(ctx):
   one_of("byot.feature", cfg.feature, FEATURE_TERMS)
   check(cfg.feature_weight >= 0, f"byot.feature_weight={cfg.feature_weight!r} must be ≥ 0.")
   outputs = [b for _, b in student.sections]
-  shapes = {l.name: l.shape for l in student.layers}
-  heads = {f"exit{i + 1}": network(f"exit{i + 1}", ExitHead(exit_blocks(shapes, outputs, i), ctx.num_classes),
-                                   shapes[name])
-           for i, name in enumerate(outputs[:-1])}
+  heads = exit_heads(student, ctx.num_classes)
   num_steps = ctx.steps("student")
 
   def init(rng, carry):
