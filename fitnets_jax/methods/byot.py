@@ -42,9 +42,14 @@ def exit_blocks(shapes, outputs, i):
   return tuple(blocks)
 
 
+def section_outputs(student):
+  """The output layer of each section, shallow → deep: where the exits are."""
+  return [output for _, output in student.sections]
+
+
 def exit_heads(student, num_classes):
   """{"exit1": Network, …}: the head after each section of `student` but the last."""
-  outputs = [b for _, b in student.sections]
+  outputs = section_outputs(student)
   shapes = {l.name: l.shape for l in student.layers}
   return {f"exit{i + 1}": network(f"exit head after {name}", ExitHead(exit_blocks(shapes, outputs, i), num_classes),
                                    shapes[name])
@@ -56,7 +61,7 @@ def cost_to_exit(student, heads, outputs, i):
   if i == len(outputs) - 1:
     return student.params, student.macs
   top = {l.name: l for l in student.layers if len(l.path) == 1}
-  prefix = [top[a] for a, _ in student.sections[:1]] + [top[b] for _, b in student.sections[:i + 1]]
+  prefix = [top[name] for name in [student.sections[0][0]] + outputs[:i + 1]]   # stem, section1 … section i
   head = heads[f"exit{i + 1}"]
   return sum(l.params for l in prefix) + head.params, sum(l.macs for l in prefix) + head.macs
 
@@ -70,7 +75,7 @@ def byot_stage(ctx):
   check(cfg.temperature > 0, f"byot.temperature={cfg.temperature!r} must be > 0.")
   one_of("byot.feature", cfg.feature, FEATURE_TERMS)
   check(cfg.feature_weight >= 0, f"byot.feature_weight={cfg.feature_weight!r} must be ≥ 0.")
-  outputs = [b for _, b in student.sections]
+  outputs = section_outputs(student)
   heads = exit_heads(student, ctx.num_classes)
   num_steps = ctx.steps("student")
 
