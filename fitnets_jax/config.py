@@ -58,6 +58,7 @@ def base_config():
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
   c.on_nan = "stop"               # stop | skip_step: what a NaN/Inf loss or gradient does
+  c.dtype = "float32"             # float32 | bfloat16: activations' dtype (params, optimizer, losses stay float32)
 
   c.dataset = ml_collections.ConfigDict(dict(
       name="digits",              # digits | npz | svhn_cropped | cifar10 | cifar100 | mnist
@@ -81,6 +82,8 @@ def base_config():
       model="digits_teacher",
       checkpoint="",              # a run's workdir (or its teacher/ folder) to reuse
       dropout=0.0,
+      cache=False,                # compute every teacher's outputs on the training set once (no augmentation)
+      cache_budget_mb=1024.0,     # cache: memory for hint features (logits are always cached)
   ))
   c.student = ml_collections.ConfigDict(dict(model="digits_student", dropout=0.0))
   # multi_teacher: a list of dicts, each {model, checkpoint, dropout, epochs, steps, optimizer}; the

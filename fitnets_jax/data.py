@@ -24,6 +24,9 @@ SOURCES = ("digits", "npz") + TFDS_NAMES
 PREPROCESS = ("standardize", "gcn_zca", "none")
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 DIGITS_TRAIN = 1437  # of 1,797; the rest (360) is the test split
+# (image shape, classes) of the named datasets, known without reading them
+SHAPES = {"digits": ((8, 8, 1), 10), "mnist": ((28, 28, 1), 10), "svhn_cropped": ((32, 32, 3), 10),
+          "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
 
 
 def _tf():
@@ -40,7 +43,7 @@ class Data:
   image_shape: tuple
   num_train: int                 # whole split, all hosts
   num_test: int
-  train: Callable                # () → tf.data.Dataset of (uint8 image, int label), this host's slice
+  train: Callable                # () → tf.data.Dataset of (uint8 image, int label, example id), this host's slice
   test: Callable
   normalize: Callable            # float32 [0, 1] batch (tf) → preprocessed batch
   augment_flip: bool = False
@@ -48,6 +51,7 @@ class Data:
   augment_pad_mode: str = "constant"   # how a shift pads: constant (zeros) | reflect
   num_validation: int = 0        # held out of training by dataset.validation_examples
   validation: Callable = None
+  train_all: Callable = None     # () → the whole training split (every host's), in id order
 
   @property
   def augmented(self):
@@ -115,13 +119,16 @@ def _host_slice(array):
 
 
 def _in_memory(name, x_train, y_train, x_test, y_test, num_classes, validation_examples=0):
-  """Splits from arrays; the last `validation_examples` training examples become the validation split."""
+  """Splits from arrays; the last `validation_examples` training examples become the validation split.
+  A training example's id is its index in the training split."""
   tf = _tf()
-  make = lambda x, y: (lambda: tf.data.Dataset.from_tensor_slices((_host_slice(x), _host_slice(y))))
+  make = lambda *arrays: (lambda: tf.data.Dataset.from_tensor_slices(tuple(_host_slice(a) for a in arrays)))
   n = len(x_train) - validation_examples
+  ids = np.arange(n, dtype=np.int32)
   spec = dict(name=name, num_classes=num_classes, image_shape=tuple(x_train.shape[1:]),
-              num_train=n, num_test=len(x_test), train=make(x_train[:n], y_train[:n]),
-              test=make(x_test, y_test))
+              num_train=n, num_test=len(x_test), train=make(x_train[:n], y_train[:n], ids),
+              test=make(x_test, y_test),
+              train_all=lambda: tf.data.Dataset.from_tensor_slices((x_train[:n], y_train[:n], ids)))
   if validation_examples:
     spec.update(num_validation=validation_examples, validation=make(x_train[n:], y_train[n:]))
   return spec
@@ -129,7 +136,7 @@ def _in_memory(name, x_train, y_train, x_test, y_test, num_classes, validation_e
 
 def _tfds(cfg):
   import tensorflow_datasets as tfds
-  _tf()
+  tf = _tf()
   kwargs = dict(data_dir=cfg.data_dir or None, download=cfg.download, as_supervised=True)
 
   def load(split, **extra):
@@ -150,7 +157,8 @@ def _tfds(cfg):
       n = int(ds.cardinality().numpy())
       return n if n >= 0 else sum(1 for _ in ds)
 
-  host = lambda split: tfds.even_splits(split, n=jax.process_count())[jax.process_index()]
+  host_splits = lambda split: tfds.even_splits(split, n=jax.process_count())
+  host = lambda split: host_splits(split)[jax.process_index()]
   held_out = cfg.validation_examples
   check(not held_out or ("+" not in cfg.train_split and "[" not in cfg.train_split),
         f"dataset.validation_examples={held_out} holds out the end of one TFDS split, but dataset.train_split="
@@ -160,11 +168,15 @@ def _tfds(cfg):
   train_ds, info = load(train_split)
   test_ds, _ = load(cfg.test_split)
   sample = np.stack([x for x, _ in tfds.as_numpy(train_ds.take(cfg.stats_examples))])
+  # A training example's id is its position in the whole split; hosts read consecutive parts of it.
+  first_id = sum(count(part, load(part)[0], info) for part in host_splits(train_split)[:jax.process_index()])
+  with_ids = lambda ds, first: ds.enumerate().map(lambda i, xy: (xy[0], xy[1], tf.cast(i + first, tf.int32)))
   spec = dict(name=cfg.name, num_classes=info.features["label"].num_classes,
               image_shape=tuple(info.features["image"].shape), num_train=count(train_split, train_ds, info),
               num_test=count(cfg.test_split, test_ds, info),
-              train=lambda: load(host(train_split))[0].cache(),
-              test=lambda: load(host(cfg.test_split))[0])
+              train=lambda: with_ids(load(host(train_split))[0], first_id).cache(),
+              test=lambda: load(host(cfg.test_split))[0],
+              train_all=lambda: with_ids(load(train_split)[0], 0))
   if held_out:
     spec.update(num_validation=count(validation_split, load(validation_split)[0], info),
                 validation=lambda: load(host(validation_split))[0])
@@ -217,8 +229,20 @@ def fit_normalizer(cfg, sample):
 # --------------------------------------------------------------------------- public API
 
 
-def load(cfg):
-  """Reads, validates and fits the dataset named by `cfg` (config.dataset)."""
+def synthetic_arrays(name, examples, seed=0):
+  """Random uint8 images and labels shaped like dataset `name` (train: `examples`, test: a quarter):
+  what the benchmark feeds through the real pipeline when the dataset is not on this machine."""
+  check(name in SHAPES, f"a synthetic stand-in needs a dataset of known shape ({', '.join(SHAPES)}); "
+                        f"dataset.name={name!r} is read from its file instead.")
+  shape, classes = SHAPES[name]
+  rng = np.random.default_rng(seed)
+  split = lambda n: (rng.integers(0, 256, (n,) + shape, dtype=np.uint8), rng.integers(0, classes, n).astype(np.int32))
+  return (*split(examples), *split(max(1, examples // 4)), classes)
+
+
+def load(cfg, synthetic_examples=0):
+  """Reads, validates and fits the dataset named by `cfg` (config.dataset); with `synthetic_examples`
+  > 0, random images of its shape stand in for it (same pipeline and augmentation)."""
   one_of("dataset.name", cfg.name, SOURCES)
   one_of("dataset.preprocess", cfg.preprocess, PREPROCESS)
   check(isinstance(cfg.shift, int) and cfg.shift >= 0, f"dataset.shift={cfg.shift!r} must be an integer ≥ 0.")
@@ -226,7 +250,11 @@ def load(cfg):
   check(cfg.stats_examples > 0, f"dataset.stats_examples={cfg.stats_examples!r} must be > 0.")
   check(cfg.validation_examples >= 0,
         f"dataset.validation_examples={cfg.validation_examples!r} must be ≥ 0 (0: no validation split).")
-  if cfg.name in TFDS_NAMES:
+  if synthetic_examples:
+    *arrays, classes = synthetic_arrays(cfg.name, synthetic_examples)
+    spec = _in_memory(cfg.name, *arrays, classes)
+    sample = arrays[0][:cfg.stats_examples]
+  elif cfg.name in TFDS_NAMES:
     spec, sample = _tfds(cfg)
   else:
     if cfg.name == "digits":
@@ -283,7 +311,7 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
       images = data.normalize(tf.cast(batch[0], tf.float32) / 255.0)
       if data.augmented:
         images = _augment(tf, images, seed_e, index, data.augment_flip, data.augment_shift, data.augment_pad_mode)
-      return {"image": images, "label": tf.cast(batch[1], tf.int32)}
+      return {"image": images, "label": tf.cast(batch[1], tf.int32), "index": batch[2]}
 
     ds = base.shuffle(buffer, seed=seed_e, reshuffle_each_iteration=False)
     ds = ds.batch(local_batch, drop_remainder=True).take(steps_per_epoch).enumerate().skip(offset)
@@ -298,6 +326,23 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
     epoch, offset = epoch + 1, 0
 
 
+def _padded(batches, total, local_batch, image_shape):
+  """`total` numpy batches of `local_batch` examples with a `mask` (0 on padding): short final batches
+  are padded, and missing ones are all padding."""
+  produced = 0
+  for batch in batches:
+    if produced == total:
+      break
+    produced += 1
+    pad = local_batch - len(batch["label"])
+    padding = lambda v: np.zeros((pad,) + v.shape[1:], v.dtype)
+    yield {**{k: np.concatenate([v, padding(v)]) for k, v in batch.items()},
+           "mask": np.concatenate([np.ones(local_batch - pad, np.float32), np.zeros(pad, np.float32)])}
+  for _ in range(total - produced):
+    yield {"image": np.zeros((local_batch,) + tuple(image_shape), np.float32),
+           "label": np.zeros(local_batch, np.int32), "mask": np.zeros(local_batch, np.float32)}
+
+
 def eval_batches(data, local_batch, split="test"):
   """The test (or validation) split as numpy batches {image, label, mask}; the last batches are
   padded (mask 0). Every host yields the same number of batches (a collective step runs on each).
@@ -305,21 +350,17 @@ def eval_batches(data, local_batch, split="test"):
   tf = _tf()
   source, size = (data.test, data.num_test) if split == "test" else (data.validation, data.num_validation)
   per_host = math.ceil(size / jax.process_count())
-  total = math.ceil(per_host / local_batch)
   ds = source().batch(local_batch).map(
       lambda x, y: {"image": data.normalize(tf.cast(x, tf.float32) / 255.0), "label": tf.cast(y, tf.int32)},
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
-  shape = (local_batch,) + tuple(data.image_shape)
-  produced = 0
-  for batch in ds.as_numpy_iterator():
-    if produced == total:
-      break
-    produced += 1
-    n = len(batch["label"])
-    pad = local_batch - n
-    yield {"image": np.concatenate([batch["image"], np.zeros((pad,) + shape[1:], np.float32)]),
-           "label": np.concatenate([batch["label"], np.zeros(pad, np.int32)]),
-           "mask": np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])}
-  for _ in range(total - produced):
-    yield {"image": np.zeros(shape, np.float32), "label": np.zeros(local_batch, np.int32),
-           "mask": np.zeros(local_batch, np.float32)}
+  yield from _padded(ds.as_numpy_iterator(), math.ceil(per_host / local_batch), local_batch, data.image_shape)
+
+
+def training_examples(data, batch_size):
+  """The whole training split (every host's part), preprocessed but never augmented, in id order:
+  numpy batches {image, label, index, mask}, the last one padded (mask 0). What a teacher cache reads."""
+  tf = _tf()
+  ds = data.train_all().batch(batch_size).map(
+      lambda x, y, i: {"image": data.normalize(tf.cast(x, tf.float32) / 255.0), "label": tf.cast(y, tf.int32),
+                       "index": i}, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+  yield from _padded(ds.as_numpy_iterator(), math.ceil(data.num_train / batch_size), batch_size, data.image_shape)

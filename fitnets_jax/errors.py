@@ -1,5 +1,7 @@
 """The project's own error type: one paragraph naming the offending key or file and what is valid."""
 
+import sys
+
 
 class FitnetsError(ValueError):
   """Bad input (config, dataset, checkpoint, layer name), raised before any training step."""
@@ -13,6 +15,16 @@ class Preempted(Exception):
 class NonFiniteLoss(RuntimeError):
   """A loss or gradient became NaN/Inf with on_nan='stop'; the last good checkpoint is kept."""
   exit_code = 3
+
+
+def or_exit(fn, *args):
+  """`fn(*args)`; bad input (a FitnetsError) is printed as one `error: …` paragraph, without a
+  traceback, and exits with status 2: what every command line does."""
+  try:
+    return fn(*args)
+  except FitnetsError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def check(condition, message):

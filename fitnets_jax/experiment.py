@@ -12,10 +12,10 @@ import jax
 import ml_collections
 from jax.sharding import AxisType
 
-from fitnets_jax import checkpoint, data, methods
+from fitnets_jax import checkpoint, data, methods, teacher_cache
 from fitnets_jax.config import SAFE_TO_CHANGE, changed_keys, check_types
 from fitnets_jax.errors import FitnetsError, check, one_of
-from fitnets_jax.methods.base import Context, build_network, network_entry, supervised_stage
+from fitnets_jax.methods.base import COMPUTE_DTYPES, Context, build_network, network_entry, supervised_stage
 
 
 CONFIG_FILE = "config.json"   # the workdir's experiment, written when a run starts
@@ -59,6 +59,7 @@ def check_run_keys(config):
     _positive_int(config, key)
   check(config.eval_every_steps >= 0, f"eval_every_steps={config.eval_every_steps!r} must be ≥ 0 (0: stage end only).")
   one_of("on_nan", config.on_nan, ("stop", "skip_step"))
+  one_of("dtype", config.dtype, COMPUTE_DTYPES)
   check(config.num_devices >= 0, f"num_devices={config.num_devices!r} must be ≥ 0 (0: all devices).")
 
 
@@ -149,18 +150,19 @@ def reused_teacher(key, role_cfg, teacher):
   return checkpoint.load_teacher(role_cfg.checkpoint, teacher.abstract_variables())
 
 
-def prepare(config, workdir):
-  """Validates `config` and builds the experiment; raises FitnetsError on any bad input."""
+def prepare(config, workdir, synthetic_examples=0):
+  """Validates `config` and builds the experiment; raises FitnetsError on any bad input. With
+  `synthetic_examples`, random images of the dataset's shape stand in for it (benchmarks)."""
   check_types(config)
   check_run_keys(config)
   check_same_experiment(config, workdir)
   method = methods.get(config.method)
   mesh = make_mesh(config)
-  dataset = data.load(config.dataset)
+  dataset = data.load(config.dataset, synthetic_examples)
   steps_per_epoch = dataset.num_train // config.batch_size
   check(steps_per_epoch > 0, f"batch_size={config.batch_size} is larger than the {dataset.num_train} "
                              f"training examples of {dataset.name!r}; lower batch_size.")
-  build = lambda key, cfg: build_network(key, cfg, dataset.num_classes, dataset.image_shape)
+  build = lambda key, cfg: build_network(key, cfg, dataset.num_classes, dataset.image_shape, config.dtype)
   # A method whose networks are configured elsewhere (mutual learning's cohort) names its own.
   _, key, student_cfg = trained_networks(config, method)[0]
   student = build(key, student_cfg)
@@ -176,6 +178,7 @@ def prepare(config, workdir):
       sources[role] = checkpoint.teacher_dir(cfg.checkpoint)
     else:
       teacher_stages.append(supervised_stage(ctx, role, teachers[role], role, trains=role))
+  teacher_cache.check_config(config, dataset, bool(specs))
   check_workdir(workdir)
   return Experiment(config, dataset, mesh, student, teachers, teacher_stages + stages, steps_per_epoch,
                     variables, sources, getattr(method, "teacher_weights", None))

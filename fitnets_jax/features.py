@@ -74,6 +74,12 @@ def describe(module, variables, input_shape):
   return layers
 
 
+def depth(layers):
+  """Weight layers (Conv/Dense with parameters) outside residual shortcuts: the depth papers quote
+  (FitNet 4: 19, ResNet-20: 20)."""
+  return sum(1 for l in layers if l.kind in _MAC_MODULES and l.params and "shortcut" not in l.name)
+
+
 def total_macs(layers):
   """MACs per example of the whole model: every Conv/Dense counted once."""
   return sum(l.macs for l in layers if l.kind in _MAC_MODULES)

@@ -13,6 +13,8 @@ Everything here is checked at setup and names the offending pair.
 import dataclasses
 from typing import Any, Optional
 
+import jax
+
 from fitnets_jax import features, losses
 from fitnets_jax.errors import FitnetsError, check, one_of
 from fitnets_jax.models.regressor import Regressor
@@ -101,6 +103,8 @@ def progressive_order_ok(pairs, student):
 def pair_loss(pair, teacher_feature, student_feature, regressor_params, beta):
   """This pair's weighted loss (see the module docstring)."""
   if pair.kind == "regression":
-    regressed = pair.regressor.apply({"params": regressor_params}, student_feature)
+    # The regressor computes in the guided feature's dtype (bf16 under config.dtype=bfloat16).
+    params = jax.tree.map(lambda p: p.astype(student_feature.dtype), regressor_params)
+    regressed = pair.regressor.apply({"params": params}, student_feature)
     return pair.weight * losses.hint_loss(teacher_feature, regressed)
   return pair.weight * losses.attention_loss(teacher_feature, student_feature, beta)

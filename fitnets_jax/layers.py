@@ -5,7 +5,6 @@ the exit heads too), with output shapes, parameters and MACs, their sections, an
   python -m fitnets_jax.layers --config configs/cifar10.py
 """
 
-import sys
 
 import jax
 import numpy as np
@@ -13,22 +12,20 @@ from absl import app, logging
 from ml_collections import config_flags
 
 from fitnets_jax import experiment, features, hints, methods
-from fitnets_jax.data import load as load_data
-from fitnets_jax.errors import FitnetsError
+from fitnets_jax.data import SHAPES, load as load_data
+from fitnets_jax.errors import or_exit
 from fitnets_jax.methods import byot
 
-config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.", lock_config=True)
-
-_INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "svhn_cropped": (32, 32, 3),
-                 "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
-_CLASSES = {"cifar100": 100}
+def define_flags():
+  """The command line's flags (defined only when run as a program, so the module imports anywhere)."""
+  config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.", lock_config=True)
 
 
 def report(config):
   """The layer tables, sections and hint pairs of `config` as text (no data is read except for npz)."""
   name = config.dataset.name
-  if name in _INPUT_SHAPES:
-    shape, classes = _INPUT_SHAPES[name], _CLASSES.get(name, 10)
+  if name in SHAPES:
+    shape, classes = SHAPES[name]
   else:
     data = load_data(config.dataset)
     shape, classes = data.image_shape, data.num_classes
@@ -63,13 +60,10 @@ def report(config):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  try:
-    print(report(app.flags.FLAGS.config))
-  except FitnetsError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  print(or_exit(report, app.flags.FLAGS.config))
 
 
 if __name__ == "__main__":
+  define_flags()
   jax.config.update("jax_platforms", "cpu")
   app.run(main)

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fitnets_jax import checkpoint, data, experiment, metrics, optim
+from fitnets_jax import checkpoint, data, experiment, metrics, optim, teacher_cache
 from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted
 from fitnets_jax.methods import base
 
@@ -120,7 +120,7 @@ def step_flops(compiled):
 def network_accuracy(net):
   """The default evaluation: per-example hits of `net` ({"accuracy": …})."""
   def evaluation(variables, images, labels):
-    return {"accuracy": (jnp.argmax(net.module.apply(variables, images, train=False), -1) == labels)}
+    return {"accuracy": jnp.argmax(base.predict(net, variables, images), -1) == labels}
   return evaluation
 
 
@@ -320,6 +320,15 @@ class Runner:
       for r, m in zip(roles, mu):
         self.results["teachers"][r].update(weight=m, validation_accuracy=accuracies[r])
     variables["mu"] = jax.device_put(np.asarray(mu, np.float32), replicated(exp.mesh))
+    if self.config.teacher.cache:
+      tables, info = teacher_cache.build(exp.teachers, variables, teacher_cache.needed_layers(exp.stages), exp.data,
+                                         self.config.eval_batch_size, self.config.teacher.cache_budget_mb)
+      variables["cache"] = jax.device_put(tables, replicated(exp.mesh))
+      self.results["teacher_cache"] = info
+      if self.writer.enabled:
+        left_out = f"; over the budget, computed live: {', '.join(info['left_out'])}" if info["left_out"] else ""
+        print(f"Teacher cache: {info['examples']:,} examples, {info['bytes'] / 2**20:.1f} MiB "
+              f"(logits, features {info['layers']}) in {info['seconds']:.1f} s{left_out}", flush=True)
     return variables
 
   # ------------------------------------------------------------------ stages
@@ -478,6 +487,8 @@ class Runner:
     }
     if last.summarize:
       summary.update(last.summarize(self.results["stages"][last.name].get("test", {})))
+    if "teacher_cache" in self.results:
+      summary["teacher_cache"] = self.results["teacher_cache"]
     if jax.process_index() == 0:
       metrics.write_atomically(os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary

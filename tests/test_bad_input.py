@@ -140,6 +140,14 @@ CASES = [
     ({"method": "byot", "student.model": "digits_resnet8", "byot.feature": "cosine"}, r"byot.feature='cosine' is not valid"),
     ({"method": "byot", "student.model": "digits_resnet8", "byot.alpha": 1.5}, r"byot.alpha=1.5 must be in \[0, 1\]"),
     ({"dataset.shift": 8, "dataset.pad_mode": "reflect"}, r"dataset.shift=8 with pad_mode='reflect' needs a shift smaller"),
+    # speed options
+    ({"teacher.cache": True, "dataset.shift": 1}, r"teacher.cache=True needs an input pipeline without random "
+                                                  r"augmentation.*dataset.shift=1.*Set dataset.flip=False"),
+    ({"teacher.cache": True, "dataset.flip": True}, r"teacher.cache=True needs .* dataset.flip=True"),
+    ({"teacher.cache": True, "method": "scratch"}, r"teacher.cache=True stores a teacher's outputs, but "
+                                                   r"method='scratch' uses no teacher"),
+    ({"teacher.cache": True, "teacher.cache_budget_mb": -1.0}, r"teacher.cache_budget_mb=-1.0 must be ≥ 0"),
+    ({"dtype": "float16"}, r"dtype='float16' is not valid"),
 ]
 
 

@@ -61,6 +61,25 @@ def test_ceil_pooling_covers_the_whole_map():
   np.testing.assert_array_equal(max_pool_ceil(x, 2, 2)[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
 
 
+@pytest.mark.parametrize("size,stride", [(4, 2), (2, 2), (3, 2), (2, 1), (5, 3)])
+def test_the_cpu_forms_of_pooling_and_maxout_equal_the_accelerator_forms(size, stride):
+  """On CPU, pooling and maxout are maxima of strided slices (fast gradients); the accelerator forms
+  (reduce_window, reshape + max) give the same values and gradients that sum the same."""
+  import math
+  import flax.linen as nn
+  x = jax.random.normal(jax.random.PRNGKey(size * 10 + stride), (2, 21, 17, 8))
+  pads = [(0, max(0, (max(1, math.ceil((n - size) / stride) + 1) - 1) * stride + size - n)) for n in x.shape[1:3]]
+  pool = lambda v: nn.max_pool(v, (size, size), strides=(stride, stride), padding=pads)
+  np.testing.assert_array_equal(max_pool_ceil(x, size, stride), pool(x))
+  np.testing.assert_allclose(jax.grad(lambda v: max_pool_ceil(v, size, stride).sum())(x),
+                             jax.grad(lambda v: pool(v).sum())(x), atol=1e-6)   # no ties in random data
+  reshaped = lambda v, p: jnp.max(v.reshape(v.shape[:-1] + (v.shape[-1] // p, p)), -1)
+  for pieces in (2, 4):
+    np.testing.assert_array_equal(maxout(x, pieces), reshaped(x, pieces))
+    np.testing.assert_array_equal(jax.grad(lambda v: maxout(v, pieces).sum())(x),
+                                  jax.grad(lambda v: reshaped(v, pieces).sum())(x))
+
+
 def test_macs_and_params_by_hand():
   net = network("toy", MaxoutNet(convs=(ConvSpec(4, 2, 3, 1),), num_classes=10), (8, 8, 1))
   # conv: 8·8 positions × 3·3·1 inputs × 8 outputs; logits: 256 × 10.

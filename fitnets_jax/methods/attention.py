@@ -30,14 +30,15 @@ def at_stage(ctx):
     x, y = batch["image"], batch["label"]
     logits, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng,
                                      capture=guided_names)
-    t_feats = teacher_features(ctx, teacher_vars, x, by_teacher)
+    t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
     attention = sum(hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, beta)
                     for p in pairs)
     ce = losses.cross_entropy(logits, y)
     return ce + attention, ({"ce": ce, "attention": attention, "accuracy": losses.accuracy(logits, y)},
                             {"student": stats})
 
-  return Stage("at", "student", num_steps, ctx.optimizer("student", num_steps), init, loss, uses_teacher=True)
+  return Stage("at", "student", num_steps, ctx.optimizer("student", num_steps), init, loss, uses_teacher=True,
+               teacher_layers=by_teacher)
 
 
 def stages(ctx):

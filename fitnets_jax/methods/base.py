@@ -44,6 +44,9 @@ def network_entry(entry, key, allowed, stage):
   return entry, stage
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")   # config.dtype: the activations' dtype
+
+
 @dataclasses.dataclass
 class Network:
   """A model with its layer table (names, shapes, params, MACs)."""
@@ -54,6 +57,8 @@ class Network:
   params: int
   macs: int
   sections: tuple = ()   # ((input layer, output layer), …) of models with named sections
+  dtype: str = "float32"  # activations' dtype (config.dtype); parameters stay float32
+  depth: int = 0          # weight layers (conv and dense) on the main path, as papers count layers
 
   def abstract_variables(self):
     """Shapes and dtypes of all variables (no computation)."""
@@ -66,15 +71,16 @@ class Network:
     return variables["params"], variables.get("batch_stats", {})
 
   def describe(self):
-    return {"model": self.name, "params": self.params, "macs": self.macs}
+    return {"model": self.name, "layers": self.depth, "params": self.params, "macs": self.macs}
 
 
-def network(name, module, input_shape):
+def network(name, module, input_shape, dtype="float32"):
   """A Network with its layer table, traced from shapes only."""
-  net = Network(name, module, tuple(input_shape), [], 0, 0, tuple(getattr(module, "sections", ())))
+  net = Network(name, module, tuple(input_shape), [], 0, 0, tuple(getattr(module, "sections", ())), dtype)
   abstract = net.abstract_variables()
   net.layers = features.describe(module, abstract, input_shape)
   net.params, net.macs = features.count_params(abstract["params"]), features.total_macs(net.layers)
+  net.depth = features.depth(net.layers)
   return net
 
 
@@ -98,6 +104,7 @@ class Stage:
   update: Optional[Callable] = None
   evaluation: Optional[Callable] = None
   summarize: Optional[Callable] = None
+  teacher_layers: dict = dataclasses.field(default_factory=dict)   # {role: layers of it the loss reads}
 
   def output(self, params, batch_stats):
     """(params, batch_stats) of the trained network, handed to the next stage."""
@@ -143,9 +150,10 @@ class Context:
                            f"stages.{stage_key}.optimizer")
 
 
-def build_network(key, cfg, num_classes, image_shape):
+def build_network(key, cfg, num_classes, image_shape, dtype="float32"):
   """The Network of `cfg.model` (dropout `cfg.dropout`); `key` names the config entry in errors."""
-  return network(cfg.model, models.get_model(cfg.model, num_classes, cfg.dropout, key=f"{key}.model"), image_shape)
+  return network(cfg.model, models.get_model(cfg.model, num_classes, cfg.dropout, key=f"{key}.model"), image_shape,
+                 dtype)
 
 
 def variables(params, batch_stats):
@@ -153,11 +161,29 @@ def variables(params, batch_stats):
   return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
+def cast_floats(tree, dtype):
+  """`tree` with its floating-point leaves cast to `dtype` (integer leaves untouched)."""
+  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 def forward(net, params, batch_stats, x, train, rng=None, capture=()):
-  """(logits, captured features, batch_stats after the call) of `net`."""
+  """(logits, captured features, batch_stats after the call) of `net`.
+
+  With `net.dtype` bfloat16 the parameters and the input are cast to bf16 for the call, so every
+  activation (and captured feature) is bf16, while the float32 parameters receive float32 gradients
+  through the cast. Batch statistics stay float32 (flax reduces them in float32), and the logits
+  come back as float32 for the losses.
+  """
+  if net.dtype != "float32":
+    params, x = cast_floats(params, net.dtype), x.astype(net.dtype)
   logits, feats, new_stats = features.apply(net.module, variables(params, batch_stats), x, train, capture,
                                             rngs={"dropout": rng} if rng is not None else None)
-  return logits, feats, new_stats if new_stats is not None else batch_stats
+  return cast_floats(logits, jnp.float32), feats, new_stats if new_stats is not None else batch_stats
+
+
+def predict(net, network_variables, images):
+  """`net`'s float32 logits in inference mode from its flax variables {"params", ["batch_stats"]}."""
+  return forward(net, network_variables["params"], network_variables.get("batch_stats", {}), images, False)[0]
 
 
 def hint_captures(pairs):
@@ -168,11 +194,30 @@ def hint_captures(pairs):
   return by_teacher, tuple(dict.fromkeys(p.guided.name for p in pairs))
 
 
-def teacher_features(ctx, teacher_vars, x, by_teacher):
-  """The hint layers' outputs of each teacher, in inference mode: {role: {layer: array}}."""
-  return {role: forward(ctx.teachers[role], teacher_vars[role]["params"], teacher_vars[role]["batch_stats"], x,
-                        False, capture=tuple(dict.fromkeys(names)))[1]
-          for role, names in by_teacher.items()}
+def teacher_logits(ctx, teacher_vars, batch, role):
+  """Teacher `role`'s logits on the batch: looked up in the teacher cache by example id when there is
+  one (`fitnets_jax.teacher_cache`), else its forward pass in inference mode."""
+  cached = teacher_vars.get("cache", {}).get(role)
+  if cached is not None:
+    return cached["logits"][batch["index"]]
+  t = teacher_vars[role]
+  return forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False)[0]
+
+
+def teacher_features(ctx, teacher_vars, batch, by_teacher):
+  """The named layers' outputs of each teacher, in inference mode: {role: {layer: array}}; from the
+  teacher cache when it holds all of a teacher's layers."""
+  found = {}
+  for role, names in by_teacher.items():
+    names = tuple(dict.fromkeys(names))
+    cached = teacher_vars.get("cache", {}).get(role, {}).get("features", {})
+    if all(n in cached for n in names):
+      found[role] = {n: cached[n][batch["index"]] for n in names}
+    else:
+      t = teacher_vars[role]
+      found[role] = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False,
+                            capture=names)[1]
+  return found
 
 
 def fresh_or_carried(net, rng, carry):

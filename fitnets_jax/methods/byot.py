@@ -52,7 +52,7 @@ def exit_heads(student, num_classes):
   outputs = section_outputs(student)
   shapes = {l.name: l.shape for l in student.layers}
   return {f"exit{i + 1}": network(f"exit head after {name}", ExitHead(exit_blocks(shapes, outputs, i), num_classes),
-                                   shapes[name])
+                                   shapes[name], student.dtype)
           for i, name in enumerate(outputs[:-1])}
 
 

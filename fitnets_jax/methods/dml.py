@@ -23,7 +23,7 @@ import optax
 
 from fitnets_jax import losses, optim
 from fitnets_jax.errors import check, one_of
-from fitnets_jax.methods.base import Stage, build_network, forward, network_entry, variables
+from fitnets_jax.methods.base import Stage, build_network, forward, network_entry, predict, variables
 
 USES_TEACHER = False
 ORDERS = ("alternating", "simultaneous")
@@ -56,8 +56,8 @@ def dml_stage(ctx):
   check(cfg.temperature > 0, f"dml.temperature={cfg.temperature!r} must be > 0.")
   specs = cohort(ctx.config)
   names = [name for name, *_ in specs]
-  nets = {name: ctx.student if i == 0 else build_network(key, net_cfg, ctx.num_classes, ctx.student.input_shape)
-          for i, (name, key, net_cfg, _) in enumerate(specs)}
+  build = lambda key, net_cfg: build_network(key, net_cfg, ctx.num_classes, ctx.student.input_shape, ctx.student.dtype)
+  nets = {name: ctx.student if i == 0 else build(key, net_cfg) for i, (name, key, net_cfg, _) in enumerate(specs)}
   num_steps = ctx.steps("student")
   txs = {name: optim.optimizer(stage.optimizer, num_steps, ctx.steps_per_epoch, f"{key}.optimizer")
          for name, key, _, stage in specs}
@@ -97,8 +97,8 @@ def dml_stage(ctx):
     return params, batch_stats, opt_state, total, scalars, grads
 
   def evaluation(state_vars, images, labels):
-    logits = [nets[n].module.apply(variables(state_vars["params"][n], state_vars["batch_stats"][n]), images,
-                                   train=False) for n in names]
+    logits = [predict(nets[n], variables(state_vars["params"][n], state_vars["batch_stats"][n]), images)
+              for n in names]
     predictions = [jnp.argmax(z, -1) for z in logits]
     values = {f"{n}_accuracy": p == labels for n, p in zip(names, predictions)}
     ensemble = jnp.mean(jnp.stack([jax.nn.softmax(z.astype(jnp.float32)) for z in logits]), axis=0)

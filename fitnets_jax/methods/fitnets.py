@@ -45,7 +45,7 @@ def hint_stage(ctx, name, pairs):
     x = batch["image"]
     _, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng,
                                 capture=guided_names)
-    t_feats = teacher_features(ctx, teacher_vars, x, by_teacher)
+    t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
     terms = [hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name],
                              params.get(f"regressor{i}"), beta) for i, p in enumerate(pairs)]
     value = sum(terms)
@@ -56,7 +56,7 @@ def hint_stage(ctx, name, pairs):
     return value, (scalars, {"student": stats})
 
   return Stage(name, "student", num_steps, ctx.optimizer("hint", num_steps), init, loss, labels,
-               uses_teacher=True, evaluate=False)
+               uses_teacher=True, evaluate=False, teacher_layers=by_teacher)
 
 
 def hint_stages(ctx):

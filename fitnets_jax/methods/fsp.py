@@ -12,7 +12,7 @@ loss with `fsp.kd=True` (stage `kd`).
 from fitnets_jax import features, losses
 from fitnets_jax.errors import check
 from fitnets_jax.methods import kd
-from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, supervised_stage
+from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, supervised_stage, teacher_features
 
 USES_TEACHER = True
 
@@ -63,8 +63,7 @@ def fsp_stage(ctx):
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
     x = batch["image"]
     _, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng, capture=s_names)
-    t_vars = teacher_vars["teacher"]
-    _, t_feats, _ = forward(teacher, t_vars["params"], t_vars["batch_stats"], x, False, capture=t_names)
+    t_feats = teacher_features(ctx, teacher_vars, batch, {"teacher": t_names})["teacher"]
     g_s = [losses.fsp_matrix(s_feats[a.name], s_feats[b.name]) for a, b in s_points]
     g_t = [losses.fsp_matrix(t_feats[a.name], t_feats[b.name]) for a, b in t_points]
     value = losses.fsp_loss(g_t, g_s, weights)
@@ -72,7 +71,7 @@ def fsp_stage(ctx):
     return value, ({"fsp": value}, {"student": stats})
 
   return Stage("fsp", "student", num_steps, ctx.optimizer("hint", num_steps), init, loss, labels,
-               uses_teacher=True, evaluate=False)
+               uses_teacher=True, evaluate=False, teacher_layers={"teacher": t_names})
 
 
 def stages(ctx):

@@ -8,7 +8,7 @@ Loss (`kd.loss`): `fitnets` — H(y, P_S) + λ·H(P_T^τ, P_S^τ) with λ anneal
 from fitnets_jax import hints, losses
 from fitnets_jax.errors import check, one_of
 from fitnets_jax.methods.base import (Stage, forward, fresh_or_carried, hint_captures, linear_anneal,
-                                      teacher_features)
+                                      teacher_features, teacher_logits)
 
 USES_TEACHER = True
 KD_LOSSES = ("fitnets", "hinton")
@@ -53,8 +53,7 @@ def kd_stage(ctx, name="kd"):
 
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
     x, y = batch["image"], batch["label"]
-    t_logits = [forward(ctx.teachers[r], teacher_vars[r]["params"], teacher_vars[r]["batch_stats"], x, False)[0]
-                for r in roles]
+    t_logits = [teacher_logits(ctx, teacher_vars, batch, r) for r in roles]
     s_logits, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng,
                                        capture=guided_names)
     if cfg.loss == "fitnets":
@@ -64,14 +63,15 @@ def kd_stage(ctx, name="kd"):
     else:
       total, parts = losses.hinton_kd_loss(s_logits, t_logits, y, cfg.alpha, cfg.temperature, teacher_vars["mu"])
     if pairs:
-      t_feats = teacher_features(ctx, teacher_vars, x, by_teacher)
+      t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
       parts["attention"] = sum(hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, beta)
                                for p in pairs)
       total = total + parts["attention"]
     parts["accuracy"] = losses.accuracy(s_logits, y)
     return total, (parts, {"student": stats})
 
-  return Stage(name, "student", num_steps, ctx.optimizer("student", num_steps), init, loss, uses_teacher=True)
+  return Stage(name, "student", num_steps, ctx.optimizer("student", num_steps), init, loss, uses_teacher=True,
+               teacher_layers=by_teacher)
 
 
 def stages(ctx):

@@ -106,6 +106,11 @@ def _resnet(name, num_classes, dropout, key):
   return resnet(int(depth), num_classes, int(width or 1), base=8 if digits else 16)
 
 
+def maxout_spec(name):
+  """The MaxoutNet fields of a maxout model (convs, dense_units, …), e.g. to rebuild it elsewhere."""
+  return dict(_SPECS[name])
+
+
 def get_model(name, num_classes, dropout=0.0, key="model"):
   """Builds the named model; an unknown name raises FitnetsError listing the known ones."""
   if not 0.0 <= dropout < 1.0:

@@ -1,0 +1,279 @@
+"""Results report from finished runs: a Table-5-style table and plots.
+
+  python -m fitnets_jax.report runs/digits_fitnets/seed_* runs/digits_kd/seed_* --out report/
+
+Reads each run's `summary.json`, `metrics.jsonl` and `config.json`, groups the runs that differ
+only by seed, and writes to `--out`:
+- `report.md`: per group the method, the student, its weight layers, parameters and MACs, the test
+  accuracy as mean ± std over the group's seeds (sample std; a group of one has no ± part), the
+  number of runs, and the speed-up (teacher MACs ÷ student MACs) and compression (teacher params ÷
+  student params) against the teacher, in the manner of the FitNets paper's Table 5 (which derives
+  speed-up from multiplications too). Teachers get rows of their own; runs without a teacher
+  (scratch, dml, byot) are compared with the teacher of the other runs on the same dataset;
+- `curves_<run>.png` per run: train loss and train/test accuracy against the run's global step,
+  one colour per stage;
+- `accuracy_vs_macs.png`: every group's mean test accuracy (± std) against its MACs, teachers too.
+"""
+
+import argparse
+import json
+import os
+import re
+
+import numpy as np
+
+from fitnets_jax.config import SAFE_TO_CHANGE, flatten
+from fitnets_jax.errors import FitnetsError, check, or_exit
+
+# Keys that name a run rather than its experiment: the seed, what may change on resume, and the
+# teacher checkpoint paths (each seed's run may load its own teacher).
+RUN_KEYS = ("seed",) + SAFE_TO_CHANGE + ("teacher.checkpoint",)
+
+
+def read_run(path):
+  """{dir, name, summary, config, metrics} of one finished run; a FitnetsError names what is missing."""
+  files = {}
+  for name in ("summary.json", "config.json"):
+    file = os.path.join(path, name)
+    check(os.path.isfile(file), f"{file} does not exist: {path!r} is not a finished run (a run writes config.json "
+                                "when it starts and summary.json when it ends).")
+    try:
+      with open(file) as f:
+        files[name] = json.load(f)
+    except ValueError as e:
+      raise FitnetsError(f"{file} is not valid JSON ({e}); pass only finished runs.") from None
+  records = []
+  metrics_file = os.path.join(path, "metrics.jsonl")
+  if os.path.isfile(metrics_file):
+    with open(metrics_file) as f:
+      for line in f:
+        try:
+          records.append(json.loads(line))
+        except ValueError:   # a line cut short by a kill
+          pass
+  return {"dir": path, "name": run_name(path), "summary": files["summary.json"], "config": files["config.json"],
+          "metrics": records}
+
+
+def run_name(path):
+  parts = [p for p in os.path.normpath(path).split(os.sep) if p not in ("", ".")]
+  return "_".join(parts[-2:]) if parts and re.fullmatch(r"seed_?\d+", parts[-1]) else (parts[-1] if parts else "run")
+
+
+def experiment_key(config):
+  """The config minus RUN_KEYS (and every teacher's checkpoint path), as a hashable string."""
+  flat = {k: v for k, v in flatten(config).items() if k not in RUN_KEYS}
+  if isinstance(flat.get("teachers"), list):
+    flat["teachers"] = [{k: v for k, v in t.items() if k != "checkpoint"} if isinstance(t, dict) else t
+                        for t in flat["teachers"]]
+  return json.dumps(flat, sort_keys=True)
+
+
+def group_runs(runs):
+  """[[run, …], …]: runs whose configs differ only by RUN_KEYS, in first-seen order."""
+  groups = {}
+  for run in runs:
+    groups.setdefault(experiment_key(run["config"]), []).append(run)
+  return list(groups.values())
+
+
+def mean_std(values):
+  """(mean, sample std or None for one value) of the non-None values; (None, None) if there are none."""
+  values = [v for v in values if v is not None]
+  if not values:
+    return None, None
+  return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def accuracy_text(mean, std):
+  if mean is None:
+    return "—"
+  return f"{100 * mean:.2f} %" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def group_row(group, reference_teacher):
+  """One table row for a group of runs of one experiment."""
+  first = group[0]["summary"]
+  student, teacher = first["student"], first.get("teacher") or reference_teacher
+  mean, std = mean_std([r["summary"]["student"].get("test_accuracy") for r in group])
+  return {"kind": "student", "method": first["method"], "dataset": first["dataset"], "model": student["model"],
+          "layers": student.get("layers"), "params": student["params"], "macs": student["macs"],
+          "mean": mean, "std": std, "runs": len(group), "seeds": sorted(r["summary"]["seed"] for r in group),
+          "teacher": teacher, "dirs": [r["dir"] for r in group]}
+
+
+def teacher_rows(runs):
+  """One row per teacher model and dataset: its accuracy over the distinct teachers (checkpoints) the runs used."""
+  seen, rows = set(), {}
+  for run in runs:
+    summary = run["summary"]
+    for t in summary.get("teachers", []):
+      key = (t.get("checkpoint"), t["model"])
+      if key in seen:
+        continue
+      seen.add(key)
+      row = rows.setdefault((summary["dataset"], t["model"]), {
+          "kind": "teacher", "method": "teacher", "dataset": summary["dataset"], "model": t["model"],
+          "layers": t.get("layers"), "params": t["params"], "macs": t["macs"], "accuracies": [], "teacher": t})
+      row["accuracies"].append(t.get("test_accuracy"))
+  for row in rows.values():
+    row["mean"], row["std"] = mean_std(row.pop("accuracies"))
+    row["runs"] = sum(1 for key in seen if key[1] == row["model"])
+  return list(rows.values())
+
+
+def rows_of(runs):
+  """Teacher rows, then one row per group, each with its speed-up and compression."""
+  teachers = teacher_rows(runs)
+  by_dataset = {}
+  for t in teachers:
+    by_dataset.setdefault(t["dataset"], t["teacher"])
+  rows = list(teachers)
+  for group in group_runs(runs):
+    rows.append(group_row(group, by_dataset.get(group[0]["summary"]["dataset"])))
+  for row in rows:
+    t = row["teacher"]
+    row["speedup"] = t["macs"] / row["macs"] if t and row["macs"] else None
+    row["compression"] = t["params"] / row["params"] if t and row["params"] else None
+  return rows
+
+
+def _count(n):
+  return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
+
+
+def markdown_table(rows):
+  times = lambda x: f"{x:.2f}×" if x else "—"
+  lines = ["| method | dataset | model | layers | params | MACs | test accuracy | runs | speed-up | compression |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    layers = r["layers"] if r["layers"] is not None else "—"
+    lines.append(f"| {r['method']} | {r['dataset']} | {r['model']} | {layers} | {_count(r['params'])} | "
+                 f"{_count(r['macs'])} | {accuracy_text(r['mean'], r['std'])} | {r['runs']} | "
+                 f"{times(r['speedup'])} | {times(r['compression'])} |")
+  return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def stage_curves(records):
+  """{stage: {"train": [(global step, loss, accuracy or None)], "test": [(global step, accuracy)]}} of a
+  run's metrics, steps made global by each stage's length (its last logged step) in order."""
+  curves, offsets, offset = {}, {}, 0
+  for r in records:
+    if r["stage"] not in offsets:
+      offsets[r["stage"]] = offset
+      curves[r["stage"]] = {"train": [], "test": []}
+    stage = curves[r["stage"]]
+    step = offsets[r["stage"]] + r["step"]
+    if r.get("split") == "train":
+      stage["train"].append((step, r.get("loss"), r.get("accuracy")))
+    elif r.get("split") == "test" and r.get("accuracy") is not None:
+      stage["test"].append((step, r["accuracy"]))
+    offset = max(offset, step)
+  return curves
+
+
+def plot_curves(run, path):
+  """Loss (top) and accuracy (bottom) of every stage of one run against the global step."""
+  plt = _pyplot()
+  fig, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+  for i, (stage, curve) in enumerate(stage_curves(run["metrics"]).items()):
+    color = f"C{i}"
+    train = [(s, l, a) for s, l, a in curve["train"] if l is not None]
+    if train:
+      loss_ax.plot([s for s, _, _ in train], [l for _, l, _ in train], color=color, label=stage)
+    accs = [(s, a) for s, _, a in curve["train"] if a is not None]
+    if accs:
+      acc_ax.plot(*zip(*accs), color=color, alpha=0.6, label=f"{stage} train")
+    if curve["test"]:
+      acc_ax.plot(*zip(*curve["test"]), "o", color=color, label=f"{stage} test")
+  loss_ax.set_ylabel("train loss")
+  loss_ax.set_yscale("log")
+  loss_ax.legend(fontsize=8)
+  acc_ax.set_ylabel("accuracy")
+  acc_ax.set_xlabel("step (all stages)")
+  acc_ax.legend(fontsize=8, ncol=2)
+  s = run["summary"]
+  fig.suptitle(f"{run['name']}: {s['method']}, {s['student']['model']}, seed {s['seed']}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_accuracy_vs_macs(rows, path):
+  """Every row's mean test accuracy (± std) against its MACs (log scale); rows of equal MACs are
+  drawn slightly apart."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  shown = [row for row in rows if row["mean"] is not None]
+  for i, r in enumerate(shown):
+    marker = "s" if r["kind"] == "teacher" else "o"
+    alike = [j for j, other in enumerate(shown) if other["macs"] == r["macs"]]   # side by side, not on top
+    x = r["macs"] * 1.03 ** (alike.index(i) - (len(alike) - 1) / 2)
+    ax.errorbar(x, 100 * r["mean"], yerr=100 * (r["std"] or 0.0), fmt=marker, color=f"C{i}", capsize=3,
+                label=f"{r['method']}: {r['model']}")
+  ax.set_xscale("log")
+  ax.set_xlabel("MACs per example")
+  ax.set_ylabel("test accuracy (%)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def write(run_dirs, out):
+  """Writes report.md and the plots for `run_dirs` into `out`; returns the table's rows."""
+  check(run_dirs, "pass at least one run directory (a workdir holding summary.json).")
+  runs = [read_run(d) for d in run_dirs]
+  names = [r["name"] for r in runs]
+  for i, run in enumerate(runs):   # distinct file names even for runs named alike
+    if names.count(run["name"]) > 1:
+      run["name"] = f"{run['name']}_{i + 1}"
+  os.makedirs(out, exist_ok=True)
+  rows = rows_of(runs)
+  plot_accuracy_vs_macs(rows, os.path.join(out, "accuracy_vs_macs.png"))
+  curves = []
+  for run in runs:
+    file = f"curves_{re.sub(r'[^A-Za-z0-9_.-]', '_', run['name'])}.png"
+    plot_curves(run, os.path.join(out, file))
+    curves.append(f"- `{run['dir']}`: ![{run['name']}]({file})")
+  groups = [f"- {r['method']} / {r['model']}: seeds {', '.join(map(str, r['seeds']))} — "
+            + ", ".join(f"`{d}`" for d in r["dirs"]) for r in rows if r["kind"] == "student"]
+  text = "\n".join([
+      "# Results", "",
+      f"{len(runs)} runs in {len(groups)} groups (runs that differ only by seed). Test accuracy is the mean ± "
+      "sample std over a group's seeds. Speed-up is the teacher's MACs ÷ the student's, compression the "
+      "teacher's parameters ÷ the student's. Teacher rows cover the distinct teachers the runs used.", "",
+      markdown_table(rows), "", "## Groups", "", *groups, "",
+      "## Accuracy against MACs", "", "![accuracy vs MACs](accuracy_vs_macs.png)", "",
+      "## Training curves", "", *curves, ""])
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(text)
+  return rows
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog="python -m fitnets_jax.report", description=__doc__.splitlines()[0])
+  parser.add_argument("runs", nargs="+", help="finished runs' workdirs")
+  parser.add_argument("--out", default="report", help="folder for report.md and the PNGs")
+  args = parser.parse_args(argv)
+  rows = or_exit(write, args.runs, args.out)
+  print(markdown_table(rows))
+  print(f"Written to {os.path.join(args.out, 'report.md')} with {len(args.runs) + 1} plots.")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,115 @@
+"""Speed options and the benchmark: the teacher cache, bfloat16 activations, benchmark.json."""
+
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_digits
+from fitnets_jax import benchmark, data, experiment, teacher_cache, train
+from fitnets_jax.methods.base import forward, predict, variables
+
+
+def fresh_teacher(exp):
+  """Replicated variables of a freshly initialised teacher, as the step receives them."""
+  return benchmark.stage_teacher(exp, jax.random.PRNGKey(0))
+
+
+def stage_named(exp, name):
+  index = [s.name for s in exp.stages].index(name)
+  return index, exp.stages[index]
+
+
+@pytest.fixture(scope="module")
+def fitnets_exp(tmp_path_factory):
+  return experiment.prepare(tiny_digits("fitnets", **{"teacher.cache": True}), str(tmp_path_factory.mktemp("cache")))
+
+
+def test_cached_logits_and_features_equal_the_live_teacher_on_shuffled_batches(fitnets_exp):
+  exp = fitnets_exp
+  teacher = fresh_teacher(exp)
+  layers = teacher_cache.needed_layers(exp.stages)
+  assert layers == {"teacher": ["conv2"]}
+  tables, info = teacher_cache.build(exp.teachers, teacher, layers, exp.data, 100, 1024.0)
+  assert info["layers"] == {"teacher": ["conv2"]} and info["left_out"] == [] and info["examples"] == 1437
+  net, t = exp.teacher, jax.device_get(teacher["teacher"])
+  for batch in itertools.islice(data.train_batches(exp.data, 32, exp.steps_per_epoch, seed=3, stage_index=2), 3):
+    live_logits, live_feats, _ = forward(net, t["params"], t["batch_stats"], batch["image"], False, capture=("conv2",))
+    np.testing.assert_allclose(tables["teacher"]["logits"][batch["index"]], live_logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tables["teacher"]["features"]["conv2"][batch["index"]], live_feats["conv2"],
+                               rtol=1e-5, atol=1e-5)
+  # Under a zero budget only the logits are kept; the hint layer is computed live.
+  _, info = teacher_cache.build(exp.teachers, teacher, layers, exp.data, 100, 0.0)
+  assert info["layers"] == {"teacher": []} and info["left_out"] == ["teacher/conv2"]
+
+
+def test_the_cached_kd_step_gives_the_live_loss_without_running_the_teacher(fitnets_exp):
+  exp = fitnets_exp
+  teacher = fresh_teacher(exp)
+  tables, _ = teacher_cache.build(exp.teachers, teacher, teacher_cache.needed_layers(exp.stages), exp.data, 100, 1024.0)
+  cached = dict(teacher, cache=jax.device_put(tables, train.replicated(exp.mesh)))
+  index, stage = stage_named(exp, "kd")
+  rng = jax.random.PRNGKey(0)
+  params, stats = stage.init(rng, None)
+  batch = next(train.prefetch_to_device(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, index), exp.mesh))
+  live_loss = jax.jit(stage.loss)(params, stats, teacher, batch, rng, 0)[0]
+  cached_loss = jax.jit(stage.loss)(params, stats, cached, batch, rng, 0)[0]
+  np.testing.assert_allclose(cached_loss, live_loss, rtol=1e-5)
+  labels = stage.param_labels(params)
+  tx = train.transformation(stage, labels)
+  state = train.init_state(stage, tx, rng, None, exp.mesh)
+  live_flops = train.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)[2]
+  cached_flops = train.compile_step(stage, tx, labels, exp.mesh, state, batch, cached)[2]
+  # The digits teacher's forward pass is about 3/4 of the live KD step's FLOPs.
+  assert cached_flops < 0.5 * live_flops, (cached_flops, live_flops)
+
+
+def test_bfloat16_activations_keep_float32_parameters_and_close_losses(tmp_path):
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    exp = experiment.prepare(tiny_digits("fitnets", dtype=dtype), str(tmp_path / dtype))
+    teacher = fresh_teacher(exp)
+    batch = next(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, 1))
+    rng = jax.random.PRNGKey(0)
+    for name in ("hint", "kd"):
+      _, stage = stage_named(exp, name)
+      params, stats = stage.init(rng, None)
+      (loss, (scalars, _)), grads = jax.jit(jax.value_and_grad(stage.loss, has_aux=True))(
+          params, stats, teacher, batch, rng, 0)
+      assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+      results[dtype, name] = float(loss)
+    t = jax.device_get(teacher["teacher"])
+    logits, feats, new_stats = forward(exp.teacher, t["params"], t["batch_stats"], batch["image"], True,
+                                       capture=("conv2",))
+    assert feats["conv2"].dtype == jnp.dtype(dtype)              # activations in the compute dtype
+    assert logits.dtype == jnp.float32                            # logits back in float32 for the losses
+    assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(new_stats))
+    assert predict(exp.teacher, variables(t["params"], t["batch_stats"]), batch["image"]).dtype == jnp.float32
+  for name in ("hint", "kd"):
+    assert np.isfinite(results["bfloat16", name])
+    # bf16 keeps 8 bits of mantissa: the losses agree to within 1 %.
+    assert abs(results["bfloat16", name] - results["float32", name]) <= 0.01 * abs(results["float32", name]), results
+
+
+def test_benchmark_writes_a_record_per_stage(tmp_path):
+  config = tiny_digits("kd", eval_batch_size=100)
+  result = benchmark.run(config, str(tmp_path), warmup=1, timed=2)
+  saved = json.loads((tmp_path / "benchmark.json").read_text())
+  assert saved == json.loads(json.dumps(result))
+  assert [r["stage"] for r in saved["stages"]] == ["teacher", "kd"]
+  assert saved["peak_flops_per_device"] > 0 and "measured float32 dense matmul" in saved["peak_source"]
+  for r in saved["stages"]:
+    assert r["compile_s"] > 0 and r["step_ms_p10"] <= r["step_ms"] <= r["step_ms_p90"]
+    assert r["images_per_s"] == pytest.approx(32 / (r["step_ms"] / 1e3), rel=1e-3)
+    assert r["flops_per_step"] > 0 and 0 < r["utilization"]
+    assert r["reference_flops_per_step"] > 0 and r["overhead"] > 0
+    assert set(r["memory_bytes"]) == {"arguments", "outputs", "temporaries", "aliased"}
+  teacher_stage, kd_stage = saved["stages"]
+  assert teacher_stage["cached_step_ms"] is None and kd_stage["cached_step_ms"] > 0
+  # The reference computes what our KD step computes: the same FLOPs within 2 %.
+  assert kd_stage["flops_per_step"] == pytest.approx(kd_stage["reference_flops_per_step"], rel=0.02)
+  text = benchmark.table(saved)
+  assert "teacher" in text and "kd" in text and "overhead" in text
