@@ -80,6 +80,19 @@ def test_the_cpu_forms_of_pooling_and_maxout_equal_the_accelerator_forms(size, s
                                   jax.grad(lambda v: reshaped(v, pieces).sum())(x))
 
 
+def test_an_over_padded_conv_on_cpu_equals_the_padded_convolution():
+  """A 5×5 conv padded by 3 (more than 'SAME') is computed on CPU on an input padded beforehand."""
+  from fitnets_jax.models.maxout import MaxoutConv
+  layer = MaxoutConv(ConvSpec(6, 2, 5, 3))
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 3))
+  variables = layer.init(jax.random.PRNGKey(1), x)
+  kernel, bias = variables["params"]["conv"]["kernel"], variables["params"]["conv"]["bias"]
+  pre = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(3, 3)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(layer.apply(variables, x), maxout(pre + bias, 2), rtol=1e-5, atol=1e-6)
+  grad = jax.grad(lambda v: layer.apply(v, x).sum())(variables)
+  assert grad["params"]["conv"]["kernel"].shape == kernel.shape and np.all(np.isfinite(grad["params"]["conv"]["kernel"]))
+
+
 def test_macs_and_params_by_hand():
   net = network("toy", MaxoutNet(convs=(ConvSpec(4, 2, 3, 1),), num_classes=10), (8, 8, 1))
   # conv: 8·8 positions × 3·3·1 inputs × 8 outputs; logits: 256 × 10.
