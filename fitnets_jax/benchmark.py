@@ -137,7 +137,7 @@ def _percentiles(seconds):
 def measure_stage(exp, index, teacher, warmup, timed, peak):
   """One stage's record (see the module docstring)."""
   cfg, stage = exp.config, exp.stages[index]
-  rng = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), index)
+  rng = train.stage_rng(cfg.seed, index)
   labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
   tx = train.transformation(stage, labels)
   state = train.init_state(stage, tx, rng, None, exp.mesh)

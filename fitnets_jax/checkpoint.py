@@ -13,6 +13,7 @@ import shutil
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 from fitnets_jax.errors import FitnetsError
 from fitnets_jax.metrics import write_atomically
@@ -22,7 +23,8 @@ TEACHER_INFO = "teacher.json"
 
 
 class RunCheckpoints:
-  """Saves and restores (state, meta) at global steps; keeps the newest `keep`.
+  """Saves and restores (state, meta) at global steps; keeps the newest `keep`, and every stage's last
+  checkpoint (global steps `stage_ends`), so each stage's result stays readable (`read_state`).
 
   Saves are synchronous: a save has returned only once its folder is complete, so a run killed
   at any later moment finds it intact. A save cut short never becomes a checkpoint (orbax writes
@@ -33,11 +35,12 @@ class RunCheckpoints:
 
   RETIRED = "retired"   # checkpoints past `keep` are renamed here (atomic), then deleted
 
-  def __init__(self, directory, keep):
+  def __init__(self, directory, keep, stage_ends=()):
     self.directory = os.path.abspath(directory)
+    policy = preservation.AnyPreservationPolicy([preservation.LatestN(keep), preservation.CustomSteps(stage_ends)])
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False,
+        options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True, enable_async_checkpointing=False,
                                              cleanup_tmp_directories=True,   # a killed save's leftovers
                                              todelete_subdir=self.RETIRED))
     self._delete_retired()   # a deletion cut short by a kill
@@ -81,6 +84,19 @@ class RunCheckpoints:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def read_state(workdir, step, abstract_state):
+  """The train state saved at global `step` in `workdir`'s checkpoints, read without touching the run's
+  folder (for inspection; a run resumes through RunCheckpoints)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  path = os.path.join(directory, str(step), "state")
+  if not os.path.isdir(path):
+    kept = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+    raise FitnetsError(f"{workdir!r} has no checkpoint at global step {step} (kept: {kept or 'none'}); a run keeps "
+                       "every stage's last checkpoint, so that stage has not finished in this workdir yet.")
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(path, abstract_state)
 
 
 def save_teacher(workdir, role, variables, info):

@@ -4,7 +4,10 @@ A run is described by one locked `ml_collections.ConfigDict`, so `--config.key=v
 override anything and a typo fails with a "did you mean" suggestion.
 """
 
+import difflib
+import importlib.util
 import json
+import os
 
 import ml_collections
 
@@ -189,3 +192,38 @@ def changed_keys(saved, config):
   before, now = flatten(saved), flatten(json.loads(config.to_json_best_effort()))
   return [(k, before.get(k, "unset"), now.get(k, "unset")) for k in sorted(set(before) | set(now))
           if k not in SAFE_TO_CHANGE and before.get(k, "unset") != now.get(k, "unset")]
+
+
+def load(path, overrides=None):
+  """The config in a config file, as `--config=path` loads it (`path:arg` calls get_config(arg)), with
+  `overrides` applied as `--config.key=value` would: {"method": "kd", "stages.student.epochs": 5}. The
+  result is locked, so a misspelt key fails. For notebooks and scripts:
+  `fitnets_jax.run(config.load("configs/digits.py"), workdir)`."""
+  file, sep, arg = path.partition(".py:")
+  file = file + ".py" if sep else file
+  if not (os.path.isfile(file) and file.endswith(".py")):
+    raise FitnetsError(f"config file {file!r} does not exist or is not a .py file; pass a file with get_config(), "
+                       "such as configs/digits.py (relative to the current folder, or absolute).")
+  spec = importlib.util.spec_from_file_location(f"fitnets_config_{os.path.basename(file)[:-3]}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise FitnetsError(f"config file {file!r} defines no get_config(); every file in configs/ shows the form.")
+  config = module.get_config(arg) if arg else module.get_config()
+  config.lock()
+  for key, value in (overrides or {}).items():
+    node, parts = config, key.split(".")
+    for i, part in enumerate(parts):
+      valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+      if part not in valid:
+        close = difflib.get_close_matches(part, valid, n=1)
+        raise FitnetsError(f"override {key}={value!r}: {'.'.join(parts[:i + 1])!r} is not a key of the config in "
+                           f"{file!r}{f' (did you mean {close[0]!r}?)' if close else ''}; valid there: "
+                           f"{', '.join(valid) or 'none, it is a value'}.")
+      if i < len(parts) - 1:
+        node = node[part]
+    try:
+      node[parts[-1]] = value
+    except (TypeError, ValueError) as e:
+      raise FitnetsError(f"override {key}={value!r} has the wrong type for the config in {file!r}: {e}.") from None
+  return config

@@ -63,3 +63,16 @@ class Writer:
   def close(self):
     if self._tb is not None:
       self._tb.close()
+
+
+def global_steps(records):
+  """[(global step, record)]: each record's step within its stage, offset by the stages before it (their
+  last logged step)."""
+  offsets, offset, result = {}, 0, []
+  for r in records:
+    if r["stage"] not in offsets:
+      offsets[r["stage"]] = offset
+    step = offsets[r["stage"]] + r["step"]
+    result.append((step, r))
+    offset = max(offset, step)
+  return result

@@ -22,6 +22,7 @@ import re
 
 import numpy as np
 
+from fitnets_jax import plots
 from fitnets_jax.config import SAFE_TO_CHANGE, flatten
 from fitnets_jax.errors import FitnetsError, check, or_exit
 
@@ -154,83 +155,6 @@ def markdown_table(rows):
   return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
-
-
-def stage_curves(records):
-  """{stage: {"train": [(global step, loss, accuracy or None)], "test": [(global step, accuracy)]}} of a
-  run's metrics, steps made global by each stage's length (its last logged step) in order."""
-  curves, offsets, offset = {}, {}, 0
-  for r in records:
-    if r["stage"] not in offsets:
-      offsets[r["stage"]] = offset
-      curves[r["stage"]] = {"train": [], "test": []}
-    stage = curves[r["stage"]]
-    step = offsets[r["stage"]] + r["step"]
-    if r.get("split") == "train":
-      stage["train"].append((step, r.get("loss"), r.get("accuracy")))
-    elif r.get("split") == "test" and r.get("accuracy") is not None:
-      stage["test"].append((step, r["accuracy"]))
-    offset = max(offset, step)
-  return curves
-
-
-def plot_curves(run, path):
-  """Loss (top) and accuracy (bottom) of every stage of one run against the global step."""
-  plt = _pyplot()
-  fig, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
-  for i, (stage, curve) in enumerate(stage_curves(run["metrics"]).items()):
-    color = f"C{i}"
-    train = [(s, l, a) for s, l, a in curve["train"] if l is not None]
-    if train:
-      loss_ax.plot([s for s, _, _ in train], [l for _, l, _ in train], color=color, label=stage)
-    accs = [(s, a) for s, _, a in curve["train"] if a is not None]
-    if accs:
-      acc_ax.plot(*zip(*accs), color=color, alpha=0.6, label=f"{stage} train")
-    if curve["test"]:
-      acc_ax.plot(*zip(*curve["test"]), "o", color=color, label=f"{stage} test")
-  loss_ax.set_ylabel("train loss")
-  loss_ax.set_yscale("log")
-  loss_ax.legend(fontsize=8)
-  acc_ax.set_ylabel("accuracy")
-  acc_ax.set_xlabel("step (all stages)")
-  acc_ax.legend(fontsize=8, ncol=2)
-  s = run["summary"]
-  fig.suptitle(f"{run['name']}: {s['method']}, {s['student']['model']}, seed {s['seed']}")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def plot_accuracy_vs_macs(rows, path):
-  """Every row's mean test accuracy (± std) against its MACs (log scale); rows of equal MACs are
-  drawn slightly apart."""
-  plt = _pyplot()
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  shown = [row for row in rows if row["mean"] is not None]
-  for i, r in enumerate(shown):
-    marker = "s" if r["kind"] == "teacher" else "o"
-    alike = [j for j, other in enumerate(shown) if other["macs"] == r["macs"]]   # side by side, not on top
-    x = r["macs"] * 1.03 ** (alike.index(i) - (len(alike) - 1) / 2)
-    ax.errorbar(x, 100 * r["mean"], yerr=100 * (r["std"] or 0.0), fmt=marker, color=f"C{i}", capsize=3,
-                label=f"{r['method']}: {r['model']}")
-  ax.set_xscale("log")
-  ax.set_xlabel("MACs per example")
-  ax.set_ylabel("test accuracy (%)")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
 # --------------------------------------------------------------------------- the report
 
 
@@ -244,11 +168,13 @@ def write(run_dirs, out):
       run["name"] = f"{run['name']}_{i + 1}"
   os.makedirs(out, exist_ok=True)
   rows = rows_of(runs)
-  plot_accuracy_vs_macs(rows, os.path.join(out, "accuracy_vs_macs.png"))
+  plots.save(plots.accuracy_vs_macs(rows), os.path.join(out, "accuracy_vs_macs.png"))
   curves = []
   for run in runs:
     file = f"curves_{re.sub(r'[^A-Za-z0-9_.-]', '_', run['name'])}.png"
-    plot_curves(run, os.path.join(out, file))
+    s = run["summary"]
+    title = f"{run['name']}: {s['method']}, {s['student']['model']}, seed {s['seed']}"
+    plots.save(plots.curves(run["metrics"], title), os.path.join(out, file))
     curves.append(f"- `{run['dir']}`: ![{run['name']}]({file})")
   groups = [f"- {r['method']} / {r['model']}: seeds {', '.join(map(str, r['seeds']))} — "
             + ", ".join(f"`{d}`" for d in r["dirs"]) for r in rows if r["kind"] == "student"]

@@ -178,6 +178,11 @@ def abstract_state(stage, tx, rng, mesh):
                       jax.eval_shape(lambda: initial_state(stage, tx, rng)))
 
 
+def stage_rng(seed, index):
+  """Stage `index`'s RNG key: its initialisation, and (folded with the step) its steps' randomness."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), index)
+
+
 def _mean_scalars(values):
   """Means over the steps whose update was applied, and the number of skipped steps."""
   good = [v for v in values if not v["nonfinite"]] or values
@@ -214,7 +219,8 @@ class Runner:
     self.names = [s.name for s in exp.stages]
     self.offsets = np.cumsum([0] + [s.num_steps for s in exp.stages]).tolist()
     self.writer = metrics.Writer(workdir)
-    self.checkpoints = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), self.config.keep_checkpoints)
+    self.checkpoints = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), self.config.keep_checkpoints,
+                                                self.offsets[1:])
     self.evaluator = Evaluator(exp)
     # teachers: role → {test_accuracy, validation_accuracy, weight}, measured once the teachers are ready
     self.results = {"stages": {}, "teachers": {}}
@@ -279,7 +285,7 @@ class Runner:
   def stage_setup(self, index):
     """(stage, rng, parameter labels, partitioned optimizer) of stage `index`."""
     stage = self.exp.stages[index]
-    rng = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), index)
+    rng = stage_rng(self.config.seed, index)
     labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
     return stage, rng, labels, transformation(stage, labels)
 

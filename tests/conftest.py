@@ -5,6 +5,11 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One compilation cache for both workers and every subprocess (restarted runs, notebook kernels): the
+# many tests that compile the same small steps compile them once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), ".pytest_cache", "jax_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import pytest  # noqa: E402
 from absl import logging  # noqa: E402
@@ -14,13 +19,15 @@ logging.set_verbosity(logging.WARNING)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_collection_modifyitems(items):
+  """Tests marked `first` run first: with two workers, the longest one then overlaps all the others."""
+  items.sort(key=lambda item: item.get_closest_marker("first") is None)
+
+
 def load_config(name, arg=None):
-  """configs/<name>.py's get_config(), as the command line would load it."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(ROOT, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  """configs/<name>.py's get_config(arg), as the command line would load it."""
+  from fitnets_jax import config
+  return config.load(os.path.join(ROOT, "configs", f"{name}.py" + (f":{arg}" if arg else "")))
 
 
 def tiny_digits(method="fitnets", teacher=24, hint=8, student=16, **overrides):

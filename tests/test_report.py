@@ -6,7 +6,7 @@ import matplotlib.image
 import pytest
 
 from conftest import tiny_digits
-from fitnets_jax import FitnetsError, main, report
+from fitnets_jax import FitnetsError, main, plots, report
 
 TEACHER = {"role": "teacher", "model": "big", "layers": 5, "params": 1_000_000, "macs": 40_000_000}
 STUDENT = {"model": "thin", "layers": 11, "params": 100_000, "macs": 10_000_000}
@@ -66,7 +66,7 @@ def test_stage_curves_put_stages_end_to_end():
              {"stage": "hint", "step": 8, "split": "train", "loss": 5.0},
              {"stage": "kd", "step": 4, "split": "train", "loss": 2.0, "accuracy": 0.5},
              {"stage": "kd", "step": 4, "split": "test", "accuracy": 0.6}]
-  curves = report.stage_curves(records)
+  curves = plots.stage_curves(records)
   assert curves["hint"]["train"] == [(4, 9.0, None), (8, 5.0, None)]
   assert curves["kd"]["train"] == [(12, 2.0, 0.5)] and curves["kd"]["test"] == [(12, 0.6)]
 
