@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from fitnets_jax import checkpoint, data, experiment, hints, losses, metrics, report, train
+from fitnets_jax import features as features_lib   # `features` below is this module's own function
 from fitnets_jax.errors import check
 from fitnets_jax.methods import base, fsp, kd
 
@@ -151,14 +152,12 @@ def frozen_check(run, stage="hint"):
   st = run.experiment.stages[run.stage_index(stage)]
   start, end = stage_variables(run, stage, "start"), stage_variables(run, stage, "end")
   labels = st.param_labels(start["params"])
-  module_label = {}
-  for path, label in jax.tree_util.tree_leaves_with_path(labels):
-    module_label[tuple(k.key for k in path[:-1])] = label
+  module_label = {features_lib.leaf_module(path): label for path, label in jax.tree_util.tree_leaves_with_path(labels)}
   order = {("student",) + l.path: i for i, l in enumerate(run.experiment.student.layers)}
   rows = []
   for kind in ("params", "batch_stats"):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(start[kind]), jax.tree.leaves(end[kind])):
-      module = tuple(k.key for k in path[:-1])
+      module = features_lib.leaf_module(path)
       rows.append({"variable": f"{kind}/" + "/".join(str(k.key) for k in path),
                    "trained": module_label.get(module) == "train",
                    "max_change": float(np.max(np.abs(np.asarray(b, np.float64) - np.asarray(a, np.float64)))),

@@ -139,20 +139,21 @@ def prefix_paths(layers, last):
   return frozenset(l.path for l in layers[:names.index(last) + 1])
 
 
-def _leaf_module(path):
+def leaf_module(path):
+  """The module path of a parameter or batch-statistic leaf (its tree path without the leaf name)."""
   return tuple(k.key for k in path[:-1])
 
 
 def prefix_labels(tree, paths):
   """'train' for leaves whose module is in `paths`, else 'freeze' (for optax.partition)."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: "train" if _leaf_module(p) in paths else "freeze", tree)
+      lambda p, _: "train" if leaf_module(p) in paths else "freeze", tree)
 
 
 def merge_prefix(new, old, paths):
   """`new` for leaves whose module is in `paths`, `old` elsewhere (batch stats of frozen layers)."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, n, o: n if _leaf_module(p) in paths else o, new, old)
+      lambda p, n, o: n if leaf_module(p) in paths else o, new, old)
 
 
 def layer_table(layers):
