@@ -7,8 +7,10 @@ forward/backward on H(y, P_S) + λ·H(P_T^τ, P_S^τ), RMSProp (decay 0.9) and t
 batch 128 of 28×28×1 images. The PyTorch networks are rebuilt from the same layer specs
 (`fitnets_jax.models.maxout_spec`): maxout over consecutive channel groups, ceil-mode pooling,
 U(±0.005) weights. Ours is `fitnets_jax.benchmark` on the config's `kd` stage (synthetic MNIST-sized
-images through the real input pipeline), live and with the teacher cache (no teacher pass). Both use every CPU core. PyTorch is needed for this
-script only (`pip install torch`); it is not a dependency of the package.
+images through the real input pipeline), live and with the teacher cache (no teacher pass). Both run
+where JAX runs: on its GPU (PyTorch on CUDA, timed with `torch.cuda.synchronize`) when JAX sees one,
+else on every CPU core. PyTorch is needed for this script only (`pip install torch`); it is not a
+dependency of the package.
 """
 
 import argparse
@@ -51,17 +53,18 @@ def torch_maxout_net(spec, in_channels, image_size, num_classes, torch):
   return net
 
 
-def time_torch(config, batch, steps, warmup=5):
+def time_torch(config, batch, steps, device="cpu", warmup=5):
   import torch
   from fitnets_jax.models import maxout_spec
   torch.set_num_threads(os.cpu_count())
-  teacher = torch_maxout_net(maxout_spec(config.teacher.model), 1, 28, 10, torch).eval()
-  student = torch_maxout_net(maxout_spec(config.student.model), 1, 28, 10, torch).train()
+  teacher = torch_maxout_net(maxout_spec(config.teacher.model), 1, 28, 10, torch).eval().to(device)
+  student = torch_maxout_net(maxout_spec(config.student.model), 1, 28, 10, torch).train().to(device)
   opt = config.stages.student.optimizer
   optimizer = torch.optim.RMSprop(student.parameters(), lr=opt.learning_rate, alpha=opt.decay, eps=opt.eps)
   convs = [m for m in student if isinstance(m, torch.nn.Conv2d)]
   logits_layer = student[-1]
-  x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+  x, y = torch.randn(batch, 1, 28, 28, device=device), torch.randint(0, 10, (batch,), device=device)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   tau, lam = config.kd.temperature, config.kd.lambda_start
 
   def step():
@@ -81,9 +84,10 @@ def time_torch(config, batch, steps, warmup=5):
   for i in range(warmup + steps):
     started = time.perf_counter()
     step()
+    sync()
     if i >= warmup:
       times.append(time.perf_counter() - started)
-  return statistics.median(times) * 1e3, torch.__version__
+  return statistics.median(times) * 1e3, f"{torch.__version__} ({device})"
 
 
 def load_config(path):
@@ -102,18 +106,21 @@ def main():
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--workdir", default="runs/pytorch_kd_step")
   parser.add_argument("--torch_only", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--torch_device", default="cpu", help=argparse.SUPPRESS)
   args = parser.parse_args()
   config = load_config(args.config)
   config.method, config.batch_size, config.num_devices = "kd", args.batch, 1
   if args.torch_only:   # PyTorch and TensorFlow in one process can crash: PyTorch gets its own
-    print(json.dumps(time_torch(config, args.batch, args.steps)))
+    print(json.dumps(time_torch(config, args.batch, args.steps, args.torch_device)))
     return
 
   from fitnets_jax import benchmark
   ours = benchmark.run(config, args.workdir, warmup=5, timed=args.steps, synthetic_examples=4096, stages=("kd",))
   ours_ms = ours["stages"][0]["step_ms"]
+  torch_device = "cuda" if ours["platform"] == "gpu" else "cpu"
   torch_run = subprocess.run([sys.executable, __file__, "--torch_only", "--config", args.config, "--batch",
-                              str(args.batch), "--steps", str(args.steps)], capture_output=True, text=True)
+                              str(args.batch), "--steps", str(args.steps), "--torch_device", torch_device],
+                             capture_output=True, text=True)
   if torch_run.returncode:
     sys.exit(f"the PyTorch step failed (is torch installed?):\n{torch_run.stderr[-2000:]}")
   torch_ms, version = json.loads(torch_run.stdout.strip().splitlines()[-1])
@@ -122,7 +129,7 @@ def main():
             "bare_jax_step_ms": ours["stages"][0]["reference_step_ms"],
             "fitnets_jax_cached_teacher_step_ms": ours["stages"][0]["cached_step_ms"],
             "pytorch_eager_step_ms": round(torch_ms, 3), "pytorch_images_per_s": round(args.batch / torch_ms * 1e3, 1),
-            "pytorch": version, "cpu_cores": os.cpu_count()}
+            "pytorch": version, "device": ours["device_kind"], "cpu_cores": os.cpu_count()}
   rows = (("fitnets_jax (jit)", ours_ms), ("bare JAX/Flax (jit)", result["bare_jax_step_ms"]),
           ("fitnets_jax, teacher cache", result["fitnets_jax_cached_teacher_step_ms"]),
           (f"PyTorch {version} eager", torch_ms))

@@ -6,9 +6,9 @@
 Per stage: compile time; the step time (median, 10th–90th percentile) over timed steps after
 warm-up, each ended by `block_until_ready`; images/s overall and per device; images/s of the
 training loop itself (steps dispatched back to back, batches prefetched, no per-step sync), which
-equals the step rate when the host never makes the device wait; XLA's FLOPs per step, the achieved
-FLOP/s and the utilisation against the device's peak (a measured dense matmul on CPU, the vendor's
-figure for known GPUs/TPUs); XLA's compiled memory (arguments, outputs, temporaries) and the peak
+equals the step rate when the host never makes the device wait; XLA's FLOPs per step on all
+devices together (`train.step_flops`), the achieved FLOP/s and the utilisation against the devices'
+peak (a measured dense matmul on CPU, the vendor's figure for known GPUs/TPUs); XLA's compiled memory (arguments, outputs, temporaries) and the peak
 bytes in use where the backend reports them.
 
 Next to each stage, a bare reference step for the same networks, written with flax and optax
@@ -83,11 +83,11 @@ def _timed(fn):
 
 
 def reference_step(exp, stage, tx):
-  """A jitted bare step for `stage`'s networks: (params, batch_stats, opt_state, teachers, image,
-  label, rng) → (params, batch_stats, opt_state, loss). None for stages that train several
-  networks with their own update (mutual learning)."""
+  """A bare step for `stage`'s networks, (jitted, plain function): (params, batch_stats, opt_state,
+  teachers, image, label, rng) → (params, batch_stats, opt_state, loss). (None, None) for stages that
+  train several networks with their own update (mutual learning)."""
   if stage.update is not None:
-    return None
+    return None, None
   net = exp.teachers.get(stage.trains, exp.student)
   teachers = list(exp.teachers.values()) if stage.uses_teacher else []
   dtype, temperature = exp.config.dtype, exp.config.kd.temperature
@@ -113,7 +113,7 @@ def reference_step(exp, stage, tx):
 
   rep, shard = train.replicated(exp.mesh), train.batch_sharding(exp.mesh)
   return jax.jit(step, in_shardings=(rep, rep, rep, rep, shard, shard, rep), out_shardings=rep,
-                 donate_argnums=(0, 1, 2))
+                 donate_argnums=(0, 1, 2)), step
 
 
 def stage_teacher(exp, rng):
@@ -148,15 +148,16 @@ def measure_stage(exp, index, teacher, warmup, timed, peak):
   step, compile_s, flops = train.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)
   memory = step.memory_analysis()
 
-  reference = reference_step(exp, stage, stage.tx)
+  reference, reference_fn = reference_step(exp, stage, stage.tx)
   if reference is not None:
     net = exp.teachers.get(stage.trains, exp.student)
     params, stats = net.init(rng)
     ref_state = jax.device_put((params, stats, stage.tx.init(params)), train.replicated(exp.mesh))
     ref_teachers = [teacher[r] for r in exp.teachers] if stage.uses_teacher else []
     ref_args = lambda b: (ref_teachers, b["image"], b["label"], rng)
-    ref_compiled = reference.lower(*ref_state, *ref_args(batch)).compile()
-    ref_flops = train.step_flops(ref_compiled)
+    ref_lowered = reference.lower(*ref_state, *ref_args(batch))
+    ref_compiled = ref_lowered.compile()
+    ref_flops = train.step_flops(ref_lowered, reference_fn, (*ref_state, *ref_args(batch)))
 
   times = {"ours": [], "ref": []}
 

@@ -1,5 +1,7 @@
 """Datasets: the embedded digits, npz validation, TFDS under mock_data, order, padding, ZCA."""
 
+import itertools
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -130,3 +132,29 @@ def test_gcn_zca_pipeline_matches_numpy(tmp_path):
   mean, w = data.zca_fit(flat, 0.01)
   expected = ((flat[:4] - mean) @ w).reshape(4, 4, 4, 3)
   np.testing.assert_allclose(batch, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_epoch_order_is_a_shuffle_of_the_examples_with_the_epoch_seed():
+  tf = data._tf()
+  d = data.load(dataset_config(name="digits"))
+  spe, batch = d.num_train // 100, 100
+  batches = list(itertools.islice(data.train_batches(d, batch, spe, seed=3, stage_index=1, shuffle_buffer=500),
+                                  2 * spe))
+  ids = np.concatenate([b["index"] for b in batches])
+  for epoch in range(2):   # independent: the examples themselves through tf.data's shuffle buffer
+    seed = data.epoch_seed(3, 1, epoch)
+    expected = tf.data.Dataset.from_tensor_slices(np.arange(d.num_train)).shuffle(
+        500, seed=seed, reshuffle_each_iteration=False)
+    expected = np.array(list(expected.as_numpy_iterator()))[:spe * batch]
+    np.testing.assert_array_equal(ids[epoch * spe * batch:(epoch + 1) * spe * batch], expected)
+
+
+def test_batches_continue_unchanged_across_pipeline_rebuilds(monkeypatch):
+  d = data.load(dataset_config(name="digits", flip=True, shift=1))
+  spe = d.num_train // 200
+  take = lambda: list(itertools.islice(data.train_batches(d, 200, spe, seed=5, stage_index=0, start_step=2), 3 * spe))
+  one_pipeline = take()
+  monkeypatch.setattr(data, "EPOCHS_PER_PIPELINE", 1)   # a new pipeline every epoch
+  for a, b in zip(one_pipeline, take(), strict=True):
+    for key in ("image", "label", "index"):
+      np.testing.assert_array_equal(a[key], b[key])

@@ -113,3 +113,26 @@ def test_benchmark_writes_a_record_per_stage(tmp_path):
   assert kd_stage["flops_per_step"] == pytest.approx(kd_stage["reference_flops_per_step"], rel=0.02)
   text = benchmark.table(saved)
   assert "teacher" in text and "kd" in text and "overhead" in text
+
+
+def test_step_flops_count_every_device_and_come_from_the_cpu_where_the_backend_gives_none(monkeypatch, tmp_path):
+  flops = {}
+  for devices in (1, 4):   # once compiled, XLA's analysis would cover one device's quarter
+    exp = experiment.prepare(tiny_digits("kd", num_devices=devices), str(tmp_path / str(devices)))
+    index, stage = stage_named(exp, "kd")
+    rng = train.stage_rng(0, index)
+    labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
+    tx = train.transformation(stage, labels)
+    state = train.init_state(stage, tx, rng, None, exp.mesh)
+    batch = next(train.prefetch_to_device(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, index), exp.mesh))
+    compiled, _, flops[devices] = train.compile_step(stage, tx, labels, exp.mesh, state, batch, fresh_teacher(exp))
+  assert flops[1] > 0 and flops[4] == pytest.approx(flops[1], rel=0.01)
+  assert compiled.cost_analysis()["flops"] == pytest.approx(flops[4] / 4, rel=0.05)
+
+  # A plugin backend (GPU, TPU) analyses nothing: the same program is lowered for the CPU instead.
+  class NoAnalysis:
+    def cost_analysis(self):
+      return None
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  step = train.make_step(stage, tx, labels)
+  assert train.step_flops(NoAnalysis(), step, (state, batch, fresh_teacher(exp))) == pytest.approx(flops[1], rel=0.01)

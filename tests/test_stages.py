@@ -135,7 +135,8 @@ def test_hint_stage_pays_only_for_the_two_prefixes(digits_exp):
       grads = jax.grad(reference_loss)(params, x, full)
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
-    return train.step_flops(jax.jit(step).lower(params, tx.init(params), x).compile())
+    args = (params, tx.init(params), x)
+    return train.step_flops(jax.jit(step).lower(*args), step, args)
 
   prefixes, whole = flops(False), flops(True)
   print(f"hint step FLOPs: ours {ours:.4g}, two prefixes {prefixes:.4g} ({ours / prefixes:.3f}×), "
