@@ -7,7 +7,9 @@ forward/backward on H(y, P_S) + λ·H(P_T^τ, P_S^τ), RMSProp (decay 0.9) and t
 batch 128 of 28×28×1 images. The PyTorch networks are rebuilt from the same layer specs
 (`fitnets_jax.models.maxout_spec`): maxout over consecutive channel groups, ceil-mode pooling,
 U(±0.005) weights. Ours is `fitnets_jax.benchmark` on the config's `kd` stage (synthetic MNIST-sized
-images through the real input pipeline), live and with the teacher cache (no teacher pass). Both run
+images through the real input pipeline), live and with the teacher cache (no teacher pass), next to
+its bare JAX/Flax reference step. On CPU that bare step is also timed compiled with XLA's default
+options instead of the library's (`fitnets_jax.compiler`), in a subprocess. Both frameworks run
 where JAX runs: on its GPU (PyTorch on CUDA, timed with `torch.cuda.synchronize`) when JAX sees one,
 else on every CPU core. PyTorch is needed for this script only (`pip install torch`); it is not a
 dependency of the package.
@@ -90,6 +92,21 @@ def time_torch(config, batch, steps, device="cpu", warmup=5):
   return statistics.median(times) * 1e3, f"{torch.__version__} ({device})"
 
 
+def time_jax(config, workdir, steps):
+  """fitnets_jax.benchmark's record of the config's KD stage (ours, the bare step, the cached step)."""
+  from fitnets_jax import benchmark
+  return benchmark.run(config, workdir, warmup=5, timed=steps, synthetic_examples=4096, stages=("kd",))
+
+
+def run_json(args, what, env=None):
+  """This script run again with `args` in a subprocess; the JSON of its last output line."""
+  run = subprocess.run([sys.executable, __file__] + args, capture_output=True, text=True,
+                       env={**os.environ, **(env or {})})
+  if run.returncode:
+    sys.exit(f"{what} failed:\n{run.stderr[-2000:]}")
+  return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def load_config(path):
   """The config file's get_config()."""
   import importlib.util
@@ -107,35 +124,43 @@ def main():
   parser.add_argument("--workdir", default="runs/pytorch_kd_step")
   parser.add_argument("--torch_only", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--torch_device", default="cpu", help=argparse.SUPPRESS)
+  parser.add_argument("--jax_only", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   config = load_config(args.config)
   config.method, config.batch_size, config.num_devices = "kd", args.batch, 1
   if args.torch_only:   # PyTorch and TensorFlow in one process can crash: PyTorch gets its own
     print(json.dumps(time_torch(config, args.batch, args.steps, args.torch_device)))
     return
+  if args.jax_only:
+    print(json.dumps(time_jax(config, args.workdir, args.steps)["stages"][0]))
+    return
 
-  from fitnets_jax import benchmark
-  ours = benchmark.run(config, args.workdir, warmup=5, timed=args.steps, synthetic_examples=4096, stages=("kd",))
+  from fitnets_jax import compiler
+  ours = time_jax(config, args.workdir, args.steps)
   ours_ms = ours["stages"][0]["step_ms"]
+  common = ["--config", args.config, "--batch", str(args.batch), "--steps", str(args.steps)]
+  defaults_ms = None
+  if ours["compiler_options"]:   # the same bare step compiled with XLA's default options
+    defaults = run_json(common + ["--jax_only", "--workdir", os.path.join(args.workdir, "xla_defaults")],
+                        "the JAX step with XLA's defaults", {compiler.DEFAULTS_VARIABLE: "1"})
+    defaults_ms = defaults["reference_step_ms"]
   torch_device = "cuda" if ours["platform"] == "gpu" else "cpu"
-  torch_run = subprocess.run([sys.executable, __file__, "--torch_only", "--config", args.config, "--batch",
-                              str(args.batch), "--steps", str(args.steps), "--torch_device", torch_device],
-                             capture_output=True, text=True)
-  if torch_run.returncode:
-    sys.exit(f"the PyTorch step failed (is torch installed?):\n{torch_run.stderr[-2000:]}")
-  torch_ms, version = json.loads(torch_run.stdout.strip().splitlines()[-1])
+  torch_ms, version = run_json(common + ["--torch_only", "--torch_device", torch_device],
+                               "the PyTorch step (is torch installed?)")
   result = {"batch": args.batch, "teacher": config.teacher.model, "student": config.student.model,
             "fitnets_jax_step_ms": ours_ms, "fitnets_jax_images_per_s": round(args.batch / ours_ms * 1e3, 1),
             "bare_jax_step_ms": ours["stages"][0]["reference_step_ms"],
+            "bare_jax_xla_defaults_step_ms": defaults_ms, "compiler_options": ours["compiler_options"],
             "fitnets_jax_cached_teacher_step_ms": ours["stages"][0]["cached_step_ms"],
             "pytorch_eager_step_ms": round(torch_ms, 3), "pytorch_images_per_s": round(args.batch / torch_ms * 1e3, 1),
             "pytorch": version, "device": ours["device_kind"], "cpu_cores": os.cpu_count()}
   rows = (("fitnets_jax (jit)", ours_ms), ("bare JAX/Flax (jit)", result["bare_jax_step_ms"]),
+          ("bare JAX/Flax, XLA's defaults", defaults_ms),
           ("fitnets_jax, teacher cache", result["fitnets_jax_cached_teacher_step_ms"]),
           (f"PyTorch {version} eager", torch_ms))
   for name, ms in rows:
     if ms:
-      print(f"{name:30s} {ms:8.2f} ms/step  {args.batch / ms * 1e3:8,.0f} img/s")
+      print(f"{name:32s} {ms:8.2f} ms/step  {args.batch / ms * 1e3:8,.0f} img/s")
   print(f"PyTorch eager ÷ fitnets_jax step time: {torch_ms / ours_ms:.2f}")
   with open(os.path.join(args.workdir, "pytorch_kd_step.json"), "w") as f:
     json.dump(result, f, indent=2)

@@ -8,13 +8,14 @@ warm-up, each ended by `block_until_ready`; images/s overall and per device; ima
 training loop itself (steps dispatched back to back, batches prefetched, no per-step sync), which
 equals the step rate when the host never makes the device wait; XLA's FLOPs per step on all
 devices together (`train.step_flops`), the achieved FLOP/s and the utilisation against the devices'
-peak (a measured dense matmul on CPU, the vendor's figure for known GPUs/TPUs); XLA's compiled memory (arguments, outputs, temporaries) and the peak
-bytes in use where the backend reports them.
+peak (a measured dense matmul on CPU, the vendor's figure for known GPUs/TPUs); XLA's compiled
+memory (arguments, outputs, temporaries) and the peak bytes in use where the backend reports them.
 
 Next to each stage, a bare reference step for the same networks, written with flax and optax
 alone: the teacher's forward pass (stages that use one) and the trained network's
 forward/backward with a plain cross-entropy (+ soft cross-entropy to the teacher) and the stage's
-optimizer, with no masks, NaN guard, metrics or capture. `overhead` is our step time ÷ the
+optimizer, with no masks, NaN guard, metrics or capture, compiled with the same XLA options
+(`fitnets_jax.compiler`, recorded as `compiler_options`). `overhead` is our step time ÷ the
 reference's, timed interleaved on the same batches. A stage that computes less than the whole
 networks (the hint stage: two prefixes) is cheaper than the reference. Stages that read a teacher
 are timed again with the teacher cache when the pipeline has no augmentation.
@@ -35,7 +36,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fitnets_jax import data, experiment, metrics, teacher_cache, train
+from fitnets_jax import compiler, data, experiment, metrics, teacher_cache, train
 from fitnets_jax.errors import FitnetsError, or_exit
 from fitnets_jax.methods.base import cast_floats
 
@@ -70,7 +71,7 @@ def device_peak(dtype):
 def measured_matmul_peak(dtype, n=1024, repeats=10):
   """FLOP/s of the best of `repeats` n×n×n matmuls on the first device."""
   a = jnp.ones((n, n), dtype)
-  matmul = jax.jit(lambda x, y: x @ y)
+  matmul = compiler.jit(lambda x, y: x @ y)
   matmul(a, a).block_until_ready()
   best = min(_timed(lambda: matmul(a, a).block_until_ready()) for _ in range(repeats))
   return 2 * n**3 / best
@@ -112,8 +113,8 @@ def reference_step(exp, stage, tx):
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   rep, shard = train.replicated(exp.mesh), train.batch_sharding(exp.mesh)
-  return jax.jit(step, in_shardings=(rep, rep, rep, rep, shard, shard, rep), out_shardings=rep,
-                 donate_argnums=(0, 1, 2)), step
+  return compiler.jit(step, in_shardings=(rep, rep, rep, rep, shard, shard, rep), out_shardings=rep,
+                      donate_argnums=(0, 1, 2)), step
 
 
 def stage_teacher(exp, rng):
@@ -243,6 +244,7 @@ def run(config, workdir, warmup=3, timed=20, synthetic_examples=0, stages=()):
             "dtype": config.dtype, "device_kind": jax.devices()[0].device_kind,
             "platform": jax.devices()[0].platform, "devices": int(exp.mesh.size),
             "peak_flops_per_device": peak, "peak_source": peak_source,
+            "compiler_options": compiler.options(),
             "models": {"student": exp.student.describe(),
                        **{role: net.describe() for role, net in exp.teachers.items()}},
             "stages": records}
@@ -275,9 +277,11 @@ def table(result):
   lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
            for row in rows]
   models = ", ".join(f"{role} {m['model']}" for role, m in result["models"].items())
+  options = result.get("compiler_options")
+  xla = "; XLA options " + ", ".join(f"{k}={v!r}" for k, v in options.items()) if options else ""
   return "\n".join([f"{result['dataset']}{' (synthetic)' if result['synthetic'] else ''}, {models}, "
                     f"{result['devices']} × {result['device_kind']}, {result['dtype']}; peak "
-                    f"{result['peak_flops_per_device'] / 1e9:,.1f} GFLOP/s per device ({result['peak_source']})"]
+                    f"{result['peak_flops_per_device'] / 1e9:,.1f} GFLOP/s per device ({result['peak_source']}){xla}"]
                    + lines)
 
 

@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from fitnets_jax import data as data_lib
+from fitnets_jax import compiler, data as data_lib
 from fitnets_jax.errors import check
 from fitnets_jax.methods.base import forward
 
@@ -72,7 +72,7 @@ def build(teachers, teacher_vars, layers, dataset, batch_size, budget_mb):
   cached, used, skipped = plan(teachers, layers, n, dataset.num_classes, budget_mb * 2**20)
   host_vars = jax.device_get({role: teacher_vars[role] for role in teachers})
 
-  @jax.jit
+  @compiler.jit
   def outputs(variables, images):
     return {role: forward(net, variables[role]["params"], variables[role]["batch_stats"], images, False,
                           capture=tuple(cached[role]))[:2] for role, net in teachers.items()}

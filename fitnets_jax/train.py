@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fitnets_jax import checkpoint, data, experiment, metrics, optim, teacher_cache
+from fitnets_jax import checkpoint, compiler, data, experiment, metrics, optim, teacher_cache
 from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted
 from fitnets_jax.methods import base
 
@@ -102,7 +102,8 @@ def compile_step(stage, tx, labels, mesh, state, batch, teacher):
   """AOT-compiles the jitted step; returns (compiled, compile seconds, FLOPs per step)."""
   rep = replicated(mesh)
   step = make_step(stage, tx, labels)
-  jitted = jax.jit(step, in_shardings=(rep, batch_sharding(mesh), rep), out_shardings=(rep, rep), donate_argnums=0)
+  jitted = compiler.jit(step, in_shardings=(rep, batch_sharding(mesh), rep), out_shardings=(rep, rep),
+                        donate_argnums=0)
   start = time.perf_counter()
   lowered = jitted.lower(state, batch, teacher)
   compiled = lowered.compile()
@@ -158,7 +159,7 @@ class Evaluator:
         sums = {k: jnp.sum(v.astype(jnp.float32) * batch["mask"]) for k, v in values.items()}
         return sums, jnp.sum(batch["mask"])
       rep = replicated(self.exp.mesh)
-      self._steps[key] = jax.jit(step, in_shardings=(rep, batch_sharding(self.exp.mesh)), out_shardings=rep)
+      self._steps[key] = compiler.jit(step, in_shardings=(rep, batch_sharding(self.exp.mesh)), out_shardings=rep)
     return self._steps[key]
 
   def metrics(self, key, evaluation, variables, split="test"):

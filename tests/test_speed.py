@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_digits
-from fitnets_jax import benchmark, data, experiment, teacher_cache, train
+from fitnets_jax import benchmark, compiler, data, experiment, teacher_cache, train
 from fitnets_jax.methods.base import forward, predict, variables
 
 
@@ -101,6 +102,7 @@ def test_benchmark_writes_a_record_per_stage(tmp_path):
   assert saved == json.loads(json.dumps(result))
   assert [r["stage"] for r in saved["stages"]] == ["teacher", "kd"]
   assert saved["peak_flops_per_device"] > 0 and "measured float32 dense matmul" in saved["peak_source"]
+  assert saved["compiler_options"] == compiler.CPU_OPTIONS
   for r in saved["stages"]:
     assert r["compile_s"] > 0 and r["step_ms_p10"] <= r["step_ms"] <= r["step_ms_p90"]
     assert r["images_per_s"] == pytest.approx(32 / (r["step_ms"] / 1e3), rel=1e-3)
@@ -136,3 +138,28 @@ def test_step_flops_count_every_device_and_come_from_the_cpu_where_the_backend_g
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   step = train.make_step(stage, tx, labels)
   assert train.step_flops(NoAnalysis(), step, (state, batch, fresh_teacher(exp))) == pytest.approx(flops[1], rel=0.01)
+
+
+def conv(x, w):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_cpu_steps_are_compiled_without_library_fusions_unless_the_user_says_otherwise(monkeypatch):
+  x, w = jnp.ones((2, 8, 8, 16)), jnp.ones((3, 3, 16, 32))
+  hlo = {name: jit(conv).lower(x, w).compile().as_text() for name, jit in (("xla", jax.jit), ("ours", compiler.jit))}
+  assert "__ynn_fusion" in hlo["xla"] and "__ynn_fusion" not in hlo["ours"]
+  np.testing.assert_allclose(compiler.jit(conv)(x, w), jax.jit(conv)(x, w), rtol=1e-6)
+  assert compiler.options() == compiler.CPU_OPTIONS
+
+  with monkeypatch.context() as m:   # XLA's defaults asked for
+    m.setenv(compiler.DEFAULTS_VARIABLE, "1")
+    assert compiler.options() is None and "__ynn_fusion" in compiler.jit(conv).lower(x, w).compile().as_text()
+  with monkeypatch.context() as m:   # the user's own setting of the option
+    m.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=individual_dot")
+    assert compiler.options() is None
+  assert compiler.options() == compiler.CPU_OPTIONS
+  monkeypatch.setattr(compiler, "CPU_OPTIONS", {"xla_cpu_no_such_option": "1"})   # an XLA without the option
+  assert compiler.options() is None and float(compiler.jit(lambda a: a * 2)(1.0)) == 2.0
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(compiler, "CPU_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": ""})
+  assert compiler.options() is None
