@@ -158,3 +158,9 @@ def test_batches_continue_unchanged_across_pipeline_rebuilds(monkeypatch):
   for a, b in zip(one_pipeline, take(), strict=True):
     for key in ("image", "label", "index"):
       np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_host_with_fewer_examples_than_a_batch_is_refused_before_any_batch():
+  d = data.load(dataset_config(name="digits"))
+  with pytest.raises(FitnetsError, match=r"has 1437 training examples on host 0, fewer than one batch of 2000"):
+    next(data.train_batches(d, 2000, 1, seed=0, stage_index=0))
