@@ -26,7 +26,6 @@ input pipeline, for datasets not on this machine.
 """
 
 import json
-import os
 import time
 
 import jax
@@ -36,7 +35,7 @@ import optax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fitnets_jax import compiler, data, experiment, metrics, teacher_cache, train
+from fitnets_jax import compiler, data, experiment, files, teacher_cache, train
 from fitnets_jax.errors import FitnetsError, or_exit
 from fitnets_jax.methods.base import cast_floats
 
@@ -248,7 +247,7 @@ def run(config, workdir, warmup=3, timed=20, synthetic_examples=0, stages=()):
             "models": {"student": exp.student.describe(),
                        **{role: net.describe() for role, net in exp.teachers.items()}},
             "stages": records}
-  metrics.write_atomically(os.path.join(workdir, "benchmark.json"), json.dumps(result, indent=2))
+  files.write_atomically(files.join(workdir, "benchmark.json"), json.dumps(result, indent=2))
   return result
 
 
@@ -292,7 +291,7 @@ def main(argv):
   result = or_exit(run, f.config, f.workdir, f.warmup_steps, f.timed_steps,
                    f.synthetic_examples if f.synthetic else 0, f.stages)
   print(table(result))
-  print(f"Written to {os.path.join(f.workdir, 'benchmark.json')}")
+  print(f"Written to {files.join(f.workdir, 'benchmark.json')}")
 
 
 if __name__ == "__main__":

@@ -8,15 +8,13 @@ Layout in the workdir:
 """
 
 import json
-import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
+from fitnets_jax import files
 from fitnets_jax.errors import FitnetsError
-from fitnets_jax.metrics import write_atomically
 
 TEACHER_DIR = "teacher"
 TEACHER_INFO = "teacher.json"
@@ -36,10 +34,10 @@ class RunCheckpoints:
   RETIRED = "retired"   # checkpoints past `keep` are renamed here (atomic), then deleted
 
   def __init__(self, directory, keep, stage_ends=()):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.absolute(directory)
     policy = preservation.AnyPreservationPolicy([preservation.LatestN(keep), preservation.CustomSteps(stage_ends)])
     self.manager = ocp.CheckpointManager(
-        self.directory,
+        files.path(self.directory),
         options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True, enable_async_checkpointing=False,
                                              cleanup_tmp_directories=True,   # a killed save's leftovers
                                              todelete_subdir=self.RETIRED))
@@ -47,7 +45,7 @@ class RunCheckpoints:
 
   def _delete_retired(self):
     if jax.process_index() == 0:
-      shutil.rmtree(os.path.join(self.directory, self.RETIRED), ignore_errors=True)
+      files.rmtree(files.join(self.directory, self.RETIRED))
 
   def steps(self):
     """Global steps of the saved checkpoints, oldest first."""
@@ -58,14 +56,13 @@ class RunCheckpoints:
 
   def set_aside(self, step):
     """Moves an unreadable checkpoint to checkpoints_damaged/ (never deletes it); returns where."""
-    target = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged", str(step))
-    suffix = 1
-    while os.path.exists(target):
-      target = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged", f"{step}.{suffix}")
+    quarantine = files.join(files.path(self.directory).parent, "checkpoints_damaged")
+    target, suffix = files.join(quarantine, str(step)), 1
+    while files.exists(target):
+      target = files.join(quarantine, f"{step}.{suffix}")
       suffix += 1
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)), target)
+      files.move(files.join(self.directory, str(step)), target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("checkpoint set aside")
@@ -89,32 +86,32 @@ class RunCheckpoints:
 def read_state(workdir, step, abstract_state):
   """The train state saved at global `step` in `workdir`'s checkpoints, read without touching the run's
   folder (for inspection; a run resumes through RunCheckpoints)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  path = os.path.join(directory, str(step), "state")
-  if not os.path.isdir(path):
-    kept = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  directory = files.join(files.absolute(workdir), "checkpoints")
+  path = files.join(directory, str(step), "state")
+  if not files.isdir(path):
+    kept = sorted(int(d) for d in files.listdir(directory) if d.isdigit())
     raise FitnetsError(f"{workdir!r} has no checkpoint at global step {step} (kept: {kept or 'none'}); a run keeps "
                        "every stage's last checkpoint, so that stage has not finished in this workdir yet.")
   with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(path, abstract_state)
+    return checkpointer.restore(files.path(path), abstract_state)
 
 
 def save_teacher(workdir, role, variables, info):
   """Writes a teacher's variables and `teacher.json` (model, sizes, accuracy) under workdir/<role>
   (workdir/teacher for a run's one teacher, workdir/teacher1, … for `config.teachers`)."""
-  directory = os.path.abspath(os.path.join(workdir, role))
+  directory = files.absolute(files.join(workdir, role))
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(directory, "variables"), variables, force=True)
+    checkpointer.save(files.path(files.join(directory, "variables")), variables, force=True)
     checkpointer.wait_until_finished()
   if jax.process_index() == 0:
-    write_atomically(os.path.join(directory, TEACHER_INFO), json.dumps(info, indent=2))
+    files.write_atomically(files.join(directory, TEACHER_INFO), json.dumps(info, indent=2))
 
 
 def teacher_dir(path):
   """The teacher folder for `teacher.checkpoint=path`: a run's workdir or its teacher/ folder."""
-  for candidate in (os.path.join(path, TEACHER_DIR), path):
-    if os.path.isfile(os.path.join(candidate, TEACHER_INFO)):
-      return os.path.abspath(candidate)
+  for candidate in (files.join(path, TEACHER_DIR), path):
+    if files.isfile(files.join(candidate, TEACHER_INFO)):
+      return files.absolute(candidate)
   raise FitnetsError(
       f"teacher.checkpoint={path!r} holds no saved teacher: expected {TEACHER_DIR}/{TEACHER_INFO} (a run's "
       f"workdir) or {TEACHER_INFO} (its teacher/ folder) there. Train one with method=fitnets or kd and "
@@ -122,15 +119,14 @@ def teacher_dir(path):
 
 
 def teacher_info(path):
-  with open(os.path.join(teacher_dir(path), TEACHER_INFO)) as f:
-    return json.load(f)
+  return json.loads(files.read_text(files.join(teacher_dir(path), TEACHER_INFO)))
 
 
 def load_teacher(path, abstract_variables):
   """Restores teacher variables; a parameter missing or of another shape is a clear error."""
-  directory = os.path.join(teacher_dir(path), "variables")
+  directory = files.join(teacher_dir(path), "variables")
   with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(directory)
+    restored = checkpointer.restore(files.path(directory))
   want = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(abstract_variables)}
   have = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(restored)}
   for name in sorted(set(want) | set(have)):

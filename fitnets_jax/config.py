@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 
+from fitnets_jax import files
 from fitnets_jax.errors import FitnetsError
 
 # Max-norm limits of the maxout and FitNets papers' pylearn2 configs (conv / dense / softmax).
@@ -53,7 +54,13 @@ def base_config():
   c.method = "fitnets"            # fitnets | kd | scratch | fsp | at | multi_teacher | dml | byot
   c.seed = 0
   c.num_devices = 0               # data-parallel devices; 0: every device JAX sees
-  c.distributed = False           # jax.distributed.initialize() first (TPU pod slices)
+  c.distributed = False           # jax.distributed.initialize() first: several hosts (TPU pod slices, SLURM, …)
+  c.cluster = ml_collections.ConfigDict(dict(   # distributed=True on a cluster JAX does not detect by itself
+      coordinator_address="",    # host:port of process 0, the same on every process
+      num_processes=0,           # 0: detected
+      process_id=-1,             # this process, 0…num_processes−1; −1: detected
+      timeout_s=300,             # how long to wait for every process to join
+  ))
   c.batch_size = 128              # global batch, split over devices and hosts
   c.eval_batch_size = 500
   c.log_every_steps = 50
@@ -151,7 +158,8 @@ def base_config():
 # devices (1 and N devices compute the same numbers), where the data lies, and what a NaN does.
 # Any other difference means another experiment, and the run refuses to resume.
 SAFE_TO_CHANGE = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-                  "num_devices", "distributed", "eval_batch_size", "on_nan", "dataset.data_dir", "dataset.download")
+                  "num_devices", "distributed", "eval_batch_size", "on_nan", "dataset.data_dir", "dataset.download",
+                  "cluster.coordinator_address", "cluster.num_processes", "cluster.process_id", "cluster.timeout_s")
 
 
 def flatten(tree, prefix=""):
@@ -201,7 +209,7 @@ def load(path, overrides=None):
   `fitnets_jax.run(config.load("configs/digits.py"), workdir)`."""
   file, sep, arg = path.partition(".py:")
   file = file + ".py" if sep else file
-  if not (os.path.isfile(file) and file.endswith(".py")):
+  if not (file.endswith(".py") and not files.is_remote(file) and files.isfile(file)):
     raise FitnetsError(f"config file {file!r} does not exist or is not a .py file; pass a file with get_config(), "
                        "such as configs/digits.py (relative to the current folder, or absolute).")
   spec = importlib.util.spec_from_file_location(f"fitnets_config_{os.path.basename(file)[:-3]}", file)

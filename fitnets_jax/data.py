@@ -2,11 +2,17 @@
 
 Sources: `digits` (scikit-learn's 1,797 8×8 handwritten digits, embedded, no network), `npz`
 (a user's file), and TFDS `svhn_cropped`, `cifar10`, `cifar100`, `mnist` (never downloaded
-unless `dataset.download=True`). Each host reads its own slice of every split.
+unless `dataset.download=True`). Each host reads its own slice of the test and validation splits.
 
 Order is a pure function of (seed, stage, epoch): epoch e is shuffled with a seed derived from
 those, and augmentation draws stateless randomness from (that seed, batch index), so a resumed
 run sees exactly the batches an uninterrupted one would.
+
+Host count. In-memory datasets (digits, npz, synthetic) keep the whole training split on every
+host and shuffle it in one global order; each host feeds its rows of each global batch, so 1 host
+× 4 devices and 2 hosts × 2 devices train on the same batches. A TFDS dataset is read per host
+(each its own part of the split, shuffled on its own), so there the global batches depend on the
+host count.
 """
 
 import dataclasses
@@ -18,6 +24,7 @@ from typing import Callable
 import jax
 import numpy as np
 
+from fitnets_jax import files
 from fitnets_jax.errors import FitnetsError, check, one_of
 
 TFDS_NAMES = ("svhn_cropped", "cifar10", "cifar100", "mnist")
@@ -45,7 +52,9 @@ class Data:
   image_shape: tuple
   num_train: int                 # whole split, all hosts
   num_test: int
-  train_examples: tuple          # this host's (uint8 images, int32 labels, int32 example ids), eager tf tensors
+  train_examples: tuple          # (uint8 images, int32 labels, int32 example ids), eager tf tensors: every host's
+                                 # examples when `global_order`, else this host's part
+
   test: Callable
   normalize: Callable            # float32 [0, 1] batch (tf) → preprocessed batch
   augment_flip: bool = False
@@ -54,6 +63,7 @@ class Data:
   num_validation: int = 0        # held out of training by dataset.validation_examples
   validation: Callable = None
   train_all: Callable = None     # () → the whole training split (every host's), in id order
+  global_order: bool = False     # one order over all hosts' examples; each host takes its rows of a batch
 
   @property
   def augmented(self):
@@ -82,10 +92,10 @@ def npz_arrays(path, num_classes=0):
   """Reads and validates a user's .npz (uint8 NHWC images, integer labels)."""
   check(path, "dataset.name='npz' needs dataset.path=/path/to/file.npz holding "
               f"{', '.join(NPZ_KEYS)}.")
-  check(os.path.isfile(path), f"dataset.path={path!r} does not exist or is not a file; it must be an "
-                              f".npz holding {', '.join(NPZ_KEYS)}.")
+  check(files.isfile(path), f"dataset.path={path!r} does not exist or is not a file; it must be an "
+                            f".npz holding {', '.join(NPZ_KEYS)}.")
   try:
-    with np.load(path, allow_pickle=False) as f:
+    with files.open(path, "rb") as raw, np.load(raw, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
   except Exception as e:  # zipfile/pickle/format errors all mean the same to a user.
     raise FitnetsError(f"dataset.path={path!r} could not be read as an .npz file ({type(e).__name__}: {e}); "
@@ -134,7 +144,7 @@ def _in_memory(name, x_train, y_train, x_test, y_test, num_classes, validation_e
   ids = np.arange(n, dtype=np.int32)
   spec = dict(name=name, num_classes=num_classes, image_shape=tuple(x_train.shape[1:]),
               num_train=n, num_test=len(x_test),
-              train_examples=_examples(tf, _host_slice(x_train[:n]), _host_slice(y_train[:n]), _host_slice(ids)),
+              train_examples=_examples(tf, x_train[:n], y_train[:n], ids), global_order=True,
               test=make(x_test, y_test),
               train_all=lambda: tf.data.Dataset.from_tensor_slices((x_train[:n], y_train[:n], ids)))
   if validation_examples:
@@ -298,16 +308,19 @@ def epoch_seed(seed, stage_index, epoch):
   return int(np.random.SeedSequence([seed, stage_index, epoch]).generate_state(1)[0] >> 1)
 
 
-def _augment(tf, images, seed, index, flip, shift, pad_mode="constant"):
+def _augment(tf, images, seed, index, flip, shift, pad_mode="constant", first=0, total=None):
   """Random flips and shifts (pad by `shift` pixels, zeros or reflected, then crop back) of a
-  batch, drawn statelessly from (seed, batch index)."""
+  batch, drawn statelessly from (seed, batch index). `images` are rows `first`… of a global batch of
+  `total` (default: all of it): each host draws the global batch's randomness and keeps its rows."""
   n, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+  total = n if total is None else total
   key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
   if flip:
-    coin = tf.random.stateless_uniform([n], seed=key) < 0.5
+    coin = tf.random.stateless_uniform([total], seed=key)[first:first + n] < 0.5
     images = tf.where(coin[:, None, None, None], tf.reverse(images, axis=[2]), images)
   if shift:
-    offsets = tf.random.stateless_uniform([n, 2], seed=key + 1, minval=0, maxval=2 * shift + 1, dtype=tf.int32)
+    offsets = tf.random.stateless_uniform([total, 2], seed=key + 1, minval=0, maxval=2 * shift + 1,
+                                          dtype=tf.int32)[first:first + n]
     padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode=pad_mode.upper())
     rows = offsets[:, :1] + tf.range(h)[None]
     cols = offsets[:, 1:] + tf.range(w)[None]
@@ -318,6 +331,8 @@ def _augment(tf, images, seed, index, flip, shift, pad_mode="constant"):
 def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_step=0, shuffle_buffer=50000):
   """Endless numpy batches {image, label, index} for this host, starting at `start_step` of the stage.
 
+  With `data.global_order`, every host shuffles all examples alike and takes its `local_batch` rows
+  of each global batch (host 0 the first rows); else it shuffles and batches its own examples.
   One tf.data pipeline runs across epochs. An epoch's order shuffles example positions with the
   seed of (seed, stage, epoch), the permutation that shuffling the examples themselves gives, and is
   made in the background a whole epoch ahead; a batch gathers its images from memory. So an epoch
@@ -327,21 +342,26 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
   tf = _tf()
   images, labels, ids = data.train_examples
   examples = int(labels.shape[0])
-  if examples < local_batch:
-    raise FitnetsError(f"dataset {data.name!r} has {examples} training examples on host {jax.process_index()}, "
-                       f"fewer than one batch of {local_batch}; lower batch_size.")
+  hosts, host = (jax.process_count(), jax.process_index()) if data.global_order else (1, 0)
+  global_batch = local_batch * hosts
+  if examples < global_batch:
+    where = "in all" if data.global_order else f"on host {jax.process_index()}"
+    raise FitnetsError(f"dataset {data.name!r} has {examples} training examples {where}, fewer than one batch "
+                       f"of {global_batch}; lower batch_size.")
   first_epoch, offset = divmod(start_step, steps_per_epoch)
   buffer = max(1, min(shuffle_buffer, data.num_train))
 
   def epoch_order(seed_e, skip):
     order = tf.data.Dataset.range(examples).shuffle(buffer, seed=seed_e, reshuffle_each_iteration=False)
-    order = order.batch(local_batch, drop_remainder=True).take(steps_per_epoch).enumerate().skip(skip)
-    return order.map(lambda index, positions: (seed_e, index, positions))
+    order = order.batch(global_batch, drop_remainder=True).take(steps_per_epoch).enumerate().skip(skip)
+    rows = slice(host * local_batch, (host + 1) * local_batch)
+    return order.map(lambda index, positions: (seed_e, index, positions[rows]))
 
   def prepare(seed_e, index, positions):
     batch = data.normalize(tf.cast(tf.gather(images, positions), tf.float32) / 255.0)
     if data.augmented:
-      batch = _augment(tf, batch, seed_e, index, data.augment_flip, data.augment_shift, data.augment_pad_mode)
+      batch = _augment(tf, batch, seed_e, index, data.augment_flip, data.augment_shift, data.augment_pad_mode,
+                       first=host * local_batch, total=global_batch)
     return {"image": batch, "label": tf.gather(labels, positions), "index": tf.gather(ids, positions)}
 
   for epoch in itertools.count(first_epoch, EPOCHS_PER_PIPELINE):

@@ -5,14 +5,13 @@ anything is written to the workdir.
 
 import dataclasses
 import json
-import os
 from typing import Any, Optional
 
 import jax
 import ml_collections
 from jax.sharding import AxisType
 
-from fitnets_jax import checkpoint, data, methods, teacher_cache
+from fitnets_jax import checkpoint, data, files, methods, teacher_cache
 from fitnets_jax.config import SAFE_TO_CHANGE, changed_keys, check_types
 from fitnets_jax.errors import FitnetsError, check, one_of
 from fitnets_jax.methods.base import COMPUTE_DTYPES, Context, build_network, network_entry, supervised_stage
@@ -44,7 +43,10 @@ class Experiment:
 
   @property
   def local_eval_batch(self):
-    return self.config.eval_batch_size // jax.process_count()
+    """This host's part of an evaluation batch: eval_batch_size rounded up to a multiple of the device
+    count, so any count works (the padding is masked out of the metrics)."""
+    devices = self.mesh.size
+    return -(-self.config.eval_batch_size // devices) * devices // jax.process_count()
 
 
 def _positive_int(config, key):
@@ -71,29 +73,31 @@ def make_mesh(config):
                            f"{devices[0].platform} × {len(devices)}. Use 0 for all of them.")
   check(jax.process_count() == 1 or n == len(devices),
         f"num_devices={config.num_devices}: a multi-host run must use every device (num_devices=0).")
-  for key in ("batch_size", "eval_batch_size"):
-    check(config[key] % n == 0, f"{key}={config[key]} is not divisible by the {n} devices the batch is "
-                                f"split over; use a multiple of {n} (or set num_devices).")
+  batch = config.batch_size
+  if batch % n:
+    nearest = [m for m in (batch // n * n, (batch // n + 1) * n) if m > 0]
+    raise FitnetsError(
+        f"batch_size={batch} cannot be split evenly over the {n} devices ({devices[0].platform} × {n}): each "
+        f"device trains on the same number of examples. Use a multiple of {n}, such as "
+        f"{' or '.join(map(str, nearest))}, or set num_devices to a "
+        f"divisor of {batch}. (eval_batch_size may be any size: it is padded.)")
   return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=devices[:n])
 
 
 def check_workdir(workdir):
   check(workdir, "--workdir is required: the folder for checkpoints, metrics and summary.json.")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise FitnetsError(f"--workdir={workdir!r} cannot be created ({e.strerror}); choose a writable folder.") from None
-  check(os.access(workdir, os.W_OK | os.X_OK), f"--workdir={workdir!r} is not writable; choose a writable folder.")
+  files.check_reachable(workdir)
 
 
 def check_same_experiment(config, workdir):
   """Refuses a workdir whose config.json describes another experiment (keys in SAFE_TO_CHANGE aside)."""
-  path = os.path.join(workdir or "", CONFIG_FILE)
-  if not workdir or not os.path.isfile(path):
+  if not workdir:
     return
+  path = files.join(workdir, CONFIG_FILE)
   try:
-    with open(path) as f:
-      saved = json.load(f)
+    if not files.isfile(path):
+      return
+    saved = json.loads(files.read_text(path))
   except (OSError, ValueError) as e:
     raise FitnetsError(f"{path} cannot be read ({e}); it records the experiment this workdir holds. Restore "
                        "it, or use a new --workdir.") from None
@@ -155,6 +159,8 @@ def prepare(config, workdir, synthetic_examples=0):
   `synthetic_examples`, random images of the dataset's shape stand in for it (benchmarks)."""
   check_types(config)
   check_run_keys(config)
+  if workdir and files.is_remote(workdir):   # a bucket that does not answer fails now, not after loading
+    files.check_reachable(workdir, write=False)
   check_same_experiment(config, workdir)
   method = methods.get(config.method)
   mesh = make_mesh(config)

@@ -15,14 +15,13 @@ Features come out through the same `capture_intermediates` filters the losses us
 """
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from fitnets_jax import checkpoint, data, experiment, hints, losses, metrics, report, train
+from fitnets_jax import checkpoint, data, experiment, files, hints, losses, metrics, report, train
 from fitnets_jax import features as features_lib   # `features` below is this module's own function
 from fitnets_jax.errors import check
 from fitnets_jax.methods import base, fsp, kd
@@ -97,7 +96,7 @@ def teacher_variables(run, role="teacher"):
   exp = run.experiment
   check(role in exp.teachers, f"the run in {run.workdir!r} has no teacher {role!r}; its teachers: "
                               f"{', '.join(exp.teachers) or 'none'}.")
-  v = exp.teacher_variables.get(role) or checkpoint.load_teacher(os.path.join(run.workdir, role),
+  v = exp.teacher_variables.get(role) or checkpoint.load_teacher(files.join(run.workdir, role),
                                                                  exp.teachers[role].abstract_variables())
   return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 

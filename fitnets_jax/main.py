@@ -10,12 +10,12 @@ before the first one starts.
 """
 
 import copy
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from fitnets_jax import files
 from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted
 
 def define_flags():
@@ -35,7 +35,7 @@ def seed_runs(config, workdir, n):
       c.teacher.checkpoint = c.teacher.checkpoint.replace("{seed}", str(seed))
       c.teachers = [dict(t, checkpoint=t["checkpoint"].replace("{seed}", str(seed))) if "checkpoint" in t else t
                     for t in c.teachers]
-    runs.append((c, os.path.join(workdir, f"seed_{seed}")))
+    runs.append((c, files.join(workdir, f"seed_{seed}")))
   return runs
 
 
@@ -59,11 +59,17 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO.
-  from fitnets_jax import experiment, train
+  import jax
+  from fitnets_jax import cluster, experiment, train
+  from fitnets_jax import config as config_lib
   config, workdir, seeds = flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.seeds
   try:
     if seeds < 0:
       raise FitnetsError(f"--seeds={seeds} must be ≥ 0 (0: one run with config.seed).")
+    config_lib.check_types(config)
+    cluster.initialize(config)   # before any device is touched: --seeds prepares every seed first
+    if jax.process_index() == 0:
+      print(cluster.describe(), flush=True)
     runs = seed_runs(config, workdir or "", seeds) if seeds else [(config, workdir)]
     if seeds:
       if not workdir:

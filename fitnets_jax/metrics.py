@@ -3,36 +3,28 @@ progress line. Only process 0 writes."""
 
 import datetime
 import json
-import os
 
 import jax
 
-
-def write_atomically(path, text):
-  """Writes `text` to `path` so that a reader (or a restart after a kill) sees the old or the new file."""
-  temporary = f"{path}.tmp"
-  with open(temporary, "w") as f:
-    f.write(text)
-  os.replace(temporary, path)
+from fitnets_jax import files
 
 
 class Writer:
 
   def __init__(self, workdir):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = files.join(workdir, "metrics.jsonl")
     self._tb = None
     if self.enabled:
       import tensorflow as tf
       self._tf = tf
-      self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      self._tb = tf.summary.create_file_writer(files.join(workdir, "tensorboard"))
 
   def write(self, record, global_step):
     """Appends `record` ({stage, step, epoch, split, ...scalars}) to metrics.jsonl and TensorBoard."""
     if not self.enabled:
       return
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    files.append_text(self.path, json.dumps(record) + "\n")
     with self._tb.as_default(step=global_step):
       for key, value in record.items():
         if isinstance(value, (int, float)) and key not in ("step", "epoch"):
@@ -41,17 +33,16 @@ class Writer:
 
   def truncate(self, keep):
     """Drops records logged after the checkpoint a run resumes from (they will be logged again)."""
-    if not self.enabled or not os.path.exists(self.path):
+    if not self.enabled or not files.exists(self.path):
       return
-    with open(self.path) as f:
-      lines = f.read().splitlines()
+    lines = files.read_text(self.path).splitlines()
     records = []
     for line in lines:
       try:
         records.append(json.loads(line))
       except json.JSONDecodeError:   # the last line of a run killed while appending it
         pass
-    write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in records if keep(r)))
+    files.write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in records if keep(r)))
 
   def progress(self, stage, step, total, scalars, images_per_s, seconds_left):
     if not self.enabled:

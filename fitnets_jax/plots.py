@@ -7,7 +7,7 @@ cell's last value is shown). The arrays come from `fitnets_jax.explore` or a run
 
 import numpy as np
 
-from fitnets_jax import metrics
+from fitnets_jax import files, metrics
 
 
 def figure(width, height, rows=1, cols=1, **kwargs):
@@ -19,7 +19,8 @@ def figure(width, height, rows=1, cols=1, **kwargs):
 
 def save(fig, path, dpi=100):
   """Writes `fig` to `path` (PNG by its extension); returns `path`."""
-  fig.savefig(path, dpi=dpi)
+  with files.open(path, "wb") as f:
+    fig.savefig(f, dpi=dpi, format=str(path).rsplit(".", 1)[-1])
   return path
 
 

@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from fitnets_jax import plots
+from fitnets_jax import files, plots
 from fitnets_jax.config import SAFE_TO_CHANGE, flatten
 from fitnets_jax.errors import FitnetsError, check, or_exit
 
@@ -33,26 +33,24 @@ RUN_KEYS = ("seed",) + SAFE_TO_CHANGE + ("teacher.checkpoint",)
 
 def read_run(path):
   """{dir, name, summary, config, metrics} of one finished run; a FitnetsError names what is missing."""
-  files = {}
+  found = {}
   for name in ("summary.json", "config.json"):
-    file = os.path.join(path, name)
-    check(os.path.isfile(file), f"{file} does not exist: {path!r} is not a finished run (a run writes config.json "
-                                "when it starts and summary.json when it ends).")
+    file = files.join(path, name)
+    check(files.isfile(file), f"{file} does not exist: {path!r} is not a finished run (a run writes config.json "
+                              "when it starts and summary.json when it ends).")
     try:
-      with open(file) as f:
-        files[name] = json.load(f)
+      found[name] = json.loads(files.read_text(file))
     except ValueError as e:
       raise FitnetsError(f"{file} is not valid JSON ({e}); pass only finished runs.") from None
   records = []
-  metrics_file = os.path.join(path, "metrics.jsonl")
-  if os.path.isfile(metrics_file):
-    with open(metrics_file) as f:
-      for line in f:
-        try:
-          records.append(json.loads(line))
-        except ValueError:   # a line cut short by a kill
-          pass
-  return {"dir": path, "name": run_name(path), "summary": files["summary.json"], "config": files["config.json"],
+  metrics_file = files.join(path, "metrics.jsonl")
+  if files.isfile(metrics_file):
+    for line in files.read_text(metrics_file).splitlines():
+      try:
+        records.append(json.loads(line))
+      except ValueError:   # a line cut short by a kill
+        pass
+  return {"dir": path, "name": run_name(path), "summary": found["summary.json"], "config": found["config.json"],
           "metrics": records}
 
 
@@ -166,15 +164,15 @@ def write(run_dirs, out):
   for i, run in enumerate(runs):   # distinct file names even for runs named alike
     if names.count(run["name"]) > 1:
       run["name"] = f"{run['name']}_{i + 1}"
-  os.makedirs(out, exist_ok=True)
+  files.makedirs(out)
   rows = rows_of(runs)
-  plots.save(plots.accuracy_vs_macs(rows), os.path.join(out, "accuracy_vs_macs.png"))
+  plots.save(plots.accuracy_vs_macs(rows), files.join(out, "accuracy_vs_macs.png"))
   curves = []
   for run in runs:
     file = f"curves_{re.sub(r'[^A-Za-z0-9_.-]', '_', run['name'])}.png"
     s = run["summary"]
     title = f"{run['name']}: {s['method']}, {s['student']['model']}, seed {s['seed']}"
-    plots.save(plots.curves(run["metrics"], title), os.path.join(out, file))
+    plots.save(plots.curves(run["metrics"], title), files.join(out, file))
     curves.append(f"- `{run['dir']}`: ![{run['name']}]({file})")
   groups = [f"- {r['method']} / {r['model']}: seeds {', '.join(map(str, r['seeds']))} — "
             + ", ".join(f"`{d}`" for d in r["dirs"]) for r in rows if r["kind"] == "student"]
@@ -186,8 +184,7 @@ def write(run_dirs, out):
       markdown_table(rows), "", "## Groups", "", *groups, "",
       "## Accuracy against MACs", "", "![accuracy vs MACs](accuracy_vs_macs.png)", "",
       "## Training curves", "", *curves, ""])
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write(text)
+  files.write_atomically(files.join(out, "report.md"), text)
   return rows
 
 
@@ -198,7 +195,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   rows = or_exit(write, args.runs, args.out)
   print(markdown_table(rows))
-  print(f"Written to {os.path.join(args.out, 'report.md')} with {len(args.runs) + 1} plots.")
+  print(f"Written to {files.join(args.out, 'report.md')} with {len(args.runs) + 1} plots.")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ stage with the same parameters, optimizer state, RNG and data order.
 import collections
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -28,7 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fitnets_jax import checkpoint, compiler, data, experiment, metrics, optim, teacher_cache
+from fitnets_jax import checkpoint, cluster, compiler, data, experiment, files, metrics, optim, teacher_cache
 from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted
 from fitnets_jax.methods import base
 
@@ -240,7 +239,7 @@ class Runner:
     self.names = [s.name for s in exp.stages]
     self.offsets = np.cumsum([0] + [s.num_steps for s in exp.stages]).tolist()
     self.writer = metrics.Writer(workdir)
-    self.checkpoints = checkpoint.RunCheckpoints(os.path.join(workdir, "checkpoints"), self.config.keep_checkpoints,
+    self.checkpoints = checkpoint.RunCheckpoints(files.join(workdir, "checkpoints"), self.config.keep_checkpoints,
                                                 self.offsets[1:])
     self.evaluator = Evaluator(exp)
     # teachers: role → {test_accuracy, validation_accuracy, weight}, measured once the teachers are ready
@@ -287,8 +286,8 @@ class Runner:
             + ("finished" if done else f"at step {meta['stage_step']}/{stage.num_steps}")
             + f" (checkpoint restored in {time.perf_counter() - started:.2f} s)", flush=True)
       return index, meta["stage_step"], state
-    quarantine = os.path.join(self.workdir, "checkpoints_damaged")
-    if damaged or os.path.isdir(quarantine):
+    quarantine = files.join(self.workdir, "checkpoints_damaged")
+    if damaged or files.isdir(quarantine):
       raise FitnetsError(
           f"--workdir={self.workdir!r} has no readable checkpoint left: the unreadable ones are in {quarantine}. "
           "Starting again from step 0 would silently discard the run, so nothing else was changed; to start "
@@ -328,7 +327,7 @@ class Runner:
         params, stats = carried[role]
         v = {"params": params, "batch_stats": stats}
       else:
-        v = exp.teacher_variables.get(role) or checkpoint.load_teacher(os.path.join(self.workdir, role),
+        v = exp.teacher_variables.get(role) or checkpoint.load_teacher(files.join(self.workdir, role),
                                                                        net.abstract_variables())
         v = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
       variables[role] = jax.device_put(jax.device_get(v), replicated(exp.mesh))
@@ -501,7 +500,7 @@ class Runner:
     last = [s for s in exp.stages if s.trains not in exp.teachers and s.evaluate][-1]   # the student's
     stages = {name: {k: v for k, v in r.items() if k != "train_time_s"} for name, r in self.results["stages"].items()}
     teachers = [{"role": role, **net.describe(), **self.results["teachers"].get(role, {}),
-                 "checkpoint": exp.teacher_sources.get(role) or os.path.join(os.path.abspath(self.workdir), role)}
+                 "checkpoint": exp.teacher_sources.get(role) or files.join(files.absolute(self.workdir), role)}
                 for role, net in exp.teachers.items()]
     summary = {
         "method": cfg.method, "dataset": exp.data.name, "seed": cfg.seed,
@@ -517,15 +516,15 @@ class Runner:
     if "teacher_cache" in self.results:
       summary["teacher_cache"] = self.results["teacher_cache"]
     if jax.process_index() == 0:
-      metrics.write_atomically(os.path.join(self.workdir, "summary.json"), json.dumps(summary, indent=2))
+      files.write_atomically(files.join(self.workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
 def run(config, workdir):
   """Validates, then trains every stage of `config.method`; returns (and writes) summary.json."""
-  if config.distributed:
-    jax.distributed.initialize()
+  cluster.initialize(config)
+  cluster.warn_if_accelerator_idle()
   exp = experiment.prepare(config, workdir)
   if jax.process_index() == 0:
-    metrics.write_atomically(os.path.join(workdir, experiment.CONFIG_FILE), config.to_json_best_effort(indent=2))
+    files.write_atomically(files.join(workdir, experiment.CONFIG_FILE), config.to_json_best_effort(indent=2))
   return Runner(exp, workdir).run()

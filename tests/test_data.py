@@ -1,5 +1,6 @@
 """Datasets: the embedded digits, npz validation, TFDS under mock_data, order, padding, ZCA."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -162,5 +163,28 @@ def test_batches_continue_unchanged_across_pipeline_rebuilds(monkeypatch):
 
 def test_a_host_with_fewer_examples_than_a_batch_is_refused_before_any_batch():
   d = data.load(dataset_config(name="digits"))
-  with pytest.raises(FitnetsError, match=r"has 1437 training examples on host 0, fewer than one batch of 2000"):
+  with pytest.raises(FitnetsError, match=r"has 1437 training examples in all, fewer than one batch of 2000"):
     next(data.train_batches(d, 2000, 1, seed=0, stage_index=0))
+  per_host = dataclasses.replace(d, global_order=False)   # as a TFDS split read per host
+  with pytest.raises(FitnetsError, match=r"has 1437 training examples on host 0, fewer than one batch of 2000"):
+    next(data.train_batches(per_host, 2000, 1, seed=0, stage_index=0))
+
+
+def test_hosts_feed_their_rows_of_one_global_batch(monkeypatch):
+  """In-memory data, 2 hosts: host 0's and host 1's batches, stacked, are the 1-host batches bit for bit
+  (examples, labels, flips and shifts), over an epoch boundary and from a resumed step."""
+  d = data.load(dataset_config(name="digits", flip=True, shift=2))
+  spe, batch = d.num_train // 64, 64
+  take = lambda local, start=0: list(itertools.islice(
+      data.train_batches(d, local, spe, seed=7, stage_index=2, start_step=start), spe + 2))
+  one_host = take(batch)
+  monkeypatch.setattr(data.jax, "process_count", lambda: 2)
+  hosts = []
+  for index in (0, 1):
+    monkeypatch.setattr(data.jax, "process_index", lambda index=index: index)
+    hosts.append(take(batch // 2))
+  for step, whole in enumerate(one_host):
+    for key in ("image", "label", "index"):
+      np.testing.assert_array_equal(np.concatenate([hosts[0][step][key], hosts[1][step][key]]), whole[key])
+  monkeypatch.setattr(data.jax, "process_index", lambda: 1)
+  np.testing.assert_array_equal(take(batch // 2, start=spe - 1)[0]["image"], one_host[spe - 1]["image"][batch // 2:])

@@ -14,21 +14,40 @@ from fitnets_jax import train
 from helpers import final_state, read_metrics, without_timing
 
 
+# How closely 1, 2 and 4 devices agree, and why. On N devices the batch's sums (the loss mean, the
+# batch-norm statistics, the gradient all-reduce) are added in another order, and how float32 sums
+# reassociate also depends on the CPU's vector width. So:
+#  - bit for bit: the logged records (stage, step, split, keys) and the skipped steps;
+#  - each stage's first step: to 1e-5 relative. Its inputs differ only by reassociated float32 sums
+#    (≈ log2(32) · 6e-8 ≈ 3e-7 for one mean over 32 examples; measured ≤ 6e-7 with AVX2 and SSE4.2);
+#  - later steps: to 1e-2 relative. Maxout's max and max-norm clipping are not smooth: a last-bit
+#    difference can pick another piece for one example and route its gradient elsewhere, a jump
+#    that later steps carry (measured: KD losses 2.4e-4 apart after 8 steps with AVX2, 1e-7 with
+#    SSE4.2). A wrong batch order or per-device statistics moves a step's loss by far more than 1 %;
+#  - accuracies: argmax over nearly tied logits (a student 8 steps into training) may flip for a few
+#    examples: 2 of one 32-example batch, 2 % of the 360 test images (measured: 2 test images).
+FIRST_STEP_RTOL, STEP_RTOL, BATCH_ACCURACY_ATOL, TEST_ACCURACY_ATOL = 1e-5, 1e-2, 2 / 32, 0.02
+
+
 def test_one_two_and_four_devices_give_the_same_numbers(tmp_path):
-  """Teacher, hint and KD stages on 1, 2 and 4 devices (batch and BatchNorm statistics sharded):
-  the same losses to float32 reduction-order noise (measured: ≤ 1e-6 relative over these steps)."""
+  """Teacher, hint and KD stages on 1, 2 and 4 devices (batch and BatchNorm statistics sharded)."""
   runs = {}
   for n in (1, 2, 4):
-    train.run(tiny_digits(teacher=12, hint=4, student=8, num_devices=n, **{"dataset.flip": True}),
-              str(tmp_path / f"d{n}"))
+    train.run(tiny_digits(teacher=12, hint=4, student=8, num_devices=n, log_every_steps=1,
+                          **{"dataset.flip": True}), str(tmp_path / f"d{n}"))
     runs[n] = read_metrics(str(tmp_path / f"d{n}"))
   for n in (2, 4):
-    assert len(runs[1]) == len(runs[n])
+    assert [(r["stage"], r["step"], r["split"], sorted(r)) for r in runs[n]] == \
+        [(r["stage"], r["step"], r["split"], sorted(r)) for r in runs[1]]
     for one, other in zip(runs[1], runs[n]):
-      assert (one["stage"], one["step"], one["split"]) == (other["stage"], other["step"], other["split"])
-      for key in ("loss", "hint", "accuracy"):
+      assert other.get("skipped_steps") == one.get("skipped_steps")
+      for key in ("loss", "hint", "kd"):
         if key in one:
-          assert other[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), (n, one, other)
+          rtol = FIRST_STEP_RTOL if one["step"] == 1 else STEP_RTOL
+          assert other[key] == pytest.approx(one[key], rel=rtol), (n, key, one, other)
+      if "accuracy" in one:
+        atol = BATCH_ACCURACY_ATOL if one["split"] == "train" else TEST_ACCURACY_ATOL
+        assert other["accuracy"] == pytest.approx(one["accuracy"], abs=atol), (n, one, other)
 
 
 def test_resume_reaches_the_same_parameters_as_an_uninterrupted_run(tmp_path):
