@@ -33,15 +33,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from fitnets_jax import compiler, data, experiment, files, teacher_cache, train
+from fitnets_jax import config as config_lib
 from fitnets_jax.errors import FitnetsError, or_exit
 from fitnets_jax.methods.base import cast_floats
 
 def define_flags():
   """The command line's flags (defined only when run as a program, so the module imports anywhere)."""
-  config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.", lock_config=True)
+  config_lib.define_config_flag()
   flags.DEFINE_string("workdir", "runs/benchmark", "Where benchmark.json is written.")
   flags.DEFINE_integer("warmup_steps", 3, "Steps run before timing (after compilation).")
   flags.DEFINE_integer("timed_steps", 20, "Steps timed one by one, and again as a loop.")
@@ -126,7 +126,7 @@ def stage_teacher(exp, rng):
       v = {"params": params, "batch_stats": stats}
     variables[role] = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
   variables["mu"] = np.full(len(exp.teachers), 1.0 / max(1, len(exp.teachers)), np.float32)
-  return jax.device_put(variables, train.replicated(exp.mesh))
+  return train.replicate(variables, exp.mesh)
 
 
 def _percentiles(seconds):
@@ -152,7 +152,7 @@ def measure_stage(exp, index, teacher, warmup, timed, peak):
   if reference is not None:
     net = exp.teachers.get(stage.trains, exp.student)
     params, stats = net.init(rng)
-    ref_state = jax.device_put((params, stats, stage.tx.init(params)), train.replicated(exp.mesh))
+    ref_state = train.replicate((params, stats, stage.tx.init(params)), exp.mesh)
     ref_teachers = [teacher[r] for r in exp.teachers] if stage.uses_teacher else []
     ref_args = lambda b: (ref_teachers, b["image"], b["label"], rng)
     ref_lowered = reference.lower(*ref_state, *ref_args(batch))
@@ -217,7 +217,7 @@ def cached_step_ms(exp, index, teacher, warmup, timed):
     return None
   tables, _ = teacher_cache.build(exp.teachers, teacher, teacher_cache.needed_layers(exp.stages), exp.data,
                                   exp.config.eval_batch_size, exp.config.teacher.cache_budget_mb)
-  with_cache = dict(teacher, cache=jax.device_put(tables, train.replicated(exp.mesh)))
+  with_cache = dict(teacher, cache=train.replicate(tables, exp.mesh))
   return measure_stage(exp, index, with_cache, warmup, timed, 1.0)["step_ms"]
 
 

@@ -5,9 +5,11 @@ override anything and a typo fails with a "did you mean" suggestion.
 """
 
 import difflib
+import importlib.resources
 import importlib.util
 import json
 import os
+import sys
 
 import ml_collections
 
@@ -155,7 +157,8 @@ def base_config():
 
 # Keys a run may change when it resumes in an existing workdir: they decide how often to log,
 # evaluate and save, how many checkpoints to keep, how the fixed global batch is spread over
-# devices (1 and N devices compute the same numbers), where the data lies, and what a NaN does.
+# devices and hosts (they compute the same numbers, to the order of float sums), where the data lies,
+# how the hosts find each other, and what a NaN does.
 # Any other difference means another experiment, and the run refuses to resume.
 SAFE_TO_CHANGE = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
                   "num_devices", "distributed", "eval_batch_size", "on_nan", "dataset.data_dir", "dataset.download",
@@ -202,12 +205,38 @@ def changed_keys(saved, config):
           if k not in SAFE_TO_CHANGE and before.get(k, "unset") != now.get(k, "unset")]
 
 
+def packaged(path):
+  """`path` as given, or, when it is a relative `configs/NAME.py[:arg]` that the current folder lacks,
+  the same file shipped inside the installed package: the configs work from any folder."""
+  file, sep, arg = path.partition(".py:")
+  file = file + ".py" if sep else file
+  if os.path.isabs(file) or files.is_remote(file) or files.isfile(file) or \
+     os.path.dirname(os.path.normpath(file)) != "configs":
+    return path
+  shipped = importlib.resources.files("fitnets_jax.configs") / os.path.basename(file)
+  return (str(shipped) + (f":{arg}" if sep else "")) if shipped.is_file() else path
+
+
+def define_config_flag():
+  """Every command line's --config flag (`--config file.py[:arg]`, `--config.key=value`), with a
+  relative configs/NAME.py found in the package when the current folder has none."""
+  from ml_collections import config_flags
+  argv = sys.argv
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      argv[i] = "--config=" + packaged(arg[len("--config="):])
+    elif arg == "--config" and i + 1 < len(argv):
+      argv[i + 1] = packaged(argv[i + 1])
+  config_flags.DEFINE_config_file("config", packaged("configs/digits.py"), "Experiment config file.",
+                                  lock_config=True)
+
+
 def load(path, overrides=None):
   """The config in a config file, as `--config=path` loads it (`path:arg` calls get_config(arg)), with
   `overrides` applied as `--config.key=value` would: {"method": "kd", "stages.student.epochs": 5}. The
   result is locked, so a misspelt key fails. For notebooks and scripts:
   `fitnets_jax.run(config.load("configs/digits.py"), workdir)`."""
-  file, sep, arg = path.partition(".py:")
+  file, sep, arg = packaged(path).partition(".py:")
   file = file + ".py" if sep else file
   if not (file.endswith(".py") and not files.is_remote(file) and files.isfile(file)):
     raise FitnetsError(f"config file {file!r} does not exist or is not a .py file; pass a file with get_config(), "

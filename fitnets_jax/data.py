@@ -95,7 +95,7 @@ def npz_arrays(path, num_classes=0):
   check(files.isfile(path), f"dataset.path={path!r} does not exist or is not a file; it must be an "
                             f".npz holding {', '.join(NPZ_KEYS)}.")
   try:
-    with files.open(path, "rb") as raw, np.load(raw, allow_pickle=False) as f:
+    with files.open_path(path, "rb") as raw, np.load(raw, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
   except Exception as e:  # zipfile/pickle/format errors all mean the same to a user.
     raise FitnetsError(f"dataset.path={path!r} could not be read as an .npz file ({type(e).__name__}: {e}); "

@@ -25,7 +25,7 @@ def is_remote(p):
 
 def path(p):
   """`p` as an `epath.Path` (local paths made absolute, so a later chdir cannot move a run)."""
-  return epath.Path(p) if is_remote(p) else epath.Path(os.path.abspath(os.fspath(p)))
+  return epath.Path(p) if is_remote(p) else epath.Path(os.path.normpath(os.path.join(os.getcwd(), os.fspath(p))))
 
 
 def join(p, *parts):
@@ -60,7 +60,7 @@ def makedirs(p):
   path(p).mkdir(parents=True, exist_ok=True)
 
 
-def open(p, mode="r"):  # noqa: A001  (the layer's own open)
+def open_path(p, mode="r"):
   return path(p).open(mode)
 
 

@@ -9,16 +9,16 @@ the exit heads too), with output shapes, parameters and MACs, their sections, an
 import jax
 import numpy as np
 from absl import app, logging
-from ml_collections import config_flags
 
 from fitnets_jax import experiment, features, hints, methods
+from fitnets_jax import config as config_lib
 from fitnets_jax.data import SHAPES, load as load_data
 from fitnets_jax.errors import or_exit
 from fitnets_jax.methods import byot
 
 def define_flags():
   """The command line's flags (defined only when run as a program, so the module imports anywhere)."""
-  config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.", lock_config=True)
+  config_lib.define_config_flag()
 
 
 def report(config):

@@ -13,14 +13,14 @@ import copy
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
+from fitnets_jax import config as config_lib
 from fitnets_jax import files
 from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted
 
 def define_flags():
   """The command line's flags (defined only when run as a program, so the module imports anywhere)."""
-  config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.", lock_config=True)
+  config_lib.define_config_flag()
   flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics.jsonl, summary.json and TensorBoard.")
   flags.DEFINE_integer("seeds", 0, "Run N seeds (config.seed, config.seed+1, …) into <workdir>/seed_<s>; 0: one run.")
 
@@ -61,7 +61,6 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO.
   import jax
   from fitnets_jax import cluster, experiment, train
-  from fitnets_jax import config as config_lib
   config, workdir, seeds = flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.seeds
   try:
     if seeds < 0:

@@ -19,7 +19,7 @@ def figure(width, height, rows=1, cols=1, **kwargs):
 
 def save(fig, path, dpi=100):
   """Writes `fig` to `path` (PNG by its extension); returns `path`."""
-  with files.open(path, "wb") as f:
+  with files.open_path(path, "wb") as f:
     fig.savefig(f, dpi=dpi, format=str(path).rsplit(".", 1)[-1])
   return path
 

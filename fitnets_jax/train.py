@@ -2,9 +2,9 @@
 
 Each stage's step is one `jax.jit` over a 1-D device mesh: the batch is sharded on the `data`
 axis, the state and the frozen teacher are replicated, the old state is donated, and XLA inserts
-the gradient all-reduce, so 1 device and N devices compute the same numbers. A stage trains only
-the leaves its labels mark 'train' (`optax.partition` + `set_to_zero`); frozen leaves pass through
-the step unchanged.
+the gradient all-reduce, so 1 device and N devices compute the same numbers, up to the order of
+float sums (tests/helpers.py says how closely). A stage trains only the leaves its labels mark
+'train' (`optax.partition` + `set_to_zero`); frozen leaves pass through the step unchanged.
 
 Checkpoints (orbax) hold the current stage's state and JSON metadata (stage, step, results so
 far) every `checkpoint_every_steps` and at each stage end; a restarted run resumes in the right
@@ -43,6 +43,18 @@ class TrainState:
 
 def replicated(mesh):
   return NamedSharding(mesh, P())
+
+
+def replicate(tree, mesh):
+  """Host arrays (the same on every process) → arrays replicated over the mesh, as fresh copies
+  (a donated state must not alias arrays anyone else holds). On several hosts each process builds
+  its own devices' copies: `jax.device_put` would first gather every leaf from every process to
+  check that they agree, one collective per leaf (minutes for a network's state)."""
+  sharding = replicated(mesh)
+  host = jax.tree.map(lambda x: np.array(x), jax.device_get(tree))
+  if jax.process_count() == 1:
+    return jax.device_put(host, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(x.shape, sharding, lambda index: x[index]), host)
 
 
 def batch_sharding(mesh):
@@ -187,8 +199,7 @@ def initial_state(stage, tx, rng, carry=None):
 
 def init_state(stage, tx, rng, carry, mesh):
   """The stage's first state, replicated over the mesh."""
-  # Fresh host copies: the donated device state must not alias arrays anyone else holds.
-  return jax.device_put(jax.device_get(initial_state(stage, tx, rng, carry)), replicated(mesh))
+  return replicate(initial_state(stage, tx, rng, carry), mesh)
 
 
 def abstract_state(stage, tx, rng, mesh):
@@ -330,7 +341,7 @@ class Runner:
         v = exp.teacher_variables.get(role) or checkpoint.load_teacher(files.join(self.workdir, role),
                                                                        net.abstract_variables())
         v = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
-      variables[role] = jax.device_put(jax.device_get(v), replicated(exp.mesh))
+      variables[role] = replicate(v, exp.mesh)
       record = self.results["teachers"].setdefault(role, {})
       if record.get("test_accuracy") is None:
         record["test_accuracy"] = self.evaluator.accuracy(net, variables[role]["params"],
@@ -345,11 +356,11 @@ class Runner:
           exp.teachers[r], variables[r]["params"], variables[r]["batch_stats"], split="validation"))
       for r, m in zip(roles, mu):
         self.results["teachers"][r].update(weight=m, validation_accuracy=accuracies[r])
-    variables["mu"] = jax.device_put(np.asarray(mu, np.float32), replicated(exp.mesh))
+    variables["mu"] = replicate(np.asarray(mu, np.float32), exp.mesh)
     if self.config.teacher.cache:
       tables, info = teacher_cache.build(exp.teachers, variables, teacher_cache.needed_layers(exp.stages), exp.data,
                                          self.config.eval_batch_size, self.config.teacher.cache_budget_mb)
-      variables["cache"] = jax.device_put(tables, replicated(exp.mesh))
+      variables["cache"] = replicate(tables, exp.mesh)
       self.results["teacher_cache"] = info
       if self.writer.enabled:
         left_out = f"; over the budget, computed live: {', '.join(info['left_out'])}" if info["left_out"] else ""

@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 
 def read_metrics(workdir):
@@ -14,10 +15,15 @@ def read_metrics(workdir):
 
 
 def final_state(workdir):
-  """The newest checkpoint's state as host numpy arrays."""
+  """The newest checkpoint's state as host numpy arrays (whatever devices or hosts saved it)."""
   directory = os.path.join(workdir, "checkpoints")
   step = max(int(d) for d in os.listdir(directory) if d.isdigit())
-  restored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "state"))
+  path = os.path.join(directory, str(step), "state")
+  with ocp.StandardCheckpointer() as checkpointer:
+    one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+                          checkpointer.metadata(path).item_metadata.tree)
+    restored = checkpointer.restore(path, target)
   return step, jax.tree.map(np.asarray, restored)
 
 
@@ -34,3 +40,57 @@ def write_npz(path, **overrides):
   arrays.update(overrides)
   np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
   return str(path)
+
+
+TIMING = ("compile_s", "wall_time_s", "images_per_s")
+
+
+def comparable_summary(workdir):
+  """summary.json without timings and the workdir-specific teacher path."""
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  for teacher in [summary["teacher"] or {}] + summary["teachers"]:
+    teacher.pop("checkpoint", None)
+  for stage in summary["stages"].values():
+    for key in TIMING:
+      stage.pop(key)
+  return summary
+
+
+def assert_same_run(workdir, reference):
+  (step, want), (got_step, got) = final_state(reference), final_state(workdir)
+  assert got_step == step
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+    np.testing.assert_array_equal(a, b)
+  assert comparable_summary(workdir) == comparable_summary(reference)
+  assert without_timing(read_metrics(workdir)) == without_timing(read_metrics(reference))
+
+
+# How closely runs on 1, 2 and 4 devices, or on 1 and 2 hosts, agree, and why. Spread otherwise, the
+# batch's sums (the loss mean, the batch-norm statistics, the gradient all-reduce) are added in
+# another order, and how float32 sums reassociate also depends on the CPU's vector width. So:
+#  - bit for bit: the logged records (stage, step, split, keys) and the skipped steps;
+#  - each stage's first step: to 1e-5 relative. Its inputs differ only by reassociated float32 sums
+#    (≈ log2(32) · 6e-8 ≈ 3e-7 for one mean over 32 examples; measured ≤ 6e-7 with AVX2 and SSE4.2);
+#  - later steps: to 1e-2 relative. Maxout's max and max-norm clipping are not smooth: a last-bit
+#    difference can pick another piece for one example and route its gradient elsewhere, a jump
+#    that later steps carry (measured: KD losses 2.4e-4 apart after 8 steps with AVX2, 1e-7 with
+#    SSE4.2). A wrong batch order or per-device statistics moves a step's loss by far more than 1 %;
+#  - accuracies: argmax over nearly tied logits (a student 8 steps into training) may flip for a few
+#    examples: 2 of one 32-example batch, 2 % of the 360 test images (measured: 2 test images).
+FIRST_STEP_RTOL, STEP_RTOL, BATCH_ACCURACY_ATOL, TEST_ACCURACY_ATOL = 1e-5, 1e-2, 2 / 32, 0.02
+
+
+def assert_same_numbers(reference, other):
+  """metrics.jsonl records of two runs that differ only in how the batch is spread over devices/hosts."""
+  assert [(r["stage"], r["step"], r["split"], sorted(r)) for r in other] == \
+      [(r["stage"], r["step"], r["split"], sorted(r)) for r in reference]
+  for one, two in zip(reference, other):
+    assert two.get("skipped_steps") == one.get("skipped_steps")
+    for key in ("loss", "hint", "kd"):
+      if key in one:
+        rtol = FIRST_STEP_RTOL if one["step"] == 1 else STEP_RTOL
+        assert two[key] == pytest.approx(one[key], rel=rtol), (key, one, two)
+    if "accuracy" in one:
+      atol = BATCH_ACCURACY_ATOL if one["split"] == "train" else TEST_ACCURACY_ATOL
+      assert two["accuracy"] == pytest.approx(one["accuracy"], abs=atol), (one, two)

@@ -19,31 +19,7 @@ import pytest
 
 from conftest import ROOT, tiny_digits
 from fitnets_jax import FitnetsError, train
-from helpers import final_state, read_metrics, without_timing
-
-TIMING = ("compile_s", "wall_time_s", "images_per_s")
-
-
-def comparable_summary(workdir):
-  """summary.json without timings and the workdir-specific teacher path."""
-  with open(os.path.join(workdir, "summary.json")) as f:
-    summary = json.load(f)
-  for teacher in [summary["teacher"] or {}] + summary["teachers"]:
-    teacher.pop("checkpoint", None)
-  for stage in summary["stages"].values():
-    for key in TIMING:
-      stage.pop(key)
-  return summary
-
-
-def assert_same_run(workdir, reference):
-  (step, want), (got_step, got) = final_state(reference), final_state(workdir)
-  assert got_step == step
-  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-    np.testing.assert_array_equal(a, b)
-  assert comparable_summary(workdir) == comparable_summary(reference)
-  assert without_timing(read_metrics(workdir)) == without_timing(read_metrics(reference))
-
+from helpers import assert_same_run, comparable_summary, final_state, read_metrics, without_timing
 
 def assert_checkpoints_readable(workdir):
   """Every live checkpoint (state and metadata) and a saved teacher restore without error."""
