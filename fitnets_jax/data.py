@@ -18,7 +18,6 @@ host count.
 import dataclasses
 import itertools
 import math
-import os
 from typing import Callable
 
 import jax
@@ -54,7 +53,6 @@ class Data:
   num_test: int
   train_examples: tuple          # (uint8 images, int32 labels, int32 example ids), eager tf tensors: every host's
                                  # examples when `global_order`, else this host's part
-
   test: Callable
   normalize: Callable            # float32 [0, 1] batch (tf) → preprocessed batch
   augment_flip: bool = False

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT, tiny_digits
 from fitnets_jax import FitnetsError, train
-from helpers import assert_same_run, comparable_summary, final_state, read_metrics, without_timing
+from helpers import assert_same_run, comparable_summary, final_state
 
 def assert_checkpoints_readable(workdir):
   """Every live checkpoint (state and metadata) and a saved teacher restore without error."""
