@@ -288,8 +288,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
-  result = or_exit(run, f.config, f.workdir, f.warmup_steps, f.timed_steps,
-                   f.synthetic_examples if f.synthetic else 0, f.stages)
+  result = or_exit(lambda: run(config_lib.from_command_line(f.config), f.workdir, f.warmup_steps, f.timed_steps,
+                               f.synthetic_examples if f.synthetic else 0, f.stages))
   print(table(result))
   print(f"Written to {files.join(f.workdir, 'benchmark.json')}")
 

@@ -7,17 +7,36 @@ Layout in the workdir:
                                             several teachers)
 """
 
+import hashlib
 import json
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 from fitnets_jax import files
-from fitnets_jax.errors import FitnetsError
+from fitnets_jax.errors import FitnetsError, WorkdirWriteError
 
 TEACHER_DIR = "teacher"
 TEACHER_INFO = "teacher.json"
+DIGEST_KEY = "state_sha256"   # in a checkpoint's metadata: the digest of its state's values
+
+
+class DamagedCheckpoint(Exception):
+  """A checkpoint read back without error whose values differ from those that were saved."""
+
+
+def digest(tree):
+  """SHA-256 of a pytree's leaves: their paths, dtypes, shapes and bytes (host copies; a replicated
+  array's one value, whatever devices or hosts hold it)."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(tree)):
+    a = np.ascontiguousarray(leaf)
+    h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape};".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
 
 
 class RunCheckpoints:
@@ -69,18 +88,46 @@ class RunCheckpoints:
     self.manager.reload()
     return target
 
-  def restore(self, step, abstract_state):
-    return self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
+  def restore(self, step, abstract_state, meta):
+    """The state saved at `step`, checked against the digest its metadata recorded at the save (one
+    flipped byte in an array file would otherwise restore silently); raises DamagedCheckpoint."""
+    state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
+    recorded = meta.get(DIGEST_KEY)
+    if recorded is not None and digest(state) != recorded:
+      raise DamagedCheckpoint(f"its state's SHA-256 differs from the one recorded when it was saved ({recorded[:12]}…): "
+                              "an array file was changed on disk")
+    return state
 
   def save(self, step, state, meta):
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    meta=ocp.args.JsonSave(meta)), force=True)
-    self._delete_retired()
+    """Saves (state, meta) at global `step`, with the state's digest in meta; a failed write (disk full,
+    a read-only folder) is a WorkdirWriteError that leaves the earlier checkpoints as they were."""
+    newest = self.manager.latest_step()
+    try:
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                      meta=ocp.args.JsonSave({**meta, DIGEST_KEY: digest(state)})),
+                        force=True)
+      self._delete_retired()
+    except Exception as e:  # noqa: BLE001  (orbax and tensorstore wrap OSErrors in their own types)
+      raise WorkdirWriteError.of(f"the checkpoint at global step {step}", files.join(self.directory, str(step)), e,
+                          newest) from None
 
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def saved_config(workdir):
+  """The config (a dict) recorded in the metadata of `workdir`'s newest readable checkpoint, or None:
+  the same-experiment guard's reference when config.json is gone. Read as a file, without orbax."""
+  directory = files.join(workdir, "checkpoints")
+  for step in sorted((int(d) for d in files.listdir(directory) if d.isdigit()), reverse=True):
+    try:
+      meta = json.loads(files.read_text(files.join(directory, str(step), "meta", "metadata")))
+    except (OSError, ValueError):
+      continue
+    if "config" in meta:
+      return meta["config"]
+  return None
 
 
 def read_state(workdir, step, abstract_state):
@@ -100,11 +147,15 @@ def save_teacher(workdir, role, variables, info):
   """Writes a teacher's variables and `teacher.json` (model, sizes, accuracy) under workdir/<role>
   (workdir/teacher for a run's one teacher, workdir/teacher1, … for `config.teachers`)."""
   directory = files.absolute(files.join(workdir, role))
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(files.path(files.join(directory, "variables")), variables, force=True)
-    checkpointer.wait_until_finished()
-  if jax.process_index() == 0:
-    files.write_atomically(files.join(directory, TEACHER_INFO), json.dumps(info, indent=2))
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(files.path(files.join(directory, "variables")), variables, force=True)
+      checkpointer.wait_until_finished()
+    if jax.process_index() == 0:
+      files.write_atomically(files.join(directory, TEACHER_INFO),
+                             json.dumps({**info, "variables_sha256": digest(variables)}, indent=2))
+  except Exception as e:  # noqa: BLE001
+    raise WorkdirWriteError.of(f"the {role}'s variables", directory, e) from None
 
 
 def teacher_dir(path):
@@ -122,17 +173,31 @@ def teacher_info(path):
   return json.loads(files.read_text(files.join(teacher_dir(path), TEACHER_INFO)))
 
 
-def load_teacher(path, abstract_variables):
-  """Restores teacher variables; a parameter missing or of another shape is a clear error."""
-  directory = files.join(teacher_dir(path), "variables")
-  with ocp.StandardCheckpointer() as checkpointer:
-    restored = checkpointer.restore(files.path(directory))
+def load_teacher(path, abstract_variables, key="teacher.checkpoint"):
+  """Restores teacher variables, checked against the digest in teacher.json; unreadable or damaged
+  files, and a parameter missing or of another shape, are clear errors."""
+  folder = teacher_dir(path)
+  directory = files.join(folder, "variables")
+  recorded = json.loads(files.read_text(files.join(folder, TEACHER_INFO))).get("variables_sha256")
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(files.path(directory))
+  except Exception as e:  # noqa: BLE001  (a missing folder, a truncated file: orbax's and tensorstore's types)
+    raise FitnetsError(
+        f"{key}={path!r}: the teacher's variables in {directory} cannot be read ({type(e).__name__}: "
+        f"{(str(e).strip().splitlines() or [''])[0][:200]}); its {TEACHER_INFO} is there, but the weights are missing "
+        "or damaged. Restore the folder from a copy, or train the teacher again (an empty teacher.checkpoint).") from None
+  if recorded is not None and digest(restored) != recorded:
+    raise FitnetsError(
+        f"{key}={path!r}: the teacher's variables in {directory} differ from those saved (their SHA-256 does not "
+        f"match the one in {TEACHER_INFO}): a file was changed on disk. Restore the folder from a copy, or train the "
+        "teacher again (an empty teacher.checkpoint).")
   want = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(abstract_variables)}
   have = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(restored)}
   for name in sorted(set(want) | set(have)):
     if want.get(name) != have.get(name):
       raise FitnetsError(
-          f"teacher.checkpoint={path!r} does not fit the configured teacher: parameter {name} has shape "
+          f"{key}={path!r} does not fit the configured teacher: parameter {name} has shape "
           f"{have.get(name, 'missing')} in the checkpoint but {want.get(name, 'missing')} in the model. "
           "Set teacher.model to the architecture that was saved (see its teacher.json).")
   return restored

@@ -4,12 +4,14 @@ A run is described by one locked `ml_collections.ConfigDict`, so `--config.key=v
 override anything and a typo fails with a "did you mean" suggestion.
 """
 
+import ast
 import difflib
 import importlib.resources
 import importlib.util
 import json
 import os
 import sys
+import traceback
 
 import ml_collections
 
@@ -217,25 +219,79 @@ def packaged(path):
   return (str(shipped) + (f":{arg}" if sep else "")) if shipped.is_file() else path
 
 
+COMMAND_LINE_OVERRIDES = []   # (key, text) of the command line's --config.key=value, taken out of sys.argv
+
+
 def define_config_flag():
-  """Every command line's --config flag (`--config file.py[:arg]`, `--config.key=value`), with a
-  relative configs/NAME.py found in the package when the current folder has none."""
-  from ml_collections import config_flags
-  argv = sys.argv
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      argv[i] = "--config=" + packaged(arg[len("--config="):])
+  """Every command line's `--config file.py[:arg]` flag (a relative configs/NAME.py is found in the package
+  when the current folder has none). The `--config.key=value` overrides are taken out of `sys.argv`
+  here, before the flags are parsed, and applied by `from_command_line` with this project's one-paragraph
+  errors (a misspelt key names the key it resembles)."""
+  from absl import flags
+  argv, kept = sys.argv, sys.argv[:1]
+  i = 1
+  while i < len(argv):
+    arg = argv[i]
+    if arg.startswith("--config."):
+      key, sep, text = arg[len("--config."):].partition("=")
+      if not sep:
+        if i + 1 == len(argv) or argv[i + 1].startswith("--"):
+          print(f"error: --config.{key} needs a value: --config.{key}=VALUE.", file=sys.stderr)
+          sys.exit(2)
+        i, text = i + 1, argv[i + 1]
+      COMMAND_LINE_OVERRIDES.append((key, text))
+    elif arg.startswith("--config="):
+      kept.append("--config=" + packaged(arg[len("--config="):]))
     elif arg == "--config" and i + 1 < len(argv):
-      argv[i + 1] = packaged(argv[i + 1])
-  config_flags.DEFINE_config_file("config", packaged("configs/digits.py"), "Experiment config file.",
-                                  lock_config=True)
+      kept += [arg, packaged(argv[i + 1])]
+      i += 1
+    else:
+      kept.append(arg)
+    i += 1
+  sys.argv[:] = kept
+  flags.DEFINE_string("config", packaged("configs/digits.py"), "Experiment config file: configs/NAME.py[:arg]; "
+                      "--config.key=value overrides any key.")
 
 
-def load(path, overrides=None):
-  """The config in a config file, as `--config=path` loads it (`path:arg` calls get_config(arg)), with
-  `overrides` applied as `--config.key=value` would: {"method": "kd", "stages.student.epochs": 5}. The
-  result is locked, so a misspelt key fails. For notebooks and scripts:
-  `fitnets_jax.run(config.load("configs/digits.py"), workdir)`."""
+def from_command_line(path, overrides=None):
+  """The config of `--config=path` with the command line's `--config.key=value` overrides (`overrides`:
+  [(key, text)], by default those of `define_config_flag`), each text read as the type of the value it
+  replaces: `true`/`false` for booleans, numbers, a string as written, a Python literal for lists."""
+  config = _load_file(path)
+  typed = {}
+  for key, text in COMMAND_LINE_OVERRIDES if overrides is None else overrides:
+    node, leaf = _node(config, key, path, f"--config.{key}={text}")
+    typed[key] = _parse(key, text, node[leaf])
+  return apply_overrides(config, typed, path)
+
+
+def _parse(key, text, current):
+  """The command-line `text` for `key`, as the type of its current value."""
+  where = f"--config.{key}={text}"
+  if isinstance(current, bool):
+    if text.lower() in ("true", "1", "yes"):
+      return True
+    if text.lower() in ("false", "0", "no"):
+      return False
+    raise FitnetsError(f"{where}: {key} is a boolean; write true or false.")
+  if isinstance(current, (int, float)):
+    try:
+      return int(text) if isinstance(current, int) else float(text)
+    except ValueError:
+      raise FitnetsError(f"{where}: {key} is {'an integer' if isinstance(current, int) else 'a number'} "
+                         f"(it is {current!r} now).") from None
+  if isinstance(current, str):
+    return text
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise FitnetsError(f"{where}: {key} holds {type(current).__name__} values; write a Python literal, such as "
+                       f"{current!r}.") from None
+
+
+def _load_file(path):
+  """The locked ConfigDict that `get_config` in a config file returns; a file that is missing, fails to
+  run, or returns something else is one FitnetsError paragraph."""
   file, sep, arg = packaged(path).partition(".py:")
   file = file + ".py" if sep else file
   if not (file.endswith(".py") and not files.is_remote(file) and files.isfile(file)):
@@ -243,24 +299,58 @@ def load(path, overrides=None):
                        "such as configs/digits.py (relative to the current folder, or absolute).")
   spec = importlib.util.spec_from_file_location(f"fitnets_config_{os.path.basename(file)[:-3]}", file)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise FitnetsError(f"config file {file!r} defines no get_config(); every file in configs/ shows the form.")
-  config = module.get_config(arg) if arg else module.get_config()
+  try:
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+      raise FitnetsError(f"config file {file!r} defines no get_config(); every file in configs/ shows the form.")
+    config = module.get_config(arg) if arg else module.get_config()
+  except FitnetsError:
+    raise
+  except Exception as e:  # noqa: BLE001  (whatever the user's file raises)
+    line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == file), None)
+    raise FitnetsError(f"config file {file!r} failed{f' at line {line}' if line else ''} while "
+                       f"{'running get_config' if hasattr(module, 'get_config') else 'loading'} "
+                       f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}); fix the file, or "
+                       "start from one in configs/.") from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    called = f"get_config({arg!r})" if arg else "get_config()"
+    raise FitnetsError(f"config file {file!r}: {called} returned {type(config).__name__}, "
+                       "not an ml_collections.ConfigDict; end it with `return config` (configs/digits.py shows the "
+                       "form).")
   config.lock()
+  return config
+
+
+def _node(config, key, file, what):
+  """(the ConfigDict holding dotted `key`'s last part, that part); a part that is not a key is one
+  paragraph naming the closest valid key."""
+  node, parts = config, key.split(".")
+  for i, part in enumerate(parts):
+    valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+    if part not in valid:
+      close = difflib.get_close_matches(part, valid, n=1)
+      raise FitnetsError(f"{what}: {'.'.join(parts[:i + 1])!r} is not a key of the config in {file!r}"
+                         f"{f' (did you mean {close[0]!r}?)' if close else ''}; valid there: "
+                         f"{', '.join(valid) or 'none, it is a value'}.")
+    if i < len(parts) - 1:
+      node = node[part]
+  return node, parts[-1]
+
+
+def apply_overrides(config, overrides, file="the config"):
+  """`config` with {dotted key: value} set, each key checked as `--config.key=value` would be."""
   for key, value in (overrides or {}).items():
-    node, parts = config, key.split(".")
-    for i, part in enumerate(parts):
-      valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-      if part not in valid:
-        close = difflib.get_close_matches(part, valid, n=1)
-        raise FitnetsError(f"override {key}={value!r}: {'.'.join(parts[:i + 1])!r} is not a key of the config in "
-                           f"{file!r}{f' (did you mean {close[0]!r}?)' if close else ''}; valid there: "
-                           f"{', '.join(valid) or 'none, it is a value'}.")
-      if i < len(parts) - 1:
-        node = node[part]
+    node, leaf = _node(config, key, file, f"override {key}={value!r}")
     try:
-      node[parts[-1]] = value
+      node[leaf] = value
     except (TypeError, ValueError) as e:
       raise FitnetsError(f"override {key}={value!r} has the wrong type for the config in {file!r}: {e}.") from None
   return config
+
+
+def load(path, overrides=None):
+  """The config in a config file, as `--config=path` loads it (`path:arg` calls get_config(arg)), with
+  `overrides` applied as `--config.key=value` would: {"method": "kd", "stages.student.epochs": 5}. The
+  result is locked, so a misspelt key fails. For notebooks and scripts:
+  `fitnets_jax.run(config.load("configs/digits.py"), workdir)`."""
+  return apply_overrides(_load_file(path), overrides, path)

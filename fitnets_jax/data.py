@@ -16,8 +16,13 @@ host count.
 """
 
 import dataclasses
+import gzip
+import importlib.util
+import io
 import itertools
 import math
+import os
+import sys
 from typing import Callable
 
 import jax
@@ -71,16 +76,26 @@ class Data:
 # --------------------------------------------------------------------------- sources
 
 
+def _sklearn_file(*parts):
+  """A file shipped inside the installed scikit-learn package (found without importing it)."""
+  spec = importlib.util.find_spec("sklearn")
+  check(spec is not None and spec.origin, "dataset.name='digits' needs scikit-learn, whose package holds the digits; "
+                                          "pip install scikit-learn (requirements.txt pins it).")
+  return files.join(os.path.dirname(spec.origin), *parts)
+
+
 def digits_arrays():
   """scikit-learn's digits as uint8 NHWC images with a fixed split.
 
   The 1,797 images are permuted once with numpy's RandomState(0); the first 1,437 are the
   training split, the last 360 the test split. Pixel values 0..16 are scaled to 0..255.
+  The table is read from scikit-learn's data folder as `load_digits` reads it, without importing
+  scikit-learn (a 1–3 s import).
   """
-  from sklearn.datasets import load_digits
-  digits = load_digits()
-  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-  labels = digits.target.astype(np.int32)
+  table = np.loadtxt(io.BytesIO(gzip.decompress(files.read_bytes(_sklearn_file("datasets", "data", "digits.csv.gz")))),
+                     delimiter=",")
+  images = np.round(table[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = table[:, -1].astype(np.int32)
   order = np.random.RandomState(0).permutation(len(labels))
   train, test = order[:DIGITS_TRAIN], order[DIGITS_TRAIN:]
   return images[train], labels[train], images[test], labels[test]
@@ -297,8 +312,29 @@ def load(cfg, synthetic_examples=0):
   check(cfg.pad_mode != "reflect" or cfg.shift < min(spec["image_shape"][:2]),
         f"dataset.shift={cfg.shift} with pad_mode='reflect' needs a shift smaller than the "
         f"{spec['image_shape'][0]}×{spec['image_shape'][1]} images; lower dataset.shift.")
-  return Data(**spec, normalize=fit_normalizer(cfg, sample), augment_flip=cfg.flip, augment_shift=cfg.shift,
+  normalize = fit_normalizer(cfg, sample)
+  warn_if_uninformative(cfg, spec["image_shape"], sample, normalize)
+  return Data(**spec, normalize=normalize, augment_flip=cfg.flip, augment_shift=cfg.shift,
               augment_pad_mode=cfg.pad_mode)
+
+
+def warn_if_uninformative(cfg, image_shape, sample, normalize, probe_examples=512):
+  """Warns (process 0) when the network would see nothing to learn from: training images that are all
+  the same after preprocessing (constant images, or 1×1 ones under per-image GCN), or 1×1 images."""
+  if jax.process_index() != 0:
+    return
+  tf = _tf()
+  seen = np.asarray(normalize(tf.constant(sample[:probe_examples].astype(np.float32) / 255.0)))
+  problems = []
+  if len(seen) > 1 and float(seen.std(axis=0).max()) < 1e-6:
+    problems.append(f"after dataset.preprocess={cfg.preprocess!r} every training image is the same (the first "
+                    f"{len(seen)} were checked), so the network can learn only how often each class occurs")
+  if tuple(image_shape[:2]) == (1, 1):
+    problems.append("the images are 1×1 pixels, one value per channel, so convolutions and pooling have nothing "
+                    "to work on")
+  if problems:
+    print(f"warning: dataset {cfg.name!r}: {'; and '.join(problems)}. Expect chance accuracy; check the dataset "
+          f"(dataset.path={cfg.path!r}) and dataset.preprocess.", file=sys.stderr, flush=True)
 
 
 def epoch_seed(seed, stage_index, epoch):

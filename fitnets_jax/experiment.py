@@ -5,13 +5,14 @@ anything is written to the workdir.
 
 import dataclasses
 import json
+import os
 from typing import Any, Optional
 
 import jax
 import ml_collections
 from jax.sharding import AxisType
 
-from fitnets_jax import checkpoint, data, files, methods, teacher_cache
+from fitnets_jax import checkpoint, data, files, methods, teacher_cache, workdir_lock
 from fitnets_jax.config import SAFE_TO_CHANGE, changed_keys, check_types
 from fitnets_jax.errors import FitnetsError, check, one_of
 from fitnets_jax.methods.base import COMPUTE_DTYPES, Context, build_network, network_entry, supervised_stage
@@ -85,8 +86,16 @@ def make_mesh(config):
 
 
 def check_workdir(workdir):
+  """Refuses a workdir that cannot be written, leaving none of the folders the probe made (the run
+  creates them once it starts: `--seeds` checks every seed's folder before the first one trains)."""
   check(workdir, "--workdir is required: the folder for checkpoints, metrics and summary.json.")
+  new = files.absolute(workdir)
+  while not files.is_remote(new) and not files.exists(os.path.dirname(new)):
+    new = os.path.dirname(new)
+  made = not files.is_remote(new) and not files.exists(new)
   files.check_reachable(workdir)
+  if made:
+    files.rmtree(new)
 
 
 def check_same_experiment(config, workdir):
@@ -95,18 +104,21 @@ def check_same_experiment(config, workdir):
     return
   path = files.join(workdir, CONFIG_FILE)
   try:
-    if not files.isfile(path):
-      return
-    saved = json.loads(files.read_text(path))
+    saved = json.loads(files.read_text(path)) if files.isfile(path) else None
   except (OSError, ValueError) as e:
     raise FitnetsError(f"{path} cannot be read ({e}); it records the experiment this workdir holds. Restore "
                        "it, or use a new --workdir.") from None
+  what = f"its {CONFIG_FILE}"
+  if saved is None:   # deleted: each checkpoint records the config too
+    saved, what = checkpoint.saved_config(workdir), f"the config its newest checkpoint records ({CONFIG_FILE} is gone)"
+    if saved is None:
+      return
   differences = changed_keys(saved, config)
   if differences:
     shown = ", ".join(f"{k} ({old!r} there, {new!r} now)" for k, old, new in differences[:8])
     more = f" and {len(differences) - 8} more" if len(differences) > 8 else ""
     raise FitnetsError(
-        f"--workdir={workdir!r} holds another experiment: its {CONFIG_FILE} differs in {shown}{more}. "
+        f"--workdir={workdir!r} holds another experiment: {what} differs in {shown}{more}. "
         "Nothing in the workdir was changed. Use a new --workdir, or rerun with the saved values to resume; "
         f"only {', '.join(SAFE_TO_CHANGE)} may change between runs in one workdir.")
 
@@ -151,7 +163,7 @@ def reused_teacher(key, role_cfg, teacher):
   check(info.get("model") == teacher.name,
         f"{key}.checkpoint={role_cfg.checkpoint!r} holds a {info.get('model')!r} teacher but "
         f"{key}.model={teacher.name!r}; set --config.{key}.model={info.get('model')}.")
-  return checkpoint.load_teacher(role_cfg.checkpoint, teacher.abstract_variables())
+  return checkpoint.load_teacher(role_cfg.checkpoint, teacher.abstract_variables(), f"{key}.checkpoint")
 
 
 def prepare(config, workdir, synthetic_examples=0):
@@ -161,6 +173,7 @@ def prepare(config, workdir, synthetic_examples=0):
   check_run_keys(config)
   if workdir and files.is_remote(workdir):   # a bucket that does not answer fails now, not after loading
     files.check_reachable(workdir, write=False)
+  workdir_lock.check_free(workdir)
   check_same_experiment(config, workdir)
   method = methods.get(config.method)
   mesh = make_mesh(config)

@@ -107,6 +107,32 @@ def move(src, dst):
   path(src).rename(path(dst))
 
 
+def try_lock(p):
+  """Local file `p` (created if missing) opened and locked exclusively, or None while another process
+  holds it. The operating system releases the lock when the handle is closed or the process ends,
+  however it ends (flock: POSIX systems)."""
+  import fcntl
+  handle = os.open(absolute(p), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:   # BlockingIOError: held by another process
+    os.close(handle)
+    return None
+  return handle
+
+
+def write_locked(handle, text):
+  """Replaces the contents of the file locked by `try_lock`."""
+  data = text.encode()
+  os.ftruncate(handle, 0)
+  os.pwrite(handle, data, 0)
+  os.fsync(handle)
+
+
+def unlock(handle):
+  os.close(handle)
+
+
 def _within(timeout, fn):
   """`fn()`'s result, or raises its exception, or TimeoutError after `timeout` seconds (the call is
   left running in a daemon thread: a remote filesystem that hangs cannot hang the run)."""

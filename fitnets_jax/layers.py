@@ -60,7 +60,7 @@ def report(config):
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  print(or_exit(report, app.flags.FLAGS.config))
+  print(or_exit(lambda path: report(config_lib.from_command_line(path)), app.flags.FLAGS.config))
 
 
 if __name__ == "__main__":

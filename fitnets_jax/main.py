@@ -10,13 +10,37 @@ before the first one starts.
 """
 
 import copy
+import os
+import signal
 import sys
+
+# TensorFlow serves tf.data and TensorBoard here, never Keras: without this, `import tensorflow`
+# imports Keras (and with it scikit-learn and matplotlib), 3 of its 7–10 s on a 2-core CPU. A
+# program that sets the variable itself, or imports TensorFlow first, keeps its choice.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+
+def stop_during_start_up(signum, frame):
+  """SIGTERM outside the training loop (which saves a checkpoint first): while starting, or between the
+  runs of --seeds. Nothing is lost: every finished stage is saved."""
+  sys.stdout.flush()
+  print("preempted: stopped on SIGTERM outside the training loop (while starting, or between runs); every "
+        "finished stage is saved, nothing was lost. Run the same command again to resume.", file=sys.stderr,
+        flush=True)
+  # At once: an exception raised here could land in a callback that swallows it. What is on disk is
+  # complete (checkpoints and config.json are written atomically), and the OS releases the workdir's lock.
+  os._exit(75)   # errors.Preempted.exit_code
+
+
+if __name__ == "__main__":
+  signal.signal(signal.SIGTERM, stop_during_start_up)   # first: a preemption may come at any moment
 
 from absl import app, flags, logging
 
 from fitnets_jax import config as config_lib
 from fitnets_jax import files
-from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted
+from fitnets_jax.errors import FitnetsError, or_exit
+
 
 def define_flags():
   """The command line's flags (defined only when run as a program, so the module imports anywhere)."""
@@ -55,34 +79,43 @@ def print_summary(summary, workdir):
   print(f"Results in {workdir}: summary.json, metrics.jsonl, tensorboard/, checkpoints/", flush=True)
 
 
+def shared_teachers(config, seeds):
+  """The teacher checkpoints that every one of `seeds` runs would load alike (no `{seed}` in the path)."""
+  paths = [("teacher.checkpoint", config.teacher.checkpoint)] if config.method != "multi_teacher" else []
+  paths += [(f"teachers[{i}].checkpoint", t["checkpoint"]) for i, t in enumerate(config.teachers) if "checkpoint" in t]
+  return [(key, path) for key, path in paths if seeds > 1 and path and "{seed}" not in path]
+
+
+def run_all(config_path, workdir, seeds):
+  """Checks the command line, then trains each run; FitnetsError/RunStopped go to `or_exit`."""
+  if seeds < 0:
+    raise FitnetsError(f"--seeds={seeds} must be ≥ 0 (0: one run with config.seed).")
+  if not workdir:   # before any loading: the other checks need the config, and the config needs nothing heavy
+    raise FitnetsError("--workdir is required: the folder for checkpoints, metrics.jsonl and summary.json "
+                       f"{'(the seeds go to <workdir>/seed_<s>) ' if seeds else ''}, e.g. --workdir runs/digits.")
+  config = config_lib.from_command_line(config_path)
+  config_lib.check_types(config)
+  import jax
+  from fitnets_jax import cluster, experiment, train
+  cluster.initialize(config)   # before any device is touched: --seeds prepares every seed first
+  if jax.process_index() == 0:
+    print(cluster.describe(), flush=True)
+    for key, path in shared_teachers(config, seeds):
+      print(f"note: {key}={path!r} has no {{seed}}, so all {seeds} seeds distil from this one teacher (write "
+            f"{{seed}} in the path to give each seed the teacher trained with its own seed).", flush=True)
+  runs = seed_runs(config, workdir, seeds) if seeds else [(config, workdir)]
+  if seeds:
+    for c, w in runs:   # every seed's bad input fails before the first seed trains
+      experiment.prepare(c, w)
+  for c, w in runs:
+    print_summary(train.run(c, w), w)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO.
-  import jax
-  from fitnets_jax import cluster, experiment, train
-  config, workdir, seeds = flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.seeds
-  try:
-    if seeds < 0:
-      raise FitnetsError(f"--seeds={seeds} must be ≥ 0 (0: one run with config.seed).")
-    config_lib.check_types(config)
-    cluster.initialize(config)   # before any device is touched: --seeds prepares every seed first
-    if jax.process_index() == 0:
-      print(cluster.describe(), flush=True)
-    runs = seed_runs(config, workdir or "", seeds) if seeds else [(config, workdir)]
-    if seeds:
-      if not workdir:
-        raise FitnetsError("--workdir is required: the seeds' runs go to <workdir>/seed_<s>.")
-      for c, w in runs:   # every seed's bad input fails before the first seed trains
-        experiment.prepare(c, w)
-    for c, w in runs:
-      print_summary(train.run(c, w), w)
-  except FitnetsError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except (Preempted, NonFiniteLoss) as e:
-    print(f"{'preempted' if isinstance(e, Preempted) else 'error'}: {e}", file=sys.stderr)
-    sys.exit(e.exit_code)
+  or_exit(run_all, flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.seeds)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import jax
 
 from fitnets_jax import files
+from fitnets_jax.errors import WorkdirWriteError
 
 
 class Writer:
@@ -14,6 +15,7 @@ class Writer:
   def __init__(self, workdir):
     self.enabled = jax.process_index() == 0
     self.path = files.join(workdir, "metrics.jsonl")
+    self.records = 0   # in metrics.jsonl: a checkpoint records the count, so a truncated file is noticed
     self._tb = None
     if self.enabled:
       import tensorflow as tf
@@ -24,17 +26,23 @@ class Writer:
     """Appends `record` ({stage, step, epoch, split, ...scalars}) to metrics.jsonl and TensorBoard."""
     if not self.enabled:
       return
-    files.append_text(self.path, json.dumps(record) + "\n")
-    with self._tb.as_default(step=global_step):
-      for key, value in record.items():
-        if isinstance(value, (int, float)) and key not in ("step", "epoch"):
-          self._tf.summary.scalar(f"{record['stage']}/{record['split']}/{key}", value)
-    self._tb.flush()
+    try:
+      files.append_text(self.path, json.dumps(record) + "\n")
+      with self._tb.as_default(step=global_step):
+        for key, value in record.items():
+          if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+            self._tf.summary.scalar(f"{record['stage']}/{record['split']}/{key}", value)
+      self._tb.flush()
+    except Exception as e:  # noqa: BLE001  (an OSError, or TensorFlow's own error for the same full disk)
+      raise WorkdirWriteError.of("a metrics record", self.path, e) from None
+    self.records += 1
 
   def truncate(self, keep):
-    """Drops records logged after the checkpoint a run resumes from (they will be logged again)."""
+    """Drops records logged after the checkpoint a run resumes from (they will be logged again); returns
+    how many are kept."""
     if not self.enabled or not files.exists(self.path):
-      return
+      self.records = 0
+      return 0
     lines = files.read_text(self.path).splitlines()
     records = []
     for line in lines:
@@ -42,7 +50,10 @@ class Writer:
         records.append(json.loads(line))
       except json.JSONDecodeError:   # the last line of a run killed while appending it
         pass
-    files.write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in records if keep(r)))
+    kept = [r for r in records if keep(r)]
+    files.write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+    self.records = len(kept)
+    return self.records
 
   def progress(self, stage, step, total, scalars, images_per_s, seconds_left):
     if not self.enabled:

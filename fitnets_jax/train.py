@@ -27,8 +27,9 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fitnets_jax import checkpoint, cluster, compiler, data, experiment, files, metrics, optim, teacher_cache
-from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted
+from fitnets_jax import (checkpoint, cluster, compiler, data, experiment, files, metrics, optim, teacher_cache,
+                         workdir_lock)
+from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted, WorkdirWriteError
 from fitnets_jax.methods import base
 
 
@@ -109,14 +110,20 @@ def make_step(stage, tx, labels):
   return step
 
 
-def compile_step(stage, tx, labels, mesh, state, batch, teacher):
-  """AOT-compiles the jitted step; returns (compiled, compile seconds, FLOPs per step)."""
+def lower_step(stage, tx, labels, mesh, state, batch, teacher):
+  """The stage's jitted step, lowered for these arguments (arrays, or ShapeDtypeStructs of them):
+  (lowered, the step function)."""
   rep = replicated(mesh)
   step = make_step(stage, tx, labels)
   jitted = compiler.jit(step, in_shardings=(rep, batch_sharding(mesh), rep), out_shardings=(rep, rep),
                         donate_argnums=0)
+  return jitted.lower(state, batch, teacher), step
+
+
+def compile_step(stage, tx, labels, mesh, state, batch, teacher):
+  """AOT-compiles the jitted step; returns (compiled, compile seconds, FLOPs per step)."""
   start = time.perf_counter()
-  lowered = jitted.lower(state, batch, teacher)
+  lowered, step = lower_step(stage, tx, labels, mesh, state, batch, teacher)
   compiled = lowered.compile()
   seconds = time.perf_counter() - start
   return compiled, seconds, step_flops(lowered, step, (state, batch, teacher))
@@ -156,6 +163,15 @@ def network_accuracy(net):
   return evaluation
 
 
+def stage_evaluation(exp, stage, params, batch_stats):
+  """(key, evaluation, variables) that measure what `stage` trains: its own evaluation of all its
+  variables, or the accuracy of the network it outputs."""
+  if stage.evaluation:
+    return ("stage", stage.name), stage.evaluation, {"params": params, "batch_stats": batch_stats}
+  net = exp.teachers.get(stage.trains, exp.student)
+  return ("network", net.name), network_accuracy(net), base.variables(*stage.output(params, batch_stats))
+
+
 class Evaluator:
   """Test (or validation) metrics, data-parallel, with padded final batches masked out."""
 
@@ -163,7 +179,8 @@ class Evaluator:
     self.exp = exp
     self._steps = {}
 
-  def _step(self, key, evaluation):
+  def step(self, key, evaluation):
+    """The jitted evaluation step: (variables, batch) → ({metric: sum over the batch}, examples)."""
     if key not in self._steps:
       def step(variables, batch):
         values = evaluation(variables, batch["image"], batch["label"])
@@ -175,7 +192,7 @@ class Evaluator:
 
   def metrics(self, key, evaluation, variables, split="test"):
     """{metric: mean over the split} of `evaluation(variables, images, labels)`'s per-example values."""
-    step = self._step(key, evaluation)
+    step = self.step(key, evaluation)
     totals = jax.device_get([step(variables, b) for b in prefetch_to_device(
         data.eval_batches(self.exp.data, self.exp.local_eval_batch, split), self.exp.mesh)])
     count = sum(float(c) for _, c in totals)
@@ -198,8 +215,13 @@ def initial_state(stage, tx, rng, carry=None):
 
 
 def init_state(stage, tx, rng, carry, mesh):
-  """The stage's first state, replicated over the mesh."""
-  return replicate(initial_state(stage, tx, rng, carry), mesh)
+  """The stage's first state, replicated over the mesh: one program compiled for a single run
+  (`compiler.RUN_ONCE_OPTIONS`; op by op, a network's initialisation compiles dozens of small
+  programs), with the values op-by-op execution gives. Its outputs are fresh buffers (a donated
+  state must not alias the carried arrays), and each process computes them for its own devices."""
+  def make(carry):
+    return initial_state(stage, tx, rng, jax.tree.map(jnp.copy, carry))
+  return compiler.jit(make, run_once=True, out_shardings=replicated(mesh))(carry)
 
 
 def abstract_state(stage, tx, rng, mesh):
@@ -285,13 +307,18 @@ class Runner:
       index = meta["stage_index"]
       stage, rng, labels, tx = self.stage_setup(index)
       try:
-        state = self.checkpoints.restore(step, abstract_state(stage, tx, rng, self.exp.mesh))
-      except Exception as e:  # noqa: BLE001
+        state = self.checkpoints.restore(step, abstract_state(stage, tx, rng, self.exp.mesh), meta)
+      except Exception as e:  # noqa: BLE001  (DamagedCheckpoint, or orbax's own errors)
         damaged.append(self.set_aside(step, e))
         continue
       self.results = meta["results"]
       self.pending = [{k: np.float32(v) for k, v in scalars.items()} for scalars in meta.get("pending", [])]
-      self.writer.truncate(lambda r: self.offsets[self.names.index(r["stage"])] + r["step"] <= step)
+      kept = self.writer.truncate(lambda r: self.offsets[self.names.index(r["stage"])] + r["step"] <= step)
+      expected = meta.get("metrics_records")
+      if self.writer.enabled and expected is not None and kept < expected:
+        print(f"warning: {self.writer.path} holds {kept} of the {expected} records written up to global step {step}; "
+              f"{expected - kept} are lost (the file was truncated or edited). The run goes on and logs from here; "
+              "the checkpoints and summary.json are unaffected.", file=sys.stderr, flush=True)
       done = meta["stage_step"] == stage.num_steps
       print(f"Resuming from {self.workdir}: stage {stage.name!r} "
             + ("finished" if done else f"at step {meta['stage_step']}/{stage.num_steps}")
@@ -325,7 +352,9 @@ class Runner:
     round-trip exactly through JSON), so a resumed run logs the same means as an uninterrupted one."""
     return {"stages": self.names, "stage": self.names[index], "stage_index": index,
             "stage_step": stage_step, "results": self.results,
-            "pending": [{k: float(v) for k, v in scalars.items()} for scalars in jax.device_get(list(pending))]}
+            "pending": [{k: float(v) for k, v in scalars.items()} for scalars in jax.device_get(list(pending))],
+            "metrics_records": self.writer.records,   # what a truncated metrics.jsonl is checked against
+            "config": json.loads(self.config.to_json_best_effort())}   # the same-experiment guard's copy
 
   # ------------------------------------------------------------------ teacher
 
@@ -338,8 +367,7 @@ class Runner:
         params, stats = carried[role]
         v = {"params": params, "batch_stats": stats}
       else:
-        v = exp.teacher_variables.get(role) or checkpoint.load_teacher(files.join(self.workdir, role),
-                                                                       net.abstract_variables())
+        v = exp.teacher_variables.get(role) or self.own_teacher(role, net)
         v = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
       variables[role] = replicate(v, exp.mesh)
       record = self.results["teachers"].setdefault(role, {})
@@ -367,6 +395,38 @@ class Runner:
         print(f"Teacher cache: {info['examples']:,} examples, {info['bytes'] / 2**20:.1f} MiB "
               f"(logits, features {info['layers']}) in {info['seconds']:.1f} s{left_out}", flush=True)
     return variables
+
+  def own_teacher(self, role, net):
+    """The variables of a teacher this run trained, after a resume: from workdir/<role>, or, when that
+    folder is gone or damaged, from the teacher stage's last checkpoint (always kept), saved again."""
+    folder = files.join(self.workdir, role)
+    try:
+      return checkpoint.load_teacher(folder, net.abstract_variables())
+    except FitnetsError:
+      problem = "damaged" if files.isfile(files.join(folder, checkpoint.TEACHER_INFO)) else "missing"
+    index = next(i for i, s in enumerate(self.exp.stages) if s.trains == role)
+    step = self.offsets[index + 1]
+    stage, rng, _, tx = self.stage_setup(index)
+    try:
+      state = self.checkpoints.restore(step, abstract_state(stage, tx, rng, self.exp.mesh), self.checkpoints.meta(step))
+    except Exception as e:  # noqa: BLE001
+      raise FitnetsError(
+          f"The {role} this run trained is lost: {folder} is {problem}, and the {stage.name!r} stage's last checkpoint "
+          f"(global step {step} in {self.checkpoints.directory}), which also holds it, cannot be read "
+          f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}). Nothing was changed; restore "
+          f"{folder} from a copy, or start over in a new --workdir.") from None
+    params, stats = stage.output(state.params, state.batch_stats)
+    variables = jax.device_get({"params": params, "batch_stats": stats})
+    checkpoint.save_teacher(self.workdir, role, variables, self.teacher_info(role, stage.name))
+    print(f"warning: {folder} was {problem}; the {role} was recovered from the {stage.name!r} stage's last "
+          f"checkpoint (global step {step}) and saved there again.", file=sys.stderr, flush=True)
+    return variables
+
+  def teacher_info(self, role, stage_name):
+    """teacher.json of a teacher this run trained: its model, sizes, test accuracy and data."""
+    exp = self.exp
+    return {**exp.teachers[role].describe(), "test_accuracy": self.results["stages"][stage_name]["test_accuracy"],
+            "dataset": exp.data.name, "num_classes": exp.data.num_classes, "image_shape": list(exp.data.image_shape)}
 
   # ------------------------------------------------------------------ stages
 
@@ -463,9 +523,7 @@ class Runner:
       self.results["teachers"].setdefault(stage.trains, {})["test_accuracy"] = record["test_accuracy"]
       params, stats = stage.output(state.params, state.batch_stats)
       checkpoint.save_teacher(self.workdir, stage.trains, jax.device_get({"params": params, "batch_stats": stats}),
-                              {**exp.teachers[stage.trains].describe(), "test_accuracy": record["test_accuracy"],
-                               "dataset": exp.data.name, "num_classes": exp.data.num_classes,
-                               "image_shape": list(exp.data.image_shape)})
+                              self.teacher_info(stage.trains, stage.name))
     record["wall_time_s"] = wall()
     self.checkpoints.save(self.offsets[index] + stage.num_steps, state, self.meta(index, stage.num_steps))
     return state
@@ -491,12 +549,7 @@ class Runner:
 
   def evaluate(self, index, stage, state, done):
     """The stage's test metrics ({"accuracy": …, and any the stage's evaluation adds}), logged."""
-    if stage.evaluation:
-      values = self.evaluator.metrics(("stage", stage.name), stage.evaluation,
-                                      {"params": state.params, "batch_stats": state.batch_stats})
-    else:
-      net = self.exp.teachers.get(stage.trains, self.exp.student)
-      values = {"accuracy": self.evaluator.accuracy(net, *stage.output(state.params, state.batch_stats))}
+    values = self.evaluator.metrics(*stage_evaluation(self.exp, stage, state.params, state.batch_stats))
     self.writer.write({"stage": stage.name, "step": done, "epoch": round(done / self.exp.steps_per_epoch, 4),
                        "split": "test", **values}, self.offsets[index] + done)
     if self.writer.enabled:
@@ -532,10 +585,15 @@ class Runner:
 
 
 def run(config, workdir):
-  """Validates, then trains every stage of `config.method`; returns (and writes) summary.json."""
+  """Validates, then trains every stage of `config.method` holding the workdir's lock; returns (and
+  writes) summary.json."""
   cluster.initialize(config)
   cluster.warn_if_accelerator_idle()
   exp = experiment.prepare(config, workdir)
-  if jax.process_index() == 0:
-    files.write_atomically(files.join(workdir, experiment.CONFIG_FILE), config.to_json_best_effort(indent=2))
-  return Runner(exp, workdir).run()
+  with workdir_lock.WorkdirLock(workdir):
+    if jax.process_index() == 0:
+      try:
+        files.write_atomically(files.join(workdir, experiment.CONFIG_FILE), config.to_json_best_effort(indent=2))
+      except OSError as e:
+        raise WorkdirWriteError.of("the run's config", files.join(workdir, experiment.CONFIG_FILE), e) from None
+    return Runner(exp, workdir).run()

@@ -5,6 +5,7 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # as the command line starts TensorFlow (fitnets_jax.main)
 # One compilation cache for both workers and every subprocess (restarted runs, notebook kernels): the
 # many tests that compile the same small steps compile them once.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(

@@ -4,6 +4,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -94,3 +95,33 @@ def assert_same_numbers(reference, other):
     if "accuracy" in one:
       atol = BATCH_ACCURACY_ATOL if one["split"] == "train" else TEST_ACCURACY_ATOL
       assert two["accuracy"] == pytest.approx(one["accuracy"], abs=atol), (one, two)
+
+
+def lower_every_stage(config, workdir):
+  """Builds `config`'s experiment and lowers (traces to XLA's input, without compiling it) every stage's
+  train step on the first batch its input pipeline yields, and every stage's evaluation on the first
+  test batch: what a paper-sized config is checked with, since XLA's CPU compile of its networks takes
+  minutes here while the code they run is the same the digits configs run for real. Returns
+  {stage: (loss, {metric: sum}) as ShapeDtypeStructs}."""
+  from fitnets_jax import data, experiment, train
+  exp = experiment.prepare(config, workdir)
+  rep = train.replicated(exp.mesh)
+  abstract = lambda tree: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), tree)
+  teachers = {role: abstract({"params": v["params"], "batch_stats": v.get("batch_stats", {})})
+              for role, v in ((r, n.abstract_variables()) for r, n in exp.teachers.items())}
+  teachers["mu"] = jax.ShapeDtypeStruct((len(exp.teachers),), jnp.float32, sharding=rep)
+  evaluator = train.Evaluator(exp)
+  test_batch = next(train.prefetch_to_device(data.eval_batches(exp.data, exp.local_eval_batch), exp.mesh))
+  outputs = {}
+  for index, stage in enumerate(exp.stages):
+    rng = train.stage_rng(config.seed, index)
+    labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
+    tx = train.transformation(stage, labels)
+    state = train.abstract_state(stage, tx, rng, exp.mesh)
+    batch = next(train.prefetch_to_device(data.train_batches(
+        exp.data, exp.local_batch, exp.steps_per_epoch, config.seed, index), exp.mesh))
+    lowered, _ = train.lower_step(stage, tx, labels, exp.mesh, state, batch, teachers if stage.uses_teacher else {})
+    key, evaluation, variables = train.stage_evaluation(exp, stage, state.params, state.batch_stats)
+    evaluated = evaluator.step(key, evaluation).lower(variables, test_batch)
+    outputs[stage.name] = (lowered.out_info[1]["loss"], evaluated.out_info[0])
+  return outputs

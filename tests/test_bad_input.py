@@ -225,21 +225,85 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path):
                                       "dataset.path": str(npz), "eval_batch_size": 8}), str(tmp_path / "y"))
 
 
-def run_cli(*args):
+def run_cli(*args, cwd=ROOT):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "fitnets_jax.main", "--config", "configs/digits.py", *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  return subprocess.run([sys.executable, "-m", "fitnets_jax.main", *args],
+                        cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def assert_one_paragraph(result, *fragments):
+  """Exit status 2, one `error:` line holding every fragment, and no traceback."""
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+  assert "Traceback" not in result.stderr
 
 
 def test_cli_prints_one_error_paragraph_and_exits_2(tmp_path):
-  result = run_cli("--workdir", str(tmp_path / "w"), "--config.hint.student_layer=conv99")
-  assert result.returncode == 2
-  assert "error: hint.student_layer='conv99' is not a layer" in result.stderr
-  assert "Traceback" not in result.stderr
+  result = run_cli("--config", "configs/digits.py", "--workdir", str(tmp_path / "w"), "--config.hint.student_layer=conv99")
+  assert_one_paragraph(result, "hint.student_layer='conv99' is not a layer")
   assert not (tmp_path / "w").exists()
 
 
-def test_cli_config_typo_suggests_the_key(tmp_path):
-  result = run_cli("--workdir", str(tmp_path / "w"), "--config.hint.studnet_layer=conv3")
-  assert result.returncode != 0
-  assert "student_layer" in result.stderr   # ml_collections: "Did you mean ..."
+CONFIG_FILES = {
+    "empty.py": "",
+    "raises.py": "def get_config():\n  return {}['batch_size']\n",
+    "returns_none.py": "def get_config():\n  pass\n",
+    "syntax.py": "def get_config(:\n",
+}
+
+# Each a one-paragraph error with exit 2 before JAX, TensorFlow or the data are loaded (a config file's
+# own failure names the file and, where there is one, its line).
+CLI_CASES = [
+    (["--config.batchsize=32"], ["'batchsize' is not a key", "did you mean 'batch_size'?"]),
+    (["--config.stages.studnet.epochs=1"], ["'stages.studnet' is not a key", "did you mean 'student'?"]),
+    (["--config.hint.studnet_layer=conv3"], ["did you mean 'student_layer'?"]),
+    (["--config.batch_size=many"], ["--config.batch_size=many: batch_size is an integer"]),
+    (["--config.dataset.flip=maybe"], ["dataset.flip is a boolean; write true or false"]),
+    (["--config.stages.hint.epochs"], ["--config.stages.hint.epochs needs a value"]),
+    (["--config=configs/no_such.py"], ["config file", "no_such.py' does not exist"]),
+    (["--config=FILE:empty.py"], ["empty.py' defines no get_config()"]),
+    (["--config=FILE:raises.py"], ["raises.py' failed at line 2 while running get_config (KeyError: 'batch_size')"]),
+    (["--config=FILE:returns_none.py"], ["returns_none.py': get_config() returned NoneType, not an ml_collections"]),
+    (["--config=FILE:syntax.py"], ["syntax.py' failed", "while loading (SyntaxError"]),
+    (["--seeds=-1"], ["--seeds=-1 must be ≥ 0"]),
+]
+
+
+@pytest.mark.parametrize("args,fragments", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_cli_errors_are_one_paragraph_before_any_loading(args, fragments, tmp_path):
+  for name, text in CONFIG_FILES.items():
+    (tmp_path / name).write_text(text)
+  args = [a.replace("FILE:", str(tmp_path) + "/") for a in args]
+  if not any(a.startswith("--config=") for a in args):
+    args = ["--config=configs/digits.py", *args]
+  result = run_cli(*args, "--workdir", str(tmp_path / "w"))
+  assert_one_paragraph(result, *fragments)
+  assert not (tmp_path / "w").exists()
+  assert "JAX" not in result.stdout, result.stdout   # refused before JAX started (it prints its backend)
+
+
+def test_a_missing_workdir_is_refused_before_the_config_is_even_loaded():
+  result = run_cli("--config=configs/digits.py", "--config.batch_size=16")
+  assert_one_paragraph(result, "--workdir is required")
+  assert "JAX" not in result.stdout
+
+
+def test_images_with_nothing_to_learn_are_named_at_start(tmp_path, capsys):
+  from fitnets_jax import data
+  rng = np.random.default_rng(0)
+  cases = {"constant": (np.full((40, 6, 6, 3), 128, np.uint8), "every training image is the same"),
+           "one pixel": (rng.integers(0, 256, (40, 1, 1, 3), dtype=np.uint8), "the images are 1×1 pixels"),
+           "fine": (rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8), None)}
+  for name, (images, warning) in cases.items():
+    path = write_npz(tmp_path / f"{name.replace(' ', '_')}.npz", train_images=images,
+                     test_images=images[:10])
+    capsys.readouterr()
+    data.load(tiny_digits(**{"dataset.name": "npz", "dataset.path": path}).dataset)
+    err = capsys.readouterr().err
+    if warning:
+      assert err.startswith("warning: dataset 'npz': ") and warning in err and "Expect chance accuracy" in err, err
+    else:
+      assert "warning" not in err, err

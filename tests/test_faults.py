@@ -1,5 +1,6 @@
 """Faults: kills at random moments, damaged checkpoints, and a workdir that holds another experiment."""
 
+import errno
 import glob
 import json
 import os
@@ -18,7 +19,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import ROOT, tiny_digits
-from fitnets_jax import FitnetsError, train
+from fitnets_jax import FitnetsError, checkpoint, experiment, train, workdir_lock
+from fitnets_jax.errors import WorkdirWriteError
 from helpers import assert_same_run, comparable_summary, final_state
 
 def assert_checkpoints_readable(workdir):
@@ -115,6 +117,8 @@ def test_sigkill_at_random_moments_then_restart_matches_an_uninterrupted_run(tmp
       break
     killed_at.append(where)
     assert_checkpoints_readable(work)
+    held = workdir_lock.read(work)   # the killed run's lock is still there; the restart takes it over
+    assert held is None or held["pid"] == runner.proc.pid
   print("kill points:", killed_at)
   assert len(killed_at) >= 10
   stages = {w.split()[0] for w in killed_at}
@@ -148,25 +152,41 @@ def test_sigterm_saves_exits_75_and_the_restart_matches_an_uninterrupted_run(tmp
 # ---------------------------------------------------------------------------- damaged checkpoints
 
 
+def largest_array_file(checkpoint_dir):
+  return max(glob.glob(os.path.join(checkpoint_dir, "state", "**", "d", "*"), recursive=True), key=os.path.getsize)
+
+
+def flip_bytes(path, count=64):
+  """XORs `count` bytes in the middle of a file: the damage a bad disk or a stray write leaves."""
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2 - count // 2)
+    data = f.read(count)
+    f.seek(-len(data), os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
 def test_damaged_latest_checkpoints_fall_back_to_the_previous_good_one(tmp_path, capsys):
-  config = lambda: tiny_digits("scratch", student=12)
+  """Three damages, newest first: bytes flipped in an array file (orbax reads it without complaint;
+  the state's digest does not match), a truncated array file, a deleted metadata folder."""
+  config = lambda: tiny_digits("scratch", student=16)
   full = str(tmp_path / "full")
-  train.run(config(), full)                                  # checkpoints at steps 4, 8, 12
+  train.run(config(), full)                                  # checkpoints at steps 4, 8, 12, 16
   work = str(tmp_path / "damaged")
   shutil.copytree(full, work)
   os.remove(os.path.join(work, "summary.json"))
-  state_files = glob.glob(os.path.join(work, "checkpoints", "12", "state", "**", "d", "*"), recursive=True)
-  biggest = max(state_files, key=os.path.getsize)
-  with open(biggest, "r+b") as f:
-    f.truncate(os.path.getsize(biggest) // 2)                # a truncated latest checkpoint
-  shutil.rmtree(os.path.join(work, "checkpoints", "8", "meta"))   # a partly deleted one before it
+  flip_bytes(largest_array_file(os.path.join(work, "checkpoints", "16")))
+  truncated = largest_array_file(os.path.join(work, "checkpoints", "12"))
+  with open(truncated, "r+b") as f:
+    f.truncate(os.path.getsize(truncated) // 2)
+  shutil.rmtree(os.path.join(work, "checkpoints", "8", "meta"))
   capsys.readouterr()
   summary = train.run(config(), work)
   err = capsys.readouterr()
+  assert "checkpoint at global step 16 is unreadable (DamagedCheckpoint: its state's SHA-256 differs" in err.err
   assert "checkpoint at global step 12 is unreadable" in err.err
   assert "checkpoint at global step 8 is unreadable" in err.err
-  assert "Resuming from" in err.out and "at step 4/12" in err.out
-  assert sorted(os.listdir(os.path.join(work, "checkpoints_damaged"))) == ["12", "8"]   # kept, not deleted
+  assert "Resuming from" in err.out and "at step 4/16" in err.out
+  assert sorted(os.listdir(os.path.join(work, "checkpoints_damaged"))) == ["12", "16", "8"]   # kept, not deleted
   assert summary["student"]["test_accuracy"] == comparable_summary(full)["student"]["test_accuracy"]
   (_, want), (_, got) = final_state(full), final_state(work)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
@@ -204,6 +224,15 @@ def test_a_workdir_of_another_experiment_is_refused_and_left_as_it_was(tmp_path)
   with pytest.raises(FitnetsError, match=r"differs in method \('scratch' there, 'kd' now\)"):
     train.run(tiny_digits("kd", student=4), workdir)
   assert snapshot(workdir) == before
+  # Without config.json the newest checkpoint's record of the config guards the workdir.
+  os.remove(os.path.join(workdir, "config.json"))
+  before = snapshot(workdir)
+  with pytest.raises(FitnetsError, match=r"holds another experiment: the config its newest checkpoint records "
+                                         r"\(config.json is gone\) differs in dataset.flip"):
+    train.run(other, workdir)
+  assert snapshot(workdir) == before
+  train.run(tiny_digits("scratch", student=4), workdir)     # the same experiment resumes, and config.json is back
+  assert os.path.isfile(os.path.join(workdir, "config.json"))
 
 
 def test_keys_documented_as_safe_may_change_on_resume(tmp_path):
@@ -217,3 +246,239 @@ def test_keys_documented_as_safe_may_change_on_resume(tmp_path):
   assert again["student"]["test_accuracy"] == first["student"]["test_accuracy"]
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["log_every_steps"] == 2          # the record follows the latest start
+
+
+# ---------------------------------------------------------------------------- one run per workdir
+
+SMALL_FLAGS = ["--config.num_devices=1", "--config.batch_size=32", "--config.log_every_steps=4",
+               "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=100", "--config.stages.teacher.steps=24",
+               "--config.stages.hint.steps=8", "--config.stages.student.steps=16"]   # tiny_digits() as flags
+
+
+def command(workdir, *flags):
+  return [sys.executable, "-u", "-m", "fitnets_jax.main", "--config", "configs/digits.py", "--workdir", str(workdir),
+          *flags]
+
+
+def test_a_second_start_on_a_live_workdir_is_refused_at_once_and_the_first_run_is_untouched(tmp_path):
+  """The first run is paused (SIGSTOP) while it holds the workdir, so the second start meets it for
+  sure; once resumed it ends as an uninterrupted run does."""
+  work = str(tmp_path / "run")
+  first = subprocess.Popen(command(work, *SMALL_FLAGS), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+  for line in first.stdout:
+    if line.startswith("[teacher] step 4/"):
+      first.send_signal(signal.SIGSTOP)
+      break
+  try:
+    second = subprocess.run(command(work, *SMALL_FLAGS), cwd=ROOT, capture_output=True, text=True, timeout=300)
+  finally:
+    first.send_signal(signal.SIGCONT)
+  assert second.returncode == 2, second.stderr[-3000:]
+  errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and f"is in use by another run: process {first.pid} on host" in errors[0], second.stderr
+  assert "Traceback" not in second.stderr and "[teacher]" not in second.stdout   # refused before it trained
+  first.stdout.read()
+  assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
+  reference = str(tmp_path / "reference")
+  train.run(tiny_digits(), reference)
+  assert_same_run(work, reference)
+  assert workdir_lock.read(work) is None            # released: the lock file is left empty
+
+
+def test_a_local_lock_is_held_by_one_run_and_freed_when_its_holder_dies(tmp_path):
+  work = str(tmp_path / "run")
+  with workdir_lock.WorkdirLock(work):
+    with pytest.raises(FitnetsError, match=rf"in use by another run: process {os.getpid()} on host"):
+      workdir_lock.check_free(work)
+    with pytest.raises(FitnetsError, match="in use by another run"):
+      workdir_lock.WorkdirLock(work).acquire()
+  workdir_lock.check_free(work)                   # released
+  holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fitnets_jax import workdir_lock; "
+                             "workdir_lock.WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); "
+                             "time.sleep(600)", work], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == "held"
+  with pytest.raises(FitnetsError, match=rf"process {holder.pid} on host"):
+    workdir_lock.check_free(work)
+  holder.kill()
+  holder.wait()
+  lock = workdir_lock.WorkdirLock(work).acquire()   # at once: the killed holder's lock went with its process
+  assert workdir_lock.read(work)["pid"] == os.getpid()
+  lock.release()
+
+
+# ---------------------------------------------------------------------------- teacher files
+
+
+def test_a_lost_teacher_folder_is_recovered_from_the_teacher_stage_checkpoint(tmp_path, capsys):
+  """A run resumed in its KD stage loads the teacher it trained from workdir/teacher. With that folder
+  deleted, its weights deleted or its bytes flipped, the teacher stage's last checkpoint (always
+  kept) holds the same weights: the run saves them there again and ends as an uninterrupted one."""
+  full = str(tmp_path / "full")
+  train.run(tiny_digits(), full)              # teacher 24, hint 8, KD 16 steps: checkpoints every 4
+  damages = {"deleted": lambda w: shutil.rmtree(os.path.join(w, "teacher")),
+             "weights deleted": lambda w: shutil.rmtree(os.path.join(w, "teacher", "variables")),
+             "bytes flipped": lambda w: flip_bytes(largest_variables_file(os.path.join(w, "teacher")))}
+  for name, damage in damages.items():
+    work = str(tmp_path / name.replace(" ", "_"))
+    shutil.copytree(full, work)
+    os.remove(os.path.join(work, "summary.json"))
+    for step in (40, 44, 48):                 # back to KD step 4 (global 36), as a kill there leaves it
+      shutil.rmtree(os.path.join(work, "checkpoints", str(step)))
+    damage(work)
+    capsys.readouterr()
+    train.run(tiny_digits(), work)
+    err = capsys.readouterr().err
+    assert "the teacher was recovered from the 'teacher' stage's last checkpoint (global step 24)" in err, (name, err)
+    assert_same_run(work, full)
+    assert os.path.isfile(os.path.join(work, "teacher", "teacher.json"))
+  # With that checkpoint gone too, the teacher is lost: one paragraph, and nothing else changes.
+  os.remove(os.path.join(work, "summary.json"))
+  shutil.rmtree(os.path.join(work, "teacher"))
+  shutil.rmtree(os.path.join(work, "checkpoints", "24"))
+  for step in (40, 44, 48):
+    shutil.rmtree(os.path.join(work, "checkpoints", str(step)))
+  with pytest.raises(FitnetsError, match=r"The teacher this run trained is lost: .*teacher is missing, and the "
+                                         r"'teacher' stage's last checkpoint \(global step 24"):
+    train.run(tiny_digits(), work)
+
+
+def largest_variables_file(teacher_folder):
+  return max(glob.glob(os.path.join(teacher_folder, "variables", "**", "d", "*"), recursive=True), key=os.path.getsize)
+
+
+def test_a_reused_teacher_with_damaged_weights_is_one_paragraph(tmp_path):
+  teacher_run = str(tmp_path / "teacher_run")   # a saved digits_teacher, as a run's teacher stage leaves it
+  net = experiment.build_network("teacher", tiny_digits().teacher, 10, (8, 8, 1))
+  params, stats = net.init(jax.random.PRNGKey(0))
+  checkpoint.save_teacher(teacher_run, "teacher", {"params": params, "batch_stats": stats}, net.describe())
+  config = tiny_digits("kd", **{"teacher.checkpoint": teacher_run})
+  flip_bytes(largest_variables_file(os.path.join(teacher_run, "teacher")))
+  with pytest.raises(FitnetsError, match=r"teacher.checkpoint=.*: the teacher's variables in .* differ from those saved"):
+    experiment.prepare(config, str(tmp_path / "run"))
+  shutil.rmtree(os.path.join(teacher_run, "teacher", "variables"))
+  with pytest.raises(FitnetsError, match=r"teacher.checkpoint=.*: the teacher's variables in .* cannot be read"):
+    experiment.prepare(config, str(tmp_path / "run"))
+
+
+# ---------------------------------------------------------------------------- a full disk, a read-only folder
+
+
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   PermissionError(errno.EACCES, "Permission denied")], ids=["disk full", "read-only"])
+def test_a_failed_checkpoint_write_stops_with_one_paragraph_and_loses_nothing(error, tmp_path, monkeypatch):
+  """The write of the step-8 checkpoint fails as orbax reports a full disk or a read-only folder (the
+  OSError inside its own error); the step-4 checkpoint survives, and a rerun ends as an uninterrupted run."""
+  work = str(tmp_path / "run")
+  save = ocp.CheckpointManager.save
+
+  def failing_save(self, step, *args, **kwargs):
+    if step == 8:
+      raise ValueError("orbax: the save did not complete") from error
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
+  with pytest.raises(WorkdirWriteError, match=rf"Could not write the checkpoint at global step 8 to .*checkpoints/8 "
+                                              rf"\({type(error).__name__}: .*{error.strerror}\)\. The checkpoints saved "
+                                              r"before are intact \(the newest: global step 4\)") as info:
+    train.run(tiny_digits("scratch", student=12), work)
+  assert info.value.exit_code == 74 and "\n" not in str(info.value)
+  monkeypatch.undo()
+  assert sorted(d for d in os.listdir(os.path.join(work, "checkpoints")) if d.isdigit()) == ["4"]
+  assert workdir_lock.read(work) is None                    # the lock went with the failed run
+  train.run(tiny_digits("scratch", student=12), work)
+  reference = str(tmp_path / "reference")
+  train.run(tiny_digits("scratch", student=12), reference)
+  assert_same_run(work, reference)
+
+
+def test_a_disk_that_fills_mid_run_exits_74_and_the_rerun_resumes(tmp_path):
+  """A real full disk: the workdir on a small tmpfs, filled once the first checkpoint is written."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the monkeypatched test covers it")
+  try:
+    work = disk / "run"
+    flags = [f for f in SMALL_FLAGS if "stages." not in f] + ["--config.method=scratch", "--config.stages.student.steps=16"]
+    proc = subprocess.Popen(command(work, *flags), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not os.path.isdir(work / "checkpoints" / "4" / "state") and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGSTOP)         # paused while the disk fills, so its next write meets a full disk
+    with open(disk / "filler", "wb") as f:   # every byte left
+      try:
+        while True:
+          f.write(b"\0" * 65536)
+          f.flush()
+      except OSError:
+        pass
+    proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 74, err[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0] and "run the same command again" in errors[0]
+    assert "Traceback" not in err
+    os.remove(disk / "filler")
+    resumed = subprocess.run(command(work, *flags), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# ---------------------------------------------------------------------------- SIGTERM while starting
+
+
+@pytest.mark.parametrize("when", ["2 s after launch", "at the backend line"])
+def test_sigterm_while_starting_exits_75_with_a_message(when, tmp_path):
+  proc = subprocess.Popen(command(tmp_path / "run", *SMALL_FLAGS), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  if when == "2 s after launch":
+    time.sleep(2.0)                          # importing: long before JAX or TensorFlow is up
+  else:
+    for line in proc.stdout:
+      if line.startswith("JAX "):            # loading the data, building the networks
+        break
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 75, err[-3000:]
+  assert "preempted: stopped on SIGTERM outside the training loop" in err and "Traceback" not in err
+  assert "[teacher]" not in out
+
+
+# ---------------------------------------------------------------------------- smaller items
+
+
+def test_a_truncated_metrics_file_is_noticed_on_resume(tmp_path, capsys):
+  work = str(tmp_path / "run")
+  train.run(tiny_digits("scratch", student=12), work)       # logs at steps 4, 8, 12 (+ the test record)
+  shutil.rmtree(os.path.join(work, "checkpoints", "12"))    # back to step 8, as a kill there leaves it
+  os.remove(os.path.join(work, "summary.json"))
+  path = os.path.join(work, "metrics.jsonl")
+  with open(path) as f:
+    first = f.readline()
+  with open(path, "w") as f:                                 # a damaged copy: only the first record is left
+    f.write(first)
+  capsys.readouterr()
+  train.run(tiny_digits("scratch", student=12), work)
+  assert "metrics.jsonl holds 1 of the 2 records written up to global step 8; 1 are lost" in capsys.readouterr().err
+
+
+def test_seeds_refused_leave_no_folder_behind_and_a_shared_teacher_is_named(tmp_path):
+  teacher = experiment.build_network("teacher", tiny_digits().teacher, 10, (8, 8, 1))
+  params, stats = teacher.init(jax.random.PRNGKey(0))
+  checkpoint.save_teacher(str(tmp_path / "teachers" / "seed_0"), "teacher", {"params": params, "batch_stats": stats},
+                          teacher.describe())
+  runs = tmp_path / "runs"
+  base = ["--seeds=2", "--config.method=kd", *SMALL_FLAGS]
+  result = subprocess.run(command(runs, *base, f"--config.teacher.checkpoint={tmp_path}/teachers/seed_{{seed}}"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2 and "seed_1' holds no saved teacher" in result.stderr, result.stderr[-3000:]
+  assert not runs.exists()                                  # seed 0's check made no folder
+  shared = subprocess.run(command(runs, *base, f"--config.teacher.checkpoint={tmp_path}/teachers/seed_0",
+                                  "--config.kd.temperature=0.0"), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert shared.returncode == 2
+  assert "has no {seed}, so all 2 seeds distil from this one teacher" in shared.stdout

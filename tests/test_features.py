@@ -189,3 +189,24 @@ def test_four_section_resnets_match_the_usual_cifar_counts(name, params):
   assert [b for _, b in net.sections] == ["section1", "section2", "section3", "section4"]
   shapes = {l.name: l.shape for l in net.layers}
   assert [shapes[f"section{i}"] for i in range(1, 5)] == [(32, 32, 64), (16, 16, 128), (8, 8, 256), (4, 4, 512)]
+
+
+# One model per kind of initialiser the configs use: flax's default truncated normal with batch norm
+# (digits_teacher), He-style variance scaling (digits_resnet8) and the papers' uniform range
+# (fitnet_mnist). `Network.init` compiles the initialisers as one program at LLVM level 1
+# (fitnets_jax.compiler.RUN_ONCE_OPTIONS); before that, runs called `module.init` outside jit. Both run
+# threefry's integer bits through the same elementwise float maps, with no reduction to reassociate,
+# so they agree bit for bit on any x86-64 CPU; a difference here would change every run's numbers.
+INIT_MODELS = [("digits_teacher", (8, 8, 1)), ("digits_resnet8", (8, 8, 1)), ("fitnet_mnist", (28, 28, 1))]
+
+
+@pytest.mark.parametrize("name,shape", INIT_MODELS, ids=[name for name, _ in INIT_MODELS])
+def test_compiled_initialisation_equals_op_by_op_initialisation_bit_for_bit(name, shape):
+  net = network(name, models.get_model(name, 10, dropout=0.0), shape)
+  rng = jax.random.PRNGKey(3)
+  params, batch_stats = net.init(rng)
+  eager = net.module.init({"params": rng, "dropout": rng}, jnp.zeros((1,) + shape), train=False)
+  expected = (eager["params"], eager.get("batch_stats", {}))
+  assert jax.tree.structure((params, batch_stats)) == jax.tree.structure(expected)
+  for got, want in zip(jax.tree.leaves((params, batch_stats)), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))

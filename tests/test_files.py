@@ -13,7 +13,7 @@ import pytest
 from etils.epath import backend as epath_backend, gpath
 
 from conftest import ROOT
-from fitnets_jax import checkpoint, experiment, files, metrics, plots, report
+from fitnets_jax import checkpoint, experiment, files, metrics, plots, report, workdir_lock
 from fitnets_jax.errors import FitnetsError
 
 
@@ -158,6 +158,32 @@ def test_run_files_go_to_the_bucket(bucket, monkeypatch, digits_config):
   assert bucket.objects["gs://lab/report/curves_digits.png"].startswith(b"\x89PNG")
   assert "fitnet_digits" in files.read_text("gs://lab/report/report.md")
   assert plots.save(plots.figure(1, 1)[0], "gs://lab/x.png") == "gs://lab/x.png"
+
+
+def test_a_bucket_workdir_is_held_by_a_heartbeat_and_a_silent_holder_is_taken_over(bucket, monkeypatch):
+  """An object store has no locks: a record whose heartbeat is fresh refuses a second start; one silent
+  for STALE_S is a killed run's, taken over; of two starts writing at once, the one overwritten stops."""
+  run = "gs://lab/runs/locked"
+  monkeypatch.setattr(workdir_lock, "_settle", lambda: None)
+  other = {"token": "theirs", "host": "worker-7", "pid": 4242, "started": "2026-12-01 10:00:00 UTC",
+           "heartbeat": time.time(), "command": "python -m fitnets_jax.main --config configs/svhn.py"}
+  files.write_atomically(f"{run}/run.lock", json.dumps(other))
+  with pytest.raises(FitnetsError, match=r"in use by another run: process 4242 on host 'worker-7', started "
+                                         r"2026-12-01 10:00:00 UTC, last seen \d+ s ago \(`python -m fitnets_jax.main"):
+    workdir_lock.check_free(run)
+  with pytest.raises(FitnetsError, match="process 4242 on host 'worker-7'"):
+    workdir_lock.WorkdirLock(run).acquire()
+  files.write_atomically(f"{run}/run.lock", json.dumps({**other, "heartbeat": time.time() - workdir_lock.STALE_S - 1}))
+  workdir_lock.check_free(run)
+  lock = workdir_lock.WorkdirLock(run).acquire()   # a killed holder's lock, silent for a minute: taken over
+  assert workdir_lock.read(run)["token"] == lock.token and workdir_lock.read(run)["pid"] == os.getpid()
+  lock.release()
+  assert not files.exists(f"{run}/run.lock")
+  # Two starts at once: while this one waits to read its record back, the other's overwrites it.
+  monkeypatch.setattr(workdir_lock, "_settle", lambda: files.write_atomically(f"{run}/run.lock", json.dumps(other)))
+  with pytest.raises(FitnetsError, match="process 4242 on host 'worker-7'"):
+    workdir_lock.WorkdirLock(run).acquire()
+  assert workdir_lock.read(run)["token"] == "theirs"   # the other run's record stays
 
 
 def test_an_unreachable_bucket_fails_in_seconds_with_exit_2_and_creates_nothing_locally(tmp_path):

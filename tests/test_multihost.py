@@ -60,9 +60,9 @@ def checkpoint_at_least(workdir, step):
 @pytest.mark.first
 def test_two_hosts_match_one_host_and_resume_after_sigterm_and_sigkill(tmp_path):
   """1 host × 4 devices against 2 hosts × 2 devices (through --seeds, which must join the cluster before
-  it looks at devices), then a 2-host run stopped by SIGTERM on both hosts (both exit 75 at the same
-  step) and by SIGKILL of one host mid-stage, each time restarted on both: bit for bit the
-  uninterrupted 2-host run."""
+  it looks at devices), then a 2-host run that holds its workdir against a second start, stopped by
+  SIGTERM on both hosts (both exit 75 at the same step) and by SIGKILL of one host mid-stage, each time
+  restarted on both: bit for bit the uninterrupted 2-host run."""
   one_host = tmp_path / "one_host"
   train.run(tiny_digits(**STEPS, num_devices=4, log_every_steps=1, checkpoint_every_steps=4, keep_checkpoints=100,
                         **{"dataset.flip": True}), str(one_host))
@@ -76,7 +76,17 @@ def test_two_hosts_match_one_host_and_resume_after_sigterm_and_sigkill(tmp_path)
 
   stopped = tmp_path / "stopped"
   run = Cluster(stopped)
-  run.signal_when(checkpoint_at_least(stopped, 4), signal.SIGTERM)
+  run.signal_when(checkpoint_at_least(stopped, 4), signal.SIGSTOP)   # paused while a second start tries the workdir
+  intruder = subprocess.run(
+      [sys.executable, "-m", "fitnets_jax.main", "--config", os.path.join(ROOT, "configs", "digits.py"), "--workdir",
+       str(stopped), *FLAGS], cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"))
+  for p in run.procs:
+    p.send_signal(signal.SIGCONT)
+  assert intruder.returncode == 2, intruder.stderr[-3000:]
+  assert f"is in use by another run: process {run.procs[0].pid} on host" in intruder.stderr   # process 0 holds it
+  for p in run.procs:
+    p.send_signal(signal.SIGTERM)
   codes, logs = run.wait()
   assert codes == [75, 75], logs
   stops = [[line for line in log.splitlines() if line.startswith("preempted:")] for log in logs]

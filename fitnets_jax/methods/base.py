@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from fitnets_jax import features, losses, models, optim
+from fitnets_jax import compiler, features, losses, models, optim
 from fitnets_jax.errors import check
 
 
@@ -66,9 +66,14 @@ class Network:
                                                    jnp.zeros((1,) + self.input_shape), train=False))
 
   def init(self, rng):
-    """Fresh (params, batch_stats); batch_stats is {} for models without batch norm."""
-    variables = self.module.init({"params": rng, "dropout": rng}, jnp.zeros((1,) + self.input_shape), train=False)
+    """Fresh (params, batch_stats); batch_stats is {} for models without batch norm. One program
+    compiled for a single run (`compiler.RUN_ONCE_OPTIONS`), with the values op-by-op execution gives;
+    inside a traced function (a stage's initial state), part of that function's program."""
+    variables = compiler.run_once(self._init_variables, rng)
     return variables["params"], variables.get("batch_stats", {})
+
+  def _init_variables(self, rng):
+    return self.module.init({"params": rng, "dropout": rng}, jnp.zeros((1,) + self.input_shape), train=False)
 
   def describe(self):
     return {"model": self.name, "layers": self.depth, "params": self.params, "macs": self.macs}

@@ -1,0 +1,164 @@
+"""One run per workdir: `run.lock`, held from a run's first write to its end.
+
+A second start on a held workdir is refused at once, with one paragraph naming the holder (its
+host, process id, start time and command, which the lock file records). A killed run's lock never
+blocks its restart:
+  - a local workdir (or a shared filesystem with POSIX locks) is locked with `flock`, which the
+    operating system releases when the holder's process ends, however it ends;
+  - a workdir on an object store (gs://, …) has no locks, so there the holder rewrites its record
+    with a fresh `heartbeat` time every HEARTBEAT_S seconds, and a record silent for STALE_S seconds
+    is taken over (the hosts' clocks are assumed to agree to seconds, as NTP keeps cloud VMs). The
+    record is written, then read back after a moment: of two starts racing within that moment, the
+    one whose record was overwritten stops.
+On several hosts, process 0 alone takes the lock and tells the other processes whether the run may
+go on, so every host of one run decides alike.
+"""
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+
+import jax
+
+from fitnets_jax import files
+from fitnets_jax.errors import FitnetsError
+
+LOCK_FILE = "run.lock"
+HEARTBEAT_S = 10.0
+STALE_S = 60.0
+REMOTE_SETTLE_S = 2.0   # object stores: how long a written record is left before it is read back
+
+
+def _settle():
+  """The pause between writing a record to an object store and reading it back."""
+  time.sleep(REMOTE_SETTLE_S)
+
+
+def _record(token):
+  return {"token": token, "host": socket.gethostname(), "pid": os.getpid(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "heartbeat": time.time(),
+          "processes": jax.process_count(), "command": " ".join(sys.argv)[:300]}
+
+
+def read(workdir):
+  """The holder's record in `workdir`'s lock file, or None (none, empty, or cut short by a kill)."""
+  path = files.join(workdir, LOCK_FILE)
+  try:
+    return json.loads(files.read_text(path)) if files.isfile(path) else None
+  except (OSError, ValueError):
+    return None
+
+
+def _heartbeat_fresh(record, now=None):
+  heartbeat = (record or {}).get("heartbeat")
+  return isinstance(heartbeat, (int, float)) and (time.time() if now is None else now) - heartbeat < STALE_S
+
+
+def _refusal(workdir, record):
+  record = record or {}
+  age = f", last seen {time.time() - record['heartbeat']:.0f} s ago" if "heartbeat" in record else ""
+  return FitnetsError(
+      f"--workdir={workdir!r} is in use by another run: process {record.get('pid', '?')} on host "
+      f"{record.get('host', '?')!r}, started {record.get('started', '?')}{age} (`{record.get('command', '')}`). Two "
+      "runs in one workdir would overwrite each other's checkpoints and metrics, so this one did not start and "
+      "changed nothing. Wait for it to finish, stop it, or use another --workdir. (A killed run's lock is taken "
+      f"over: at once on a local workdir, after {STALE_S:.0f} s without a heartbeat on a bucket.)")
+
+
+def check_free(workdir):
+  """Raises the refusal if a live run holds `workdir`; takes nothing (the check before loading). On
+  several hosts it does nothing: there `WorkdirLock.acquire` decides, for every process at once."""
+  if jax.process_count() > 1 or not workdir:
+    return
+  path = files.join(workdir, LOCK_FILE)
+  if files.is_remote(path):
+    record = read(workdir)
+    if _heartbeat_fresh(record):
+      raise _refusal(workdir, record)
+  elif files.isfile(path):
+    handle = files.try_lock(path)
+    if handle is None:
+      raise _refusal(workdir, read(workdir))
+    files.unlock(handle)
+
+
+class WorkdirLock:
+  """The lock of one run on `workdir`: `acquire()` or refuse; `release()` gives it back."""
+
+  def __init__(self, workdir):
+    self.workdir, self.path = workdir, files.join(workdir, LOCK_FILE)
+    self.remote = files.is_remote(self.path)
+    self.token = uuid.uuid4().hex
+    self._handle = None
+    self._stop = threading.Event()
+    self._thread = None
+
+  def _text(self):
+    return json.dumps(_record(self.token), indent=2)
+
+  def _take(self):
+    """Process 0: takes the lock; returns None, or the record of the live run that holds it."""
+    files.makedirs(self.workdir)
+    if not self.remote:
+      self._handle = files.try_lock(self.path)
+      if self._handle is None:
+        return read(self.workdir) or {}
+      files.write_locked(self._handle, self._text())
+      return None
+    record = read(self.workdir)
+    if _heartbeat_fresh(record):
+      return record
+    files.write_atomically(self.path, self._text())
+    _settle()
+    record = read(self.workdir)
+    if (record or {}).get("token") != self.token:
+      return record or {}
+    self._thread = threading.Thread(target=self._beat, daemon=True, name="workdir-lock-heartbeat")
+    self._thread.start()
+    return None
+
+  def acquire(self):
+    refused = self._take() if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+      import numpy as np
+      from jax.experimental import multihost_utils
+      code = int(multihost_utils.broadcast_one_to_all(np.int32(refused is not None)))
+      if code and jax.process_index() != 0:
+        raise FitnetsError(f"--workdir={self.workdir!r} is in use by another run (process 0's message names it); "
+                           "this run did not start and changed nothing.")
+    if refused is not None:
+      raise _refusal(self.workdir, refused)
+    return self
+
+  def _beat(self):
+    while not self._stop.wait(HEARTBEAT_S):
+      try:
+        if (read(self.workdir) or {}).get("token") != self.token:
+          return   # taken over after a long silence: the other run owns the workdir now
+        files.write_atomically(self.path, self._text())
+      except Exception:  # noqa: BLE001  (a bucket's hiccup must not stop the run; the next beat retries)
+        pass
+
+  def release(self):
+    """Gives the lock back: a local lock file is emptied and unlocked (never deleted: a start that
+    opened it just before would then lock a file no one else sees); a bucket's record is deleted."""
+    if self._handle is not None:
+      files.write_locked(self._handle, "")
+      files.unlock(self._handle)
+      self._handle = None
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join(timeout=5)
+      self._thread = None
+      if (read(self.workdir) or {}).get("token") == self.token:
+        files.remove(self.path)
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
