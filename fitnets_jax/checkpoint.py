@@ -102,9 +102,12 @@ class RunCheckpoints:
     """Saves (state, meta) at global `step`, with the state's digest in meta; a failed write (disk full,
     a read-only folder) is a WorkdirWriteError that leaves the earlier checkpoints as they were."""
     newest = self.manager.latest_step()
+    # The replicated state as host arrays: one copy, written by process 0 (saved as jax.Arrays, each
+    # replica would write its slice of every array, a small compiled program per shape).
+    host_state = jax.device_get(state)
     try:
-      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                      meta=ocp.args.JsonSave({**meta, DIGEST_KEY: digest(state)})),
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
+                                                      meta=ocp.args.JsonSave({**meta, DIGEST_KEY: digest(host_state)})),
                         force=True)
       self._delete_retired()
     except Exception as e:  # noqa: BLE001  (orbax and tensorstore wrap OSErrors in their own types)
