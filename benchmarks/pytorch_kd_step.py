@@ -36,7 +36,7 @@ def torch_maxout_net(spec, in_channels, image_size, num_classes, torch):
       super().__init__()
       self.pieces = pieces
 
-    def forward(self, x):   # consecutive channel groups, as fitnets_jax.models.maxout.maxout
+    def forward(self, x):  # consecutive channel groups, as fitnets_jax.models.maxout.maxout
       n, c, h, w = x.shape
       return x.view(n, c // self.pieces, self.pieces, h, w).amax(2) if self.pieces > 1 else x
 
@@ -57,7 +57,9 @@ def torch_maxout_net(spec, in_channels, image_size, num_classes, torch):
 
 def time_torch(config, batch, steps, device="cpu", warmup=5):
   import torch
+
   from fitnets_jax.models import maxout_spec
+
   torch.set_num_threads(os.cpu_count())
   teacher = torch_maxout_net(maxout_spec(config.teacher.model), 1, 28, 10, torch).eval().to(device)
   student = torch_maxout_net(maxout_spec(config.student.model), 1, 28, 10, torch).train().to(device)
@@ -73,11 +75,13 @@ def time_torch(config, batch, steps, device="cpu", warmup=5):
     with torch.no_grad():
       soft = torch.softmax(teacher(x) / tau, -1)
     logits = student(x)
-    loss = torch.nn.functional.cross_entropy(logits, y) - lam * (soft * torch.log_softmax(logits / tau, -1)).sum(-1).mean()
+    loss = (
+      torch.nn.functional.cross_entropy(logits, y) - lam * (soft * torch.log_softmax(logits / tau, -1)).sum(-1).mean()
+    )
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    with torch.no_grad():   # max-norm on each unit's incoming weights
+    with torch.no_grad():  # max-norm on each unit's incoming weights
       for m in convs:
         m.weight.copy_(torch.renorm(m.weight, 2, 0, opt.max_norm_conv))
       logits_layer.weight.copy_(torch.renorm(logits_layer.weight, 2, 0, opt.max_norm_logits))
@@ -95,13 +99,15 @@ def time_torch(config, batch, steps, device="cpu", warmup=5):
 def time_jax(config, workdir, steps):
   """fitnets_jax.benchmark's record of the config's KD stage (ours, the bare step, the cached step)."""
   from fitnets_jax import benchmark
+
   return benchmark.run(config, workdir, warmup=5, timed=steps, synthetic_examples=4096, stages=("kd",))
 
 
 def run_json(args, what, env=None):
   """This script run again with `args` in a subprocess; the JSON of its last output line."""
-  run = subprocess.run([sys.executable, __file__] + args, capture_output=True, text=True,
-                       env={**os.environ, **(env or {})})
+  run = subprocess.run(
+    [sys.executable, __file__] + args, capture_output=True, text=True, env={**os.environ, **(env or {})}
+  )
   if run.returncode:
     sys.exit(f"{what} failed:\n{run.stderr[-2000:]}")
   return json.loads(run.stdout.strip().splitlines()[-1])
@@ -110,6 +116,7 @@ def run_json(args, what, env=None):
 def load_config(path):
   """The config file's get_config()."""
   import importlib.util
+
   spec = importlib.util.spec_from_file_location("experiment_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -128,7 +135,7 @@ def main():
   args = parser.parse_args()
   config = load_config(args.config)
   config.method, config.batch_size, config.num_devices = "kd", args.batch, 1
-  if args.torch_only:   # PyTorch and TensorFlow in one process can crash: PyTorch gets its own
+  if args.torch_only:  # PyTorch and TensorFlow in one process can crash: PyTorch gets its own
     print(json.dumps(time_torch(config, args.batch, args.steps, args.torch_device)))
     return
   if args.jax_only:
@@ -136,28 +143,45 @@ def main():
     return
 
   from fitnets_jax import compiler
+
   ours = time_jax(config, args.workdir, args.steps)
   ours_ms = ours["stages"][0]["step_ms"]
   common = ["--config", args.config, "--batch", str(args.batch), "--steps", str(args.steps)]
   defaults_ms = None
-  if ours["compiler_options"]:   # the same bare step compiled with XLA's default options
-    defaults = run_json(common + ["--jax_only", "--workdir", os.path.join(args.workdir, "xla_defaults")],
-                        "the JAX step with XLA's defaults", {compiler.DEFAULTS_VARIABLE: "1"})
+  if ours["compiler_options"]:  # the same bare step compiled with XLA's default options
+    defaults = run_json(
+      common + ["--jax_only", "--workdir", os.path.join(args.workdir, "xla_defaults")],
+      "the JAX step with XLA's defaults",
+      {compiler.DEFAULTS_VARIABLE: "1"},
+    )
     defaults_ms = defaults["reference_step_ms"]
   torch_device = "cuda" if ours["platform"] == "gpu" else "cpu"
-  torch_ms, version = run_json(common + ["--torch_only", "--torch_device", torch_device],
-                               "the PyTorch step (is torch installed?)")
-  result = {"batch": args.batch, "teacher": config.teacher.model, "student": config.student.model,
-            "fitnets_jax_step_ms": ours_ms, "fitnets_jax_images_per_s": round(args.batch / ours_ms * 1e3, 1),
-            "bare_jax_step_ms": ours["stages"][0]["reference_step_ms"],
-            "bare_jax_xla_defaults_step_ms": defaults_ms, "compiler_options": ours["compiler_options"],
-            "fitnets_jax_cached_teacher_step_ms": ours["stages"][0]["cached_step_ms"],
-            "pytorch_eager_step_ms": round(torch_ms, 3), "pytorch_images_per_s": round(args.batch / torch_ms * 1e3, 1),
-            "pytorch": version, "device": ours["device_kind"], "cpu_cores": os.cpu_count()}
-  rows = (("fitnets_jax (jit)", ours_ms), ("bare JAX/Flax (jit)", result["bare_jax_step_ms"]),
-          ("bare JAX/Flax, XLA's defaults", defaults_ms),
-          ("fitnets_jax, teacher cache", result["fitnets_jax_cached_teacher_step_ms"]),
-          (f"PyTorch {version} eager", torch_ms))
+  torch_ms, version = run_json(
+    common + ["--torch_only", "--torch_device", torch_device], "the PyTorch step (is torch installed?)"
+  )
+  result = {
+    "batch": args.batch,
+    "teacher": config.teacher.model,
+    "student": config.student.model,
+    "fitnets_jax_step_ms": ours_ms,
+    "fitnets_jax_images_per_s": round(args.batch / ours_ms * 1e3, 1),
+    "bare_jax_step_ms": ours["stages"][0]["reference_step_ms"],
+    "bare_jax_xla_defaults_step_ms": defaults_ms,
+    "compiler_options": ours["compiler_options"],
+    "fitnets_jax_cached_teacher_step_ms": ours["stages"][0]["cached_step_ms"],
+    "pytorch_eager_step_ms": round(torch_ms, 3),
+    "pytorch_images_per_s": round(args.batch / torch_ms * 1e3, 1),
+    "pytorch": version,
+    "device": ours["device_kind"],
+    "cpu_cores": os.cpu_count(),
+  }
+  rows = (
+    ("fitnets_jax (jit)", ours_ms),
+    ("bare JAX/Flax (jit)", result["bare_jax_step_ms"]),
+    ("bare JAX/Flax, XLA's defaults", defaults_ms),
+    ("fitnets_jax, teacher cache", result["fitnets_jax_cached_teacher_step_ms"]),
+    (f"PyTorch {version} eager", torch_ms),
+  )
   for name, ms in rows:
     if ms:
       print(f"{name:32s} {ms:8.2f} ms/step  {args.batch / ms * 1e3:8,.0f} img/s")

@@ -7,11 +7,7 @@ inputs; a normalised attention map's entries scale as 1/√(h·w), so the term s
   python -m fitnets_jax.main --config configs/at_digits.py --workdir runs/at_digits
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import digits  # noqa: E402  (sibling config file)
+from fitnets_jax.configs import digits  # the sibling config
 
 
 def get_config():

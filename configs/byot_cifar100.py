@@ -6,18 +6,22 @@
   python -m fitnets_jax.main --config configs/byot_cifar100.py --workdir runs/byot_cifar100
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import resnet_cifar  # noqa: E402  (sibling config file: data pipeline and cadence)
-from fitnets_jax.config import stage_config  # noqa: E402
+from fitnets_jax.config import stage_config
+from fitnets_jax.configs import resnet_cifar  # the sibling config: data pipeline and cadence
 
 
 def get_config():
   c = resnet_cifar.get_config("cifar100")
   c.method = "byot"
   c.student.model = "resnet18"
-  c.stages.student = stage_config(epochs=250, name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
-                                  schedule="piecewise", boundaries_epochs=[83, 166, 240], decay_factor=0.1)
+  c.stages.student = stage_config(
+    epochs=250,
+    name="sgd",
+    learning_rate=0.1,
+    momentum=0.9,
+    weight_decay=5e-4,
+    schedule="piecewise",
+    boundaries_epochs=[83, 166, 240],
+    decay_factor=0.1,
+  )
   return c

@@ -6,11 +6,7 @@ defaults (α = 0.3, τ = 3, λ = 0.03).
   python -m fitnets_jax.main --config configs/byot_digits.py --workdir runs/byot_digits
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import digits  # noqa: E402  (sibling config file: same data, batch and stage budgets)
+from fitnets_jax.configs import digits  # the sibling config: same data, batch and stage budgets
 
 
 def get_config():

@@ -4,11 +4,7 @@
   python -m fitnets_jax.main --config configs/cifar100.py --workdir runs/cifar100
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import cifar10  # noqa: E402  (sibling config file)
+from fitnets_jax.configs import cifar10  # the sibling config
 
 
 def get_config(student="fitnet4"):

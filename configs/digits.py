@@ -17,8 +17,8 @@ def get_config():
   c.checkpoint_every_steps = 200
   c.teacher.model = "digits_teacher"
   c.student.model = "digits_student"
-  c.hint.teacher_layer = "conv2"   # 4×4×64
-  c.hint.student_layer = "conv5"   # 4×4×6, the middle of 10 convs: a 1×1 maxout regressor
+  c.hint.teacher_layer = "conv2"  # 4×4×64
+  c.hint.student_layer = "conv5"  # 4×4×6, the middle of 10 convs: a 1×1 maxout regressor
   c.kd.temperature = 3.0
   c.stages.teacher = stage_config(epochs=15, name="adam", learning_rate=3e-3, schedule="cosine")
   c.stages.hint = stage_config(epochs=10, name="rmsprop", learning_rate=1e-3)

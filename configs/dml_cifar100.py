@@ -7,12 +7,8 @@ is not stated in the paper; 5e-4 is used (the usual CIFAR-100 value).
   # different architectures: --config.cohort='[{"model": "wrn_28_10"}, {"model": "resnet32"}]'
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import resnet_cifar  # noqa: E402  (sibling config file: data pipeline and cadence)
-from fitnets_jax.config import stage_config  # noqa: E402
+from fitnets_jax.config import stage_config
+from fitnets_jax.configs import resnet_cifar  # the sibling config: data pipeline and cadence
 
 
 def get_config():
@@ -21,7 +17,15 @@ def get_config():
   c.dataset.pad_mode = "reflect"
   c.batch_size = 64
   c.cohort = [dict(model="resnet32"), dict(model="resnet32")]
-  c.stages.student = stage_config(epochs=200, name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
-                                  weight_decay=5e-4, schedule="piecewise", boundaries_epochs=[60, 120, 180],
-                                  decay_factor=0.1)
+  c.stages.student = stage_config(
+    epochs=200,
+    name="sgd",
+    learning_rate=0.1,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    schedule="piecewise",
+    boundaries_epochs=[60, 120, 180],
+    decay_factor=0.1,
+  )
   return c

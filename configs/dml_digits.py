@@ -5,11 +5,7 @@ start's KD-stage budget (20 epochs, RMSProp 1e-3, cosine), alternating updates, 
   python -m fitnets_jax.main --config configs/dml_digits.py --workdir runs/dml_digits
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import digits  # noqa: E402  (sibling config file: same data, batch and stage budgets)
+from fitnets_jax.configs import digits  # the sibling config: same data, batch and stage budgets
 
 
 def get_config():

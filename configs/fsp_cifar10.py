@@ -9,11 +9,7 @@ parameters by the optimizer).
   python -m fitnets_jax.main --config configs/fsp_cifar10.py --workdir runs/fsp_cifar10
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import resnet_cifar  # noqa: E402  (sibling config file: data pipeline, cadence, SGD stages)
+from fitnets_jax.configs import resnet_cifar  # the sibling config: data pipeline, cadence, SGD stages
 
 
 def get_config():
@@ -22,6 +18,6 @@ def get_config():
   c.teacher.model = "resnet26"
   c.student.model = "resnet8"
   c.stages.teacher = resnet_cifar.sgd(64000, 0.1, (32000, 48000))
-  c.stages.hint = resnet_cifar.sgd(21000, 1e-3, (11000, 16000))      # the FSP stage
+  c.stages.hint = resnet_cifar.sgd(21000, 1e-3, (11000, 16000))  # the FSP stage
   c.stages.student = resnet_cifar.sgd(21000, 0.1, (11000, 16000))
   return c

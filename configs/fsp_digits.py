@@ -5,11 +5,7 @@ hint-stage budget), then stage `ce` on cross-entropy (its KD-stage budget).
   python -m fitnets_jax.main --config configs/fsp_digits.py --workdir runs/fsp_digits
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import digits  # noqa: E402  (sibling config file: same data, batch and stage budgets)
+from fitnets_jax.configs import digits  # the sibling config: same data, batch and stage budgets
 
 
 def get_config():

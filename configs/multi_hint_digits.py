@@ -5,16 +5,11 @@ student conv3 (8×8) by teacher conv1 (8×8), phase `hint2` student conv5 (4×4)
   python -m fitnets_jax.main --config configs/multi_hint_digits.py --workdir runs/multi_hint_digits
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import digits  # noqa: E402  (sibling config file)
+from fitnets_jax.configs import digits  # the sibling config
 
 
 def get_config():
   c = digits.get_config()
-  c.hints = [dict(teacher_layer="conv1", student_layer="conv3"),
-             dict(teacher_layer="conv2", student_layer="conv5")]
-  c.stages.hint.epochs = 5.0       # per phase: the same 10 hint epochs in all
+  c.hints = [dict(teacher_layer="conv1", student_layer="conv3"), dict(teacher_layer="conv2", student_layer="conv5")]
+  c.stages.hint.epochs = 5.0  # per phase: the same 10 hint epochs in all
   return c

@@ -7,11 +7,7 @@ by validation accuracy instead.
   python -m fitnets_jax.main --config configs/multi_teacher_digits.py --workdir runs/multi_teacher_digits
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import digits  # noqa: E402  (sibling config file)
+from fitnets_jax.configs import digits  # the sibling config
 
 
 def get_config():

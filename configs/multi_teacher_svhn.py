@@ -7,22 +7,33 @@ weight decay 5e-4, as Zagoruyko & Komodakis do on SVHN.
   python -m fitnets_jax.main --config configs/multi_teacher_svhn.py --workdir runs/multi_teacher_svhn
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import svhn  # noqa: E402  (sibling config file)
+from fitnets_jax.configs import svhn  # the sibling config
 
 
 def get_config():
   c = svhn.get_config()
   c.method = "multi_teacher"
   c.dataset.validation_examples = 6000
-  c.teachers = [dict(model="maxout_svhn_teacher", dropout=0.5),
-                dict(model="wrn_16_4", dropout=0.4, epochs=40.0,
-                     optimizer=dict(name="sgd", learning_rate=0.01, momentum=0.9, nesterov=True,
-                                    weight_decay=5e-4, max_norm_conv=0.0, max_norm_dense=0.0,
-                                    max_norm_logits=0.0, schedule="piecewise",
-                                    boundaries_epochs=[16.0, 24.0, 32.0], decay_factor=0.1))]
+  c.teachers = [
+    dict(model="maxout_svhn_teacher", dropout=0.5),
+    dict(
+      model="wrn_16_4",
+      dropout=0.4,
+      epochs=40.0,
+      optimizer=dict(
+        name="sgd",
+        learning_rate=0.01,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        max_norm_conv=0.0,
+        max_norm_dense=0.0,
+        max_norm_logits=0.0,
+        schedule="piecewise",
+        boundaries_epochs=[16.0, 24.0, 32.0],
+        decay_factor=0.1,
+      ),
+    ),
+  ]
   c.multi_teacher.weights = "accuracy"
   return c

@@ -17,9 +17,17 @@ STEPS_PER_EPOCH = 50000 // 128
 def sgd(steps, lr, boundaries):
   """A stage of `steps` SGD iterations (momentum 0.9, weight decay 1e-4), lr ÷10 at the iterations
   in `boundaries` (He et al.'s recipe, counted in iterations of batch 128 on 50k images)."""
-  return stage_config(epochs=0, steps=steps, name="sgd", learning_rate=lr, momentum=0.9, weight_decay=1e-4,
-                      schedule="piecewise", boundaries_epochs=[b / STEPS_PER_EPOCH for b in boundaries],
-                      decay_factor=0.1)
+  return stage_config(
+    epochs=0,
+    steps=steps,
+    name="sgd",
+    learning_rate=lr,
+    momentum=0.9,
+    weight_decay=1e-4,
+    schedule="piecewise",
+    boundaries_epochs=[b / STEPS_PER_EPOCH for b in boundaries],
+    decay_factor=0.1,
+  )
 
 
 def get_config(dataset="cifar10"):

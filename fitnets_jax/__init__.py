@@ -12,4 +12,5 @@ __all__ = ["FitnetsError", "run"]
 def run(config, workdir):
   """Runs the configured method end to end; see `fitnets_jax.train.run`."""
   from fitnets_jax import train  # Imported lazily: keeps `import fitnets_jax` light.
+
   return train.run(config, workdir)

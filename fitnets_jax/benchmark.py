@@ -39,6 +39,7 @@ from fitnets_jax import config as config_lib
 from fitnets_jax.errors import FitnetsError, or_exit
 from fitnets_jax.methods.base import cast_floats
 
+
 def define_flags():
   """The command line's flags (defined only when run as a program, so the module imports anywhere)."""
   config_lib.define_config_flag()
@@ -49,12 +50,20 @@ def define_flags():
   flags.DEFINE_integer("synthetic_examples", 4096, "Training examples of the synthetic stand-in.")
   flags.DEFINE_list("stages", [], "Only these stages (default: every stage of the method).")
 
+
 # Dense peak FLOP/s per device from the vendors' data sheets: (bfloat16, float32 as XLA runs it by
 # default: TF32 tensor cores on NVIDIA, bf16 passes on TPU).
 VENDOR_PEAKS = {
-    "H100": (989e12, 495e12), "H200": (989e12, 495e12), "A100": (312e12, 156e12), "L4": (121e12, 60e12),
-    "V100": (125e12, 15.7e12), "TPU v3": (123e12 / 2, 123e12 / 2), "TPU v4": (275e12, 275e12),
-    "TPU v5 lite": (197e12, 197e12), "TPU v5p": (459e12, 459e12), "TPU v6 lite": (918e12, 918e12),
+  "H100": (989e12, 495e12),
+  "H200": (989e12, 495e12),
+  "A100": (312e12, 156e12),
+  "L4": (121e12, 60e12),
+  "V100": (125e12, 15.7e12),
+  "TPU v3": (123e12 / 2, 123e12 / 2),
+  "TPU v4": (275e12, 275e12),
+  "TPU v5 lite": (197e12, 197e12),
+  "TPU v5p": (459e12, 459e12),
+  "TPU v6 lite": (918e12, 918e12),
 }
 
 
@@ -95,8 +104,9 @@ def reference_step(exp, stage, tx):
   def loss_fn(params, batch_stats, teacher_vars, x, y, rng):
     if dtype != "float32":
       params, x = cast_floats(params, dtype), x.astype(dtype)
-    logits, updated = net.module.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                       rngs={"dropout": rng}, mutable=["batch_stats"])
+    logits, updated = net.module.apply(
+      {"params": params, "batch_stats": batch_stats}, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+    )
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     for teacher, t_vars in zip(teachers, teacher_vars):
@@ -112,8 +122,9 @@ def reference_step(exp, stage, tx):
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
   rep, shard = train.replicated(exp.mesh), train.batch_sharding(exp.mesh)
-  return compiler.jit(step, in_shardings=(rep, rep, rep, rep, shard, shard, rep), out_shardings=rep,
-                      donate_argnums=(0, 1, 2)), step
+  return compiler.jit(
+    step, in_shardings=(rep, rep, rep, rep, shard, shard, rep), out_shardings=rep, donate_argnums=(0, 1, 2)
+  ), step
 
 
 def stage_teacher(exp, rng):
@@ -136,14 +147,14 @@ def _percentiles(seconds):
 
 def measure_stage(exp, index, teacher, warmup, timed, peak):
   """One stage's record (see the module docstring)."""
-  cfg, stage = exp.config, exp.stages[index]
-  rng = train.stage_rng(cfg.seed, index)
-  labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
-  tx = train.transformation(stage, labels)
+  cfg = exp.config
+  stage, rng, labels, tx = train.stage_setup(exp, index)
   state = train.init_state(stage, tx, rng, None, exp.mesh)
   teacher = teacher if stage.uses_teacher else {}
-  batches = train.prefetch_to_device(data.train_batches(exp.data, exp.local_batch, exp.steps_per_epoch, cfg.seed,
-                                                        index, 0, cfg.dataset.shuffle_buffer), exp.mesh)
+  batches = train.prefetch_to_device(
+    data.train_batches(exp.data, exp.local_batch, exp.steps_per_epoch, cfg.seed, index, 0, cfg.dataset.shuffle_buffer),
+    exp.mesh,
+  )
   batch = next(batches)
   step, compile_s, flops = train.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)
   memory = step.memory_analysis()
@@ -172,15 +183,15 @@ def measure_stage(exp, index, teacher, warmup, timed, peak):
     return ref_state
 
   runners = {"ours": run_ours, **({"ref": run_ref} if reference is not None else {})}
-  for i in range(warmup + timed):   # interleaved, alternating which goes first: machine noise falls on both
-    for name in (list(runners) if i % 2 == 0 else list(runners)[::-1]):
+  for i in range(warmup + timed):  # interleaved, alternating which goes first: machine noise falls on both
+    for name in list(runners) if i % 2 == 0 else list(runners)[::-1]:
       started = time.perf_counter()
       jax.block_until_ready(runners[name]())
       if i >= warmup:
         times[name].append(time.perf_counter() - started)
     batch = next(batches)
 
-  started = time.perf_counter()   # the training loop's own rhythm: dispatch, next batch, no sync
+  started = time.perf_counter()  # the training loop's own rhythm: dispatch, next batch, no sync
   for _ in range(timed):
     state, scalars = step(state, batch, teacher)
     batch = next(batches)
@@ -190,23 +201,36 @@ def measure_stage(exp, index, teacher, warmup, timed, peak):
   median, p10, p90 = _percentiles(times["ours"])
   devices = exp.mesh.size
   record = {
-      "stage": stage.name, "steps_timed": timed, "batch_size": cfg.batch_size, "devices": devices,
-      "compile_s": round(compile_s, 3), "step_ms": median, "step_ms_p10": p10, "step_ms_p90": p90,
-      "images_per_s": round(cfg.batch_size / (median / 1e3), 1),
-      "images_per_s_per_device": round(cfg.batch_size / (median / 1e3) / devices, 1),
-      "loop_images_per_s": round(timed * cfg.batch_size / loop_s, 1),
-      "flops_per_step": flops,
-      "flops_per_s": flops / (median / 1e3) if flops else None,
-      "utilization": flops / (median / 1e3) / (peak * devices) if flops else None,
-      "memory_bytes": {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
-                       "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes},
-      "peak_bytes_in_use": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"),
-      "reference_step_ms": None, "reference_flops_per_step": None, "overhead": None,
+    "stage": stage.name,
+    "steps_timed": timed,
+    "batch_size": cfg.batch_size,
+    "devices": devices,
+    "compile_s": round(compile_s, 3),
+    "step_ms": median,
+    "step_ms_p10": p10,
+    "step_ms_p90": p90,
+    "images_per_s": round(cfg.batch_size / (median / 1e3), 1),
+    "images_per_s_per_device": round(cfg.batch_size / (median / 1e3) / devices, 1),
+    "loop_images_per_s": round(timed * cfg.batch_size / loop_s, 1),
+    "flops_per_step": flops,
+    "flops_per_s": flops / (median / 1e3) if flops else None,
+    "utilization": flops / (median / 1e3) / (peak * devices) if flops else None,
+    "memory_bytes": {
+      "arguments": memory.argument_size_in_bytes,
+      "outputs": memory.output_size_in_bytes,
+      "temporaries": memory.temp_size_in_bytes,
+      "aliased": memory.alias_size_in_bytes,
+    },
+    "peak_bytes_in_use": (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use"),
+    "reference_step_ms": None,
+    "reference_flops_per_step": None,
+    "overhead": None,
   }
   if reference is not None:
     ref_median = _percentiles(times["ref"])[0]
-    record.update(reference_step_ms=ref_median, reference_flops_per_step=ref_flops,
-                  overhead=round(median / ref_median, 3))
+    record.update(
+      reference_step_ms=ref_median, reference_flops_per_step=ref_flops, overhead=round(median / ref_median, 3)
+    )
   return record
 
 
@@ -215,8 +239,14 @@ def cached_step_ms(exp, index, teacher, warmup, timed):
   stage = exp.stages[index]
   if not stage.uses_teacher or exp.data.augmented:
     return None
-  tables, _ = teacher_cache.build(exp.teachers, teacher, teacher_cache.needed_layers(exp.stages), exp.data,
-                                  exp.config.eval_batch_size, exp.config.teacher.cache_budget_mb)
+  tables, _ = teacher_cache.build(
+    exp.teachers,
+    teacher,
+    teacher_cache.needed_layers(exp.stages),
+    exp.data,
+    exp.config.eval_batch_size,
+    exp.config.teacher.cache_budget_mb,
+  )
   with_cache = dict(teacher, cache=train.replicate(tables, exp.mesh))
   return measure_stage(exp, index, with_cache, warmup, timed, 1.0)["step_ms"]
 
@@ -228,8 +258,10 @@ def run(config, workdir, warmup=3, timed=20, synthetic_examples=0, stages=()):
   names = [s.name for s in exp.stages]
   unknown = [s for s in stages if s not in names]
   if unknown:
-    raise FitnetsError(f"--stages={','.join(stages)}: {', '.join(unknown)} is not a stage of method="
-                       f"{config.method!r}; its stages are {', '.join(names)}.")
+    raise FitnetsError(
+      f"--stages={','.join(stages)}: {', '.join(unknown)} is not a stage of method="
+      f"{config.method!r}; its stages are {', '.join(names)}."
+    )
   peak, peak_source = device_peak(config.dtype)
   teacher = stage_teacher(exp, jax.random.PRNGKey(config.seed))
   records = []
@@ -239,14 +271,20 @@ def run(config, workdir, warmup=3, timed=20, synthetic_examples=0, stages=()):
     record = measure_stage(exp, index, teacher, warmup, timed, peak)
     record["cached_step_ms"] = cached_step_ms(exp, index, teacher, warmup, timed)
     records.append(record)
-  result = {"config": config.method, "dataset": exp.data.name, "synthetic": bool(synthetic_examples),
-            "dtype": config.dtype, "device_kind": jax.devices()[0].device_kind,
-            "platform": jax.devices()[0].platform, "devices": int(exp.mesh.size),
-            "peak_flops_per_device": peak, "peak_source": peak_source,
-            "compiler_options": compiler.options(),
-            "models": {"student": exp.student.describe(),
-                       **{role: net.describe() for role, net in exp.teachers.items()}},
-            "stages": records}
+  result = {
+    "config": config.method,
+    "dataset": exp.data.name,
+    "synthetic": bool(synthetic_examples),
+    "dtype": config.dtype,
+    "device_kind": jax.devices()[0].device_kind,
+    "platform": jax.devices()[0].platform,
+    "devices": int(exp.mesh.size),
+    "peak_flops_per_device": peak,
+    "peak_source": peak_source,
+    "compiler_options": compiler.options(),
+    "models": {"student": exp.student.describe(), **{role: net.describe() for role, net in exp.teachers.items()}},
+    "stages": records,
+  }
   files.write_atomically(files.join(workdir, "benchmark.json"), json.dumps(result, indent=2))
   return result
 
@@ -257,39 +295,72 @@ def _mib(n):
 
 def table(result):
   """benchmark.json as a readable table."""
-  header = ("stage", "compile s", "step ms (p10–p90)", "img/s", "img/s/dev", "loop img/s", "GFLOP/step",
-            "GFLOP/s", "util", "XLA MiB", "peak MiB", "ref ms", "overhead", "cached ms")
+  header = (
+    "stage",
+    "compile s",
+    "step ms (p10–p90)",
+    "img/s",
+    "img/s/dev",
+    "loop img/s",
+    "GFLOP/step",
+    "GFLOP/s",
+    "util",
+    "XLA MiB",
+    "peak MiB",
+    "ref ms",
+    "overhead",
+    "cached ms",
+  )
   rows = [header]
   for r in result["stages"]:
     mem = r["memory_bytes"]
-    rows.append((
-        r["stage"], f"{r['compile_s']:.2f}", f"{r['step_ms']:.2f} ({r['step_ms_p10']:.2f}–{r['step_ms_p90']:.2f})",
-        f"{r['images_per_s']:,.0f}", f"{r['images_per_s_per_device']:,.0f}", f"{r['loop_images_per_s']:,.0f}",
+    rows.append(
+      (
+        r["stage"],
+        f"{r['compile_s']:.2f}",
+        f"{r['step_ms']:.2f} ({r['step_ms_p10']:.2f}–{r['step_ms_p90']:.2f})",
+        f"{r['images_per_s']:,.0f}",
+        f"{r['images_per_s_per_device']:,.0f}",
+        f"{r['loop_images_per_s']:,.0f}",
         f"{r['flops_per_step'] / 1e9:.3f}" if r["flops_per_step"] else "n/a",
         f"{r['flops_per_s'] / 1e9:.1f}" if r["flops_per_s"] else "n/a",
         f"{100 * r['utilization']:.1f}%" if r["utilization"] else "n/a",
-        _mib(mem["arguments"] + mem["outputs"] + mem["temporaries"] - mem["aliased"]), _mib(r["peak_bytes_in_use"]),
+        _mib(mem["arguments"] + mem["outputs"] + mem["temporaries"] - mem["aliased"]),
+        _mib(r["peak_bytes_in_use"]),
         f"{r['reference_step_ms']:.2f}" if r["reference_step_ms"] else "n/a",
         f"{r['overhead']:.3f}×" if r["overhead"] else "n/a",
-        f"{r['cached_step_ms']:.2f}" if r["cached_step_ms"] else "n/a"))
+        f"{r['cached_step_ms']:.2f}" if r["cached_step_ms"] else "n/a",
+      )
+    )
   widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-  lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-           for row in rows]
+  lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
   models = ", ".join(f"{role} {m['model']}" for role, m in result["models"].items())
   options = result.get("compiler_options")
   xla = "; XLA options " + ", ".join(f"{k}={v!r}" for k, v in options.items()) if options else ""
-  return "\n".join([f"{result['dataset']}{' (synthetic)' if result['synthetic'] else ''}, {models}, "
-                    f"{result['devices']} × {result['device_kind']}, {result['dtype']}; peak "
-                    f"{result['peak_flops_per_device'] / 1e9:,.1f} GFLOP/s per device ({result['peak_source']}){xla}"]
-                   + lines)
+  return "\n".join(
+    [
+      f"{result['dataset']}{' (synthetic)' if result['synthetic'] else ''}, {models}, "
+      f"{result['devices']} × {result['device_kind']}, {result['dtype']}; peak "
+      f"{result['peak_flops_per_device'] / 1e9:,.1f} GFLOP/s per device ({result['peak_source']}){xla}"
+    ]
+    + lines
+  )
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
-  result = or_exit(lambda: run(config_lib.from_command_line(f.config), f.workdir, f.warmup_steps, f.timed_steps,
-                               f.synthetic_examples if f.synthetic else 0, f.stages))
+  result = or_exit(
+    lambda: run(
+      config_lib.from_command_line(f.config),
+      f.workdir,
+      f.warmup_steps,
+      f.timed_steps,
+      f.synthetic_examples if f.synthetic else 0,
+      f.stages,
+    )
+  )
   print(table(result))
   print(f"Written to {files.join(f.workdir, 'benchmark.json')}")
 

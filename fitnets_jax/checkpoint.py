@@ -20,7 +20,7 @@ from fitnets_jax.errors import FitnetsError, WorkdirWriteError
 
 TEACHER_DIR = "teacher"
 TEACHER_INFO = "teacher.json"
-DIGEST_KEY = "state_sha256"   # in a checkpoint's metadata: the digest of its state's values
+DIGEST_KEY = "state_sha256"  # in a checkpoint's metadata: the digest of its state's values
 
 
 class DamagedCheckpoint(Exception):
@@ -38,7 +38,6 @@ def digest(tree):
   return h.hexdigest()
 
 
-
 class RunCheckpoints:
   """Saves and restores (state, meta) at global steps; keeps the newest `keep`, and every stage's last
   checkpoint (global steps `stage_ends`), so each stage's result stays readable (`read_state`).
@@ -50,17 +49,22 @@ class RunCheckpoints:
   never leaves a half-deleted checkpoint among the live ones.
   """
 
-  RETIRED = "retired"   # checkpoints past `keep` are renamed here (atomic), then deleted
+  RETIRED = "retired"  # checkpoints past `keep` are renamed here (atomic), then deleted
 
   def __init__(self, directory, keep, stage_ends=()):
     self.directory = files.absolute(directory)
     policy = preservation.AnyPreservationPolicy([preservation.LatestN(keep), preservation.CustomSteps(stage_ends)])
     self.manager = ocp.CheckpointManager(
-        files.path(self.directory),
-        options=ocp.CheckpointManagerOptions(preservation_policy=policy, create=True, enable_async_checkpointing=False,
-                                             cleanup_tmp_directories=True,   # a killed save's leftovers
-                                             todelete_subdir=self.RETIRED))
-    self._delete_retired()   # a deletion cut short by a kill
+      files.path(self.directory),
+      options=ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        create=True,
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,  # a killed save's leftovers
+        todelete_subdir=self.RETIRED,
+      ),
+    )
+    self._delete_retired()  # a deletion cut short by a kill
 
   def _delete_retired(self):
     if jax.process_index() == 0:
@@ -84,6 +88,7 @@ class RunCheckpoints:
       files.move(files.join(self.directory, str(step)), target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices("checkpoint set aside")
     self.manager.reload()
     return target
@@ -94,8 +99,10 @@ class RunCheckpoints:
     state = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))).state
     recorded = meta.get(DIGEST_KEY)
     if recorded is not None and digest(state) != recorded:
-      raise DamagedCheckpoint(f"its state's SHA-256 differs from the one recorded when it was saved ({recorded[:12]}…): "
-                              "an array file was changed on disk")
+      raise DamagedCheckpoint(
+        f"its state's SHA-256 differs from the one recorded when it was saved ({recorded[:12]}…): "
+        "an array file was changed on disk"
+      )
     return state
 
   def save(self, step, state, meta):
@@ -106,13 +113,18 @@ class RunCheckpoints:
     # replica would write its slice of every array, a small compiled program per shape).
     host_state = jax.device_get(state)
     try:
-      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
-                                                      meta=ocp.args.JsonSave({**meta, DIGEST_KEY: digest(host_state)})),
-                        force=True)
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(host_state), meta=ocp.args.JsonSave({**meta, DIGEST_KEY: digest(host_state)})
+        ),
+        force=True,
+      )
       self._delete_retired()
     except Exception as e:  # noqa: BLE001  (orbax and tensorstore wrap OSErrors in their own types)
-      raise WorkdirWriteError.of(f"the checkpoint at global step {step}", files.join(self.directory, str(step)), e,
-                          newest) from None
+      raise WorkdirWriteError.of(
+        f"the checkpoint at global step {step}", files.join(self.directory, str(step)), e, newest
+      ) from None
 
   def close(self):
     self.manager.wait_until_finished()
@@ -140,8 +152,10 @@ def read_state(workdir, step, abstract_state):
   path = files.join(directory, str(step), "state")
   if not files.isdir(path):
     kept = sorted(int(d) for d in files.listdir(directory) if d.isdigit())
-    raise FitnetsError(f"{workdir!r} has no checkpoint at global step {step} (kept: {kept or 'none'}); a run keeps "
-                       "every stage's last checkpoint, so that stage has not finished in this workdir yet.")
+    raise FitnetsError(
+      f"{workdir!r} has no checkpoint at global step {step} (kept: {kept or 'none'}); a run keeps "
+      "every stage's last checkpoint, so that stage has not finished in this workdir yet."
+    )
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(files.path(path), abstract_state)
 
@@ -155,8 +169,9 @@ def save_teacher(workdir, role, variables, info):
       checkpointer.save(files.path(files.join(directory, "variables")), variables, force=True)
       checkpointer.wait_until_finished()
     if jax.process_index() == 0:
-      files.write_atomically(files.join(directory, TEACHER_INFO),
-                             json.dumps({**info, "variables_sha256": digest(variables)}, indent=2))
+      files.write_atomically(
+        files.join(directory, TEACHER_INFO), json.dumps({**info, "variables_sha256": digest(variables)}, indent=2)
+      )
   except Exception as e:  # noqa: BLE001
     raise WorkdirWriteError.of(f"the {role}'s variables", directory, e) from None
 
@@ -167,9 +182,10 @@ def teacher_dir(path):
     if files.isfile(files.join(candidate, TEACHER_INFO)):
       return files.absolute(candidate)
   raise FitnetsError(
-      f"teacher.checkpoint={path!r} holds no saved teacher: expected {TEACHER_DIR}/{TEACHER_INFO} (a run's "
-      f"workdir) or {TEACHER_INFO} (its teacher/ folder) there. Train one with method=fitnets or kd and "
-      "an empty teacher.checkpoint, then point at that run's workdir.")
+    f"teacher.checkpoint={path!r} holds no saved teacher: expected {TEACHER_DIR}/{TEACHER_INFO} (a run's "
+    f"workdir) or {TEACHER_INFO} (its teacher/ folder) there. Train one with method=fitnets or kd and "
+    "an empty teacher.checkpoint, then point at that run's workdir."
+  )
 
 
 def teacher_info(path):
@@ -187,20 +203,23 @@ def load_teacher(path, abstract_variables, key="teacher.checkpoint"):
       restored = checkpointer.restore(files.path(directory))
   except Exception as e:  # noqa: BLE001  (a missing folder, a truncated file: orbax's and tensorstore's types)
     raise FitnetsError(
-        f"{key}={path!r}: the teacher's variables in {directory} cannot be read ({type(e).__name__}: "
-        f"{(str(e).strip().splitlines() or [''])[0][:200]}); its {TEACHER_INFO} is there, but the weights are missing "
-        "or damaged. Restore the folder from a copy, or train the teacher again (an empty teacher.checkpoint).") from None
+      f"{key}={path!r}: the teacher's variables in {directory} cannot be read ({type(e).__name__}: "
+      f"{(str(e).strip().splitlines() or [''])[0][:200]}); its {TEACHER_INFO} is there, but the weights are missing "
+      "or damaged. Restore the folder from a copy, or train the teacher again (an empty teacher.checkpoint)."
+    ) from None
   if recorded is not None and digest(restored) != recorded:
     raise FitnetsError(
-        f"{key}={path!r}: the teacher's variables in {directory} differ from those saved (their SHA-256 does not "
-        f"match the one in {TEACHER_INFO}): a file was changed on disk. Restore the folder from a copy, or train the "
-        "teacher again (an empty teacher.checkpoint).")
+      f"{key}={path!r}: the teacher's variables in {directory} differ from those saved (their SHA-256 does not "
+      f"match the one in {TEACHER_INFO}): a file was changed on disk. Restore the folder from a copy, or train the "
+      "teacher again (an empty teacher.checkpoint)."
+    )
   want = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(abstract_variables)}
   have = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(restored)}
   for name in sorted(set(want) | set(have)):
     if want.get(name) != have.get(name):
       raise FitnetsError(
-          f"{key}={path!r} does not fit the configured teacher: parameter {name} has shape "
-          f"{have.get(name, 'missing')} in the checkpoint but {want.get(name, 'missing')} in the model. "
-          "Set teacher.model to the architecture that was saved (see its teacher.json).")
+        f"{key}={path!r} does not fit the configured teacher: parameter {name} has shape "
+        f"{have.get(name, 'missing')} in the checkpoint but {want.get(name, 'missing')} in the model. "
+        "Set teacher.model to the architecture that was saved (see its teacher.json)."
+      )
   return restored

@@ -15,7 +15,11 @@ import jax
 from fitnets_jax.errors import FitnetsError
 
 # Device files a GPU or TPU driver creates; JAX on CPU beside them is almost always an install mistake.
-ACCELERATOR_FILES = {"an NVIDIA GPU": "/dev/nvidia[0-9]*", "a TPU": "/dev/accel[0-9]*", "a TPU (v5e+)": "/dev/vfio/[0-9]*"}
+ACCELERATOR_FILES = {
+  "an NVIDIA GPU": "/dev/nvidia[0-9]*",
+  "a TPU": "/dev/accel[0-9]*",
+  "a TPU (v5e+)": "/dev/vfio/[0-9]*",
+}
 
 
 def initialize(config):
@@ -23,26 +27,32 @@ def initialize(config):
   if not config.distributed or jax.distributed.is_initialized():
     return
   c = config.cluster
-  given = dict(coordinator_address=c.coordinator_address or None, num_processes=c.num_processes or None,
-               process_id=c.process_id if c.process_id >= 0 else None)
+  given = dict(
+    coordinator_address=c.coordinator_address or None,
+    num_processes=c.num_processes or None,
+    process_id=c.process_id if c.process_id >= 0 else None,
+  )
   try:
     jax.distributed.initialize(**given, initialization_timeout=c.timeout_s)
   except (ValueError, RuntimeError, TypeError) as e:
     set_keys = ", ".join(f"cluster.{k}={v!r}" for k, v in given.items() if v is not None) or "no cluster.* keys"
     raise FitnetsError(
-        f"distributed=True could not join the cluster with {set_keys} ({type(e).__name__}: "
-        f"{(str(e).strip().splitlines() or [''])[0][:300]}). Cloud TPU VMs, SLURM, Open MPI and Kubernetes are "
-        "detected by themselves; elsewhere set --config.cluster.coordinator_address=HOST:PORT (process 0's "
-        "address, the same on every process), --config.cluster.num_processes=N and, on each process, "
-        "--config.cluster.process_id=0…N−1.") from None
+      f"distributed=True could not join the cluster with {set_keys} ({type(e).__name__}: "
+      f"{(str(e).strip().splitlines() or [''])[0][:300]}). Cloud TPU VMs, SLURM, Open MPI and Kubernetes are "
+      "detected by themselves; elsewhere set --config.cluster.coordinator_address=HOST:PORT (process 0's "
+      "address, the same on every process), --config.cluster.num_processes=N and, on each process, "
+      "--config.cluster.process_id=0…N−1."
+    ) from None
 
 
 def describe():
   """One line: JAX's backend, its devices and processes."""
   devices = jax.devices()
   kinds = sorted({d.device_kind for d in devices})
-  return (f"JAX {jax.__version__} on {jax.default_backend()}: {len(devices)} device(s) ({', '.join(kinds)}) in "
-          f"{jax.process_count()} process(es), {jax.local_device_count()} here")
+  return (
+    f"JAX {jax.__version__} on {jax.default_backend()}: {len(devices)} device(s) ({', '.join(kinds)}) in "
+    f"{jax.process_count()} process(es), {jax.local_device_count()} here"
+  )
 
 
 def accelerator_left_idle():
@@ -57,6 +67,10 @@ def warn_if_accelerator_idle():
   """Warns on stderr when the machine has a GPU or TPU but JAX trains on its CPU."""
   idle = accelerator_left_idle()
   if idle:
-    print(f"warning: this machine has {idle}, but JAX runs on the CPU: the installed jaxlib has no plugin for "
-          "it. Install the accelerator's build (see docs/install.md: pip install -e '.[cuda12]' or '.[tpu]'), or "
-          "set JAX_PLATFORMS=cpu to train on the CPU on purpose.", file=sys.stderr, flush=True)
+    print(
+      f"warning: this machine has {idle}, but JAX runs on the CPU: the installed jaxlib has no plugin for "
+      "it. Install the accelerator's build (see docs/install.md: pip install -e '.[cuda12]' or '.[tpu]'), or "
+      "set JAX_PLATFORMS=cpu to train on the CPU on purpose.",
+      file=sys.stderr,
+      flush=True,
+    )

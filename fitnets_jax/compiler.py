@@ -2,9 +2,9 @@
 
 On CPU, XLA (jaxlib 0.10) hands convolutions and matrix products to YNNPACK fusions by default. On
 this library's networks XLA's own Eigen-based kernels are faster: on 2 cores the MNIST FitNets KD
-step goes from 172–192 to 117–121 ms and the SVHN teacher's step from 3.0 to 2.0 s (README,
-*Measured*). So on CPU the steps are compiled with no YNNPACK fusions (`CPU_OPTIONS`). GPUs and
-TPUs get XLA's defaults.
+step goes from 172–192 to 117–121 ms and the SVHN teacher's step from 3.0 to 2.0 s
+(docs/measured.md). So on CPU the steps are compiled with no YNNPACK fusions (`CPU_OPTIONS`). GPUs
+and TPUs get XLA's defaults.
 
 Programs that run once (a stage's initial state) are compiled on CPU with LLVM's optimisation level
 1 instead of 2 (`RUN_ONCE_OPTIONS`): 3–6× less compile time (digits_student 10 → 2 s, ResNet-18
@@ -21,7 +21,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}   # "": no YNNPACK fusions
+CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no YNNPACK fusions
 RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 1}
 DEFAULTS_VARIABLE = "FITNETS_JAX_XLA_DEFAULTS"
 
@@ -42,7 +42,7 @@ def _accepted(items):
   """Whether this XLA compiles with these options (an option it does not know is an error)."""
   try:
     jax.jit(lambda x: x + 1, compiler_options=dict(items)).lower(1.0).compile()
-  except Exception:   # an option it does not know: keep XLA's defaults
+  except Exception:  # an option it does not know: keep XLA's defaults
     return False
   return True
 

@@ -23,137 +23,105 @@ PAPER_MAX_NORM = dict(max_norm_conv=0.9, max_norm_dense=1.9, max_norm_logits=1.9
 
 
 def optimizer_config(name="rmsprop", learning_rate=0.005, **overrides):
-  """One stage's optimizer. RMSProp, lr 0.005, decay 0.9 is FitNets' recipe (SPEC §2)."""
-  cfg = ml_collections.ConfigDict(dict(
-      name=name,                 # rmsprop | sgd | adam | adamw
+  """One stage's optimizer. RMSProp, lr 0.005, decay 0.9 is FitNets' recipe (Romero et al. 2015, §4)."""
+  cfg = ml_collections.ConfigDict(
+    dict(
+      name=name,  # rmsprop | sgd | adam | adamw
       learning_rate=learning_rate,
-      schedule="constant",       # constant | cosine | piecewise
-      boundaries_epochs=[0.0],   # piecewise: epochs at which lr is multiplied by decay_factor
+      schedule="constant",  # constant | cosine | piecewise
+      boundaries_epochs=[0.0],  # piecewise: epochs at which lr is multiplied by decay_factor
       decay_factor=0.1,
       warmup_epochs=0.0,
-      decay=0.9,                 # rmsprop: moving-average decay of squared gradients
+      decay=0.9,  # rmsprop: moving-average decay of squared gradients
       eps=1e-8,
-      momentum=0.0,              # rmsprop / sgd momentum
+      momentum=0.0,  # rmsprop / sgd momentum
       nesterov=False,
-      weight_decay=0.0,          # decoupled, applied to trained parameters only
-      grad_clip_norm=0.0,        # 0: off
+      weight_decay=0.0,  # decoupled, applied to trained parameters only
+      grad_clip_norm=0.0,  # 0: off
       # Max-norm constraints (FitNets/maxout: conv 0.9, dense 1.9, softmax 1.9365); 0: off.
       max_norm_conv=0.0,
       max_norm_dense=0.0,
       max_norm_logits=0.0,
-  ))
+    )
+  )
   cfg.update(overrides)
   return cfg
 
 
 def stage_config(epochs, steps=0, **optimizer):
   """A training stage: its length (`steps` wins when > 0) and its own optimizer."""
-  return ml_collections.ConfigDict(dict(
-      epochs=float(epochs), steps=steps, optimizer=optimizer_config(**optimizer)))
+  return ml_collections.ConfigDict(dict(epochs=float(epochs), steps=steps, optimizer=optimizer_config(**optimizer)))
 
 
 def base_config():
-  """Defaults shared by every config file; see README 'Config keys'."""
+  """Defaults shared by every config file, with every method's own sections (docs/configuration.md)."""
   c = ml_collections.ConfigDict()
-  c.method = "fitnets"            # fitnets | kd | scratch | fsp | at | multi_teacher | dml | byot
+  c.method = (
+    "fitnets"  # a method of fitnets_jax/methods: at | byot | dml | fitnets | fsp | kd | multi_teacher | scratch
+  )
   c.seed = 0
-  c.num_devices = 0               # data-parallel devices; 0: every device JAX sees
-  c.distributed = False           # jax.distributed.initialize() first: several hosts (TPU pod slices, SLURM, …)
-  c.cluster = ml_collections.ConfigDict(dict(   # distributed=True on a cluster JAX does not detect by itself
-      coordinator_address="",    # host:port of process 0, the same on every process
-      num_processes=0,           # 0: detected
-      process_id=-1,             # this process, 0…num_processes−1; −1: detected
-      timeout_s=300,             # how long to wait for every process to join
-  ))
-  c.batch_size = 128              # global batch, split over devices and hosts
+  c.num_devices = 0  # data-parallel devices; 0: every device JAX sees
+  c.distributed = False  # jax.distributed.initialize() first: several hosts (TPU pod slices, SLURM, …)
+  c.cluster = ml_collections.ConfigDict(
+    dict(  # distributed=True on a cluster JAX does not detect by itself
+      coordinator_address="",  # host:port of process 0, the same on every process
+      num_processes=0,  # 0: detected
+      process_id=-1,  # this process, 0…num_processes−1; −1: detected
+      timeout_s=300,  # how long to wait for every process to join
+    )
+  )
+  c.batch_size = 128  # global batch, split over devices and hosts
   c.eval_batch_size = 500
   c.log_every_steps = 50
-  c.eval_every_steps = 0          # 0: evaluate at each stage end only
+  c.eval_every_steps = 0  # 0: evaluate at each stage end only
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
-  c.on_nan = "stop"               # stop | skip_step: what a NaN/Inf loss or gradient does
-  c.dtype = "float32"             # float32 | bfloat16: activations' dtype (params, optimizer, losses stay float32)
+  c.on_nan = "stop"  # stop | skip_step: what a NaN/Inf loss or gradient does
+  c.dtype = "float32"  # float32 | bfloat16: activations' dtype (params, optimizer, losses stay float32)
 
-  c.dataset = ml_collections.ConfigDict(dict(
-      name="digits",              # digits | npz | svhn_cropped | cifar10 | cifar100 | mnist
-      path="",                    # npz: the .npz file
-      num_classes=0,              # npz: 0 infers max(train_labels) + 1
-      data_dir="",                # TFDS data_dir (local or gs://); "" = TFDS default
-      download=False,             # TFDS: never download unless asked
-      train_split="train",        # e.g. "train+extra" for SVHN
+  c.dataset = ml_collections.ConfigDict(
+    dict(
+      name="digits",  # digits | npz | svhn_cropped | cifar10 | cifar100 | mnist
+      path="",  # npz: the .npz file
+      num_classes=0,  # npz: 0 infers max(train_labels) + 1
+      data_dir="",  # TFDS data_dir (local or gs://); "" = TFDS default
+      download=False,  # TFDS: never download unless asked
+      train_split="train",  # e.g. "train+extra" for SVHN
       test_split="test",
-      preprocess="standardize",   # standardize | gcn_zca | none
-      stats_examples=10000,       # training examples used to fit mean/std or ZCA
+      preprocess="standardize",  # standardize | gcn_zca | none
+      stats_examples=10000,  # training examples used to fit mean/std or ZCA
       gcn_scale=55.0,
       zca_epsilon=0.1,
-      flip=False,                 # random horizontal flips
-      shift=0,                    # random shifts of up to this many pixels (pad, then crop)
-      pad_mode="constant",        # shift padding: constant (zeros) | reflect
+      flip=False,  # random horizontal flips
+      shift=0,  # random shifts of up to this many pixels (pad, then crop)
+      pad_mode="constant",  # shift padding: constant (zeros) | reflect
       shuffle_buffer=50000,
-      validation_examples=0,      # hold out the last N training examples as a validation split
-  ))
-  c.teacher = ml_collections.ConfigDict(dict(
+      validation_examples=0,  # hold out the last N training examples as a validation split
+    )
+  )
+  c.teacher = ml_collections.ConfigDict(
+    dict(
       model="digits_teacher",
-      checkpoint="",              # a run's workdir (or its teacher/ folder) to reuse
+      checkpoint="",  # a run's workdir (or its teacher/ folder) to reuse
       dropout=0.0,
-      cache=False,                # compute every teacher's outputs on the training set once (no augmentation)
-      cache_budget_mb=1024.0,     # cache: memory for hint features (logits are always cached)
-  ))
+      cache=False,  # compute every teacher's outputs on the training set once (no augmentation)
+      cache_budget_mb=1024.0,  # cache: memory for hint features (logits are always cached)
+    )
+  )
   c.student = ml_collections.ConfigDict(dict(model="digits_student", dropout=0.0))
-  # multi_teacher: a list of dicts, each {model, checkpoint, dropout, epochs, steps, optimizer}; the
-  # training recipe defaults to stages.teacher (optimizer: overrides of its keys).
-  c.teachers = []
-  c.multi_teacher = ml_collections.ConfigDict(dict(
-      weights="uniform",          # uniform | explicit (mu) | accuracy (validation accuracy, normalised)
-      mu=[],                      # explicit: one weight ≥ 0 per teacher, not all zero
-      hint_stage=False,           # run the FitNets hint stage(s) first (pairs name their teacher)
-  ))
-  # dml: the cohort, a list of K ≥ 2 dicts {model, dropout, optimizer}; each network trains for
-  # stages.student's length with its own optimizer (stages.student.optimizer with `optimizer` overrides).
-  c.cohort = []
-  c.dml = ml_collections.ConfigDict(dict(
-      temperature=1.0,            # τ of the peers' KL terms (the paper: 1)
-      order="alternating",        # alternating: update net 1, recompute, update net 2, … | simultaneous
-  ))
-  c.byot = ml_collections.ConfigDict(dict(
-      alpha=0.3,                  # (1−α)·CE + α·KL(q_C^τ ‖ q_i^τ) per shallow exit (authors' code: 0.3)
-      temperature=3.0,            # authors' code: 3
-      feature="l2",               # feature term d(F_i, F_C): l2 (code, not squared) | squared (paper) | off
-      feature_weight=0.03,        # λ (authors' code: 0.03)
-  ))
-  c.hint = ml_collections.ConfigDict(dict(
-      teacher_layer="conv2",      # hint layer (python -m fitnets_jax.layers lists them)
-      student_layer="conv5",      # guided layer
-      kind="regression",          # regression: FitNets' regressor + L2 | attention: attention transfer
-      weight=1.0,                 # this pair's weight in the loss
-      regressor_init=0.05,        # U(±r) initialisation of the regressor; 0: lecun normal
-      order="progressive",        # several pairs (`hints`): progressive (one phase per pair) | joint
-  ))
-  # Several hint pairs: a list of dicts with teacher_layer, student_layer and optionally kind,
-  # weight and teacher (index into `teachers`); empty: the one pair in `hint`.
-  c.hints = []
-  c.attention = ml_collections.ConfigDict(dict(
-      beta=1000.0,                # β of the attention-transfer loss β/2·mean((Q_S − Q_T)²)
-  ))
-  c.fsp = ml_collections.ConfigDict(dict(
-      weight=1.0,                 # λ_i, equal for every section (Yim et al.)
-      kd=False,                   # stage 2: the KD loss (kd.*) instead of plain cross-entropy
-  ))
-  c.kd = ml_collections.ConfigDict(dict(
-      loss="fitnets",             # fitnets: H(y,P_S) + λ·H(P_T^τ,P_S^τ) | hinton: α·τ²·KL + (1−α)·CE
-      temperature=3.0,
-      lambda_start=4.0,           # fitnets: λ annealed linearly start → end
-      lambda_end=1.0,
-      lambda_decay_begin_epochs=0.0,
-      lambda_decay_epochs=-1.0,   # -1: until the end of the stage
-      alpha=0.9,                  # hinton only
-      attention=False,            # add the attention pairs' loss (hint kind 'attention') to the KD loss
-  ))
-  c.stages = ml_collections.ConfigDict(dict(
-      teacher=stage_config(epochs=100),   # trains the teacher unless teacher.checkpoint is set
-      hint=stage_config(epochs=100),      # FitNets stage 1
-      student=stage_config(epochs=100),   # KD stage (fitnets, kd) or labels only (scratch)
-  ))
+  c.stages = ml_collections.ConfigDict(
+    dict(
+      teacher=stage_config(epochs=100),  # trains the teacher unless teacher.checkpoint is set
+      hint=stage_config(epochs=100),  # FitNets stage 1
+      student=stage_config(epochs=100),  # KD stage (fitnets, kd) or labels only (scratch)
+    )
+  )
+  # Each method's own sections (kd, hint, hints, attention, fsp, teachers, multi_teacher, cohort, dml,
+  # byot): defined in its module under fitnets_jax/methods/ (docs/configuration.md lists every key).
+  from fitnets_jax import methods  # imported here: the methods import JAX, which importing config must not
+
+  for key, value in methods.config_defaults().items():
+    c[key] = value
   return c
 
 
@@ -162,9 +130,22 @@ def base_config():
 # devices and hosts (they compute the same numbers, to the order of float sums), where the data lies,
 # how the hosts find each other, and what a NaN does.
 # Any other difference means another experiment, and the run refuses to resume.
-SAFE_TO_CHANGE = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-                  "num_devices", "distributed", "eval_batch_size", "on_nan", "dataset.data_dir", "dataset.download",
-                  "cluster.coordinator_address", "cluster.num_processes", "cluster.process_id", "cluster.timeout_s")
+SAFE_TO_CHANGE = (
+  "log_every_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "num_devices",
+  "distributed",
+  "eval_batch_size",
+  "on_nan",
+  "dataset.data_dir",
+  "dataset.download",
+  "cluster.coordinator_address",
+  "cluster.num_processes",
+  "cluster.process_id",
+  "cluster.timeout_s",
+)
 
 
 def flatten(tree, prefix=""):
@@ -195,16 +176,20 @@ def check_types(config):
     else:
       ok = isinstance(value, (int, float) if isinstance(want, float) else int) and not isinstance(value, bool)
     if not ok:
-      raise FitnetsError(f"{key}={value!r} has the wrong type; it must be {_type_name(want)} "
-                         f"(the default is {want!r}).")
+      raise FitnetsError(
+        f"{key}={value!r} has the wrong type; it must be {_type_name(want)} (the default is {want!r})."
+      )
 
 
 def changed_keys(saved, config):
   """[(key, saved value, value now)] for keys outside SAFE_TO_CHANGE that differ between a saved
   config.json (a dict) and `config`."""
   before, now = flatten(saved), flatten(json.loads(config.to_json_best_effort()))
-  return [(k, before.get(k, "unset"), now.get(k, "unset")) for k in sorted(set(before) | set(now))
-          if k not in SAFE_TO_CHANGE and before.get(k, "unset") != now.get(k, "unset")]
+  return [
+    (k, before.get(k, "unset"), now.get(k, "unset"))
+    for k in sorted(set(before) | set(now))
+    if k not in SAFE_TO_CHANGE and before.get(k, "unset") != now.get(k, "unset")
+  ]
 
 
 def packaged(path):
@@ -212,14 +197,18 @@ def packaged(path):
   the same file shipped inside the installed package: the configs work from any folder."""
   file, sep, arg = path.partition(".py:")
   file = file + ".py" if sep else file
-  if os.path.isabs(file) or files.is_remote(file) or files.isfile(file) or \
-     os.path.dirname(os.path.normpath(file)) != "configs":
+  if (
+    os.path.isabs(file)
+    or files.is_remote(file)
+    or files.isfile(file)
+    or os.path.dirname(os.path.normpath(file)) != "configs"
+  ):
     return path
   shipped = importlib.resources.files("fitnets_jax.configs") / os.path.basename(file)
   return (str(shipped) + (f":{arg}" if sep else "")) if shipped.is_file() else path
 
 
-COMMAND_LINE_OVERRIDES = []   # (key, text) of the command line's --config.key=value, taken out of sys.argv
+COMMAND_LINE_OVERRIDES = []  # (key, text) of the command line's --config.key=value, taken out of sys.argv
 
 
 def define_config_flag():
@@ -228,12 +217,13 @@ def define_config_flag():
   here, before the flags are parsed, and applied by `from_command_line` with this project's one-paragraph
   errors (a misspelt key names the key it resembles)."""
   from absl import flags
+
   argv, kept = sys.argv, sys.argv[:1]
   i = 1
   while i < len(argv):
     arg = argv[i]
     if arg.startswith("--config."):
-      key, sep, text = arg[len("--config."):].partition("=")
+      key, sep, text = arg[len("--config.") :].partition("=")
       if not sep:
         if i + 1 == len(argv) or argv[i + 1].startswith("--"):
           print(f"error: --config.{key} needs a value: --config.{key}=VALUE.", file=sys.stderr)
@@ -241,7 +231,7 @@ def define_config_flag():
         i, text = i + 1, argv[i + 1]
       COMMAND_LINE_OVERRIDES.append((key, text))
     elif arg.startswith("--config="):
-      kept.append("--config=" + packaged(arg[len("--config="):]))
+      kept.append("--config=" + packaged(arg[len("--config=") :]))
     elif arg == "--config" and i + 1 < len(argv):
       kept += [arg, packaged(argv[i + 1])]
       i += 1
@@ -249,8 +239,11 @@ def define_config_flag():
       kept.append(arg)
     i += 1
   sys.argv[:] = kept
-  flags.DEFINE_string("config", packaged("configs/digits.py"), "Experiment config file: configs/NAME.py[:arg]; "
-                      "--config.key=value overrides any key.")
+  flags.DEFINE_string(
+    "config",
+    packaged("configs/digits.py"),
+    "Experiment config file: configs/NAME.py[:arg]; --config.key=value overrides any key.",
+  )
 
 
 def from_command_line(path, overrides=None):
@@ -278,15 +271,17 @@ def _parse(key, text, current):
     try:
       return int(text) if isinstance(current, int) else float(text)
     except ValueError:
-      raise FitnetsError(f"{where}: {key} is {'an integer' if isinstance(current, int) else 'a number'} "
-                         f"(it is {current!r} now).") from None
+      raise FitnetsError(
+        f"{where}: {key} is {'an integer' if isinstance(current, int) else 'a number'} (it is {current!r} now)."
+      ) from None
   if isinstance(current, str):
     return text
   try:
     return ast.literal_eval(text)
   except (ValueError, SyntaxError):
-    raise FitnetsError(f"{where}: {key} holds {type(current).__name__} values; write a Python literal, such as "
-                       f"{current!r}.") from None
+    raise FitnetsError(
+      f"{where}: {key} holds {type(current).__name__} values; write a Python literal, such as {current!r}."
+    ) from None
 
 
 def _load_file(path):
@@ -295,8 +290,10 @@ def _load_file(path):
   file, sep, arg = packaged(path).partition(".py:")
   file = file + ".py" if sep else file
   if not (file.endswith(".py") and not files.is_remote(file) and files.isfile(file)):
-    raise FitnetsError(f"config file {file!r} does not exist or is not a .py file; pass a file with get_config(), "
-                       "such as configs/digits.py (relative to the current folder, or absolute).")
+    raise FitnetsError(
+      f"config file {file!r} does not exist or is not a .py file; pass a file with get_config(), "
+      "such as configs/digits.py (relative to the current folder, or absolute)."
+    )
   spec = importlib.util.spec_from_file_location(f"fitnets_config_{os.path.basename(file)[:-3]}", file)
   module = importlib.util.module_from_spec(spec)
   try:
@@ -308,15 +305,19 @@ def _load_file(path):
     raise
   except Exception as e:  # noqa: BLE001  (whatever the user's file raises)
     line = next((f.lineno for f in reversed(traceback.extract_tb(e.__traceback__)) if f.filename == file), None)
-    raise FitnetsError(f"config file {file!r} failed{f' at line {line}' if line else ''} while "
-                       f"{'running get_config' if hasattr(module, 'get_config') else 'loading'} "
-                       f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}); fix the file, or "
-                       "start from one in configs/.") from None
+    raise FitnetsError(
+      f"config file {file!r} failed{f' at line {line}' if line else ''} while "
+      f"{'running get_config' if hasattr(module, 'get_config') else 'loading'} "
+      f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}); fix the file, or "
+      "start from one in configs/."
+    ) from None
   if not isinstance(config, ml_collections.ConfigDict):
     called = f"get_config({arg!r})" if arg else "get_config()"
-    raise FitnetsError(f"config file {file!r}: {called} returned {type(config).__name__}, "
-                       "not an ml_collections.ConfigDict; end it with `return config` (configs/digits.py shows the "
-                       "form).")
+    raise FitnetsError(
+      f"config file {file!r}: {called} returned {type(config).__name__}, "
+      "not an ml_collections.ConfigDict; end it with `return config` (configs/digits.py shows the "
+      "form)."
+    )
   config.lock()
   return config
 
@@ -329,9 +330,11 @@ def _node(config, key, file, what):
     valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
     if part not in valid:
       close = difflib.get_close_matches(part, valid, n=1)
-      raise FitnetsError(f"{what}: {'.'.join(parts[:i + 1])!r} is not a key of the config in {file!r}"
-                         f"{f' (did you mean {close[0]!r}?)' if close else ''}; valid there: "
-                         f"{', '.join(valid) or 'none, it is a value'}.")
+      raise FitnetsError(
+        f"{what}: {'.'.join(parts[: i + 1])!r} is not a key of the config in {file!r}"
+        f"{f' (did you mean {close[0]!r}?)' if close else ''}; valid there: "
+        f"{', '.join(valid) or 'none, it is a value'}."
+      )
     if i < len(parts) - 1:
       node = node[part]
   return node, parts[-1]

@@ -38,12 +38,18 @@ NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 EPOCHS_PER_PIPELINE = 1000  # epochs one training pipeline runs before the next is built
 DIGITS_TRAIN = 1437  # of 1,797; the rest (360) is the test split
 # (image shape, classes) of the named datasets, known without reading them
-SHAPES = {"digits": ((8, 8, 1), 10), "mnist": ((28, 28, 1), 10), "svhn_cropped": ((32, 32, 3), 10),
-          "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
+SHAPES = {
+  "digits": ((8, 8, 1), 10),
+  "mnist": ((28, 28, 1), 10),
+  "svhn_cropped": ((32, 32, 3), 10),
+  "cifar10": ((32, 32, 3), 10),
+  "cifar100": ((32, 32, 3), 100),
+}
 
 
 def _tf():
   import tensorflow as tf  # Imported on use: keeps TF's start-up out of light imports.
+
   tf.config.set_visible_devices([], "GPU")  # tf.data only; the accelerator belongs to JAX.
   return tf
 
@@ -51,22 +57,23 @@ def _tf():
 @dataclasses.dataclass
 class Data:
   """One dataset: sizes, this host's splits, and the fitted preprocessing."""
+
   name: str
   num_classes: int
   image_shape: tuple
-  num_train: int                 # whole split, all hosts
+  num_train: int  # whole split, all hosts
   num_test: int
-  train_examples: tuple          # (uint8 images, int32 labels, int32 example ids), eager tf tensors: every host's
-                                 # examples when `global_order`, else this host's part
+  train_examples: tuple  # (uint8 images, int32 labels, int32 example ids), eager tf tensors: every host's
+  # examples when `global_order`, else this host's part
   test: Callable
-  normalize: Callable            # float32 [0, 1] batch (tf) → preprocessed batch
+  normalize: Callable  # float32 [0, 1] batch (tf) → preprocessed batch
   augment_flip: bool = False
   augment_shift: int = 0
-  augment_pad_mode: str = "constant"   # how a shift pads: constant (zeros) | reflect
-  num_validation: int = 0        # held out of training by dataset.validation_examples
+  augment_pad_mode: str = "constant"  # how a shift pads: constant (zeros) | reflect
+  num_validation: int = 0  # held out of training by dataset.validation_examples
   validation: Callable = None
-  train_all: Callable = None     # () → the whole training split (every host's), in id order
-  global_order: bool = False     # one order over all hosts' examples; each host takes its rows of a batch
+  train_all: Callable = None  # () → the whole training split (every host's), in id order
+  global_order: bool = False  # one order over all hosts' examples; each host takes its rows of a batch
 
   @property
   def augmented(self):
@@ -79,8 +86,11 @@ class Data:
 def _sklearn_file(*parts):
   """A file shipped inside the installed scikit-learn package (found without importing it)."""
   spec = importlib.util.find_spec("sklearn")
-  check(spec is not None and spec.origin, "dataset.name='digits' needs scikit-learn, whose package holds the digits; "
-                                          "pip install scikit-learn (requirements.txt pins it).")
+  check(
+    spec is not None and spec.origin,
+    "dataset.name='digits' needs scikit-learn, whose package holds the digits; "
+    "pip install scikit-learn (requirements.txt pins it).",
+  )
   return files.join(os.path.dirname(spec.origin), *parts)
 
 
@@ -92,8 +102,9 @@ def digits_arrays():
   The table is read from scikit-learn's data folder as `load_digits` reads it, without importing
   scikit-learn (a 1–3 s import).
   """
-  table = np.loadtxt(io.BytesIO(gzip.decompress(files.read_bytes(_sklearn_file("datasets", "data", "digits.csv.gz")))),
-                     delimiter=",")
+  table = np.loadtxt(
+    io.BytesIO(gzip.decompress(files.read_bytes(_sklearn_file("datasets", "data", "digits.csv.gz")))), delimiter=","
+  )
   images = np.round(table[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)[..., None]
   labels = table[:, -1].astype(np.int32)
   order = np.random.RandomState(0).permutation(len(labels))
@@ -103,44 +114,62 @@ def digits_arrays():
 
 def npz_arrays(path, num_classes=0):
   """Reads and validates a user's .npz (uint8 NHWC images, integer labels)."""
-  check(path, "dataset.name='npz' needs dataset.path=/path/to/file.npz holding "
-              f"{', '.join(NPZ_KEYS)}.")
-  check(files.isfile(path), f"dataset.path={path!r} does not exist or is not a file; it must be an "
-                            f".npz holding {', '.join(NPZ_KEYS)}.")
+  check(path, f"dataset.name='npz' needs dataset.path=/path/to/file.npz holding {', '.join(NPZ_KEYS)}.")
+  check(
+    files.isfile(path),
+    f"dataset.path={path!r} does not exist or is not a file; it must be an .npz holding {', '.join(NPZ_KEYS)}.",
+  )
   try:
     with files.open_path(path, "rb") as raw, np.load(raw, allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}
   except Exception as e:  # zipfile/pickle/format errors all mean the same to a user.
-    raise FitnetsError(f"dataset.path={path!r} could not be read as an .npz file ({type(e).__name__}: {e}); "
-                       f"save it with numpy.savez holding {', '.join(NPZ_KEYS)}.") from None
+    raise FitnetsError(
+      f"dataset.path={path!r} could not be read as an .npz file ({type(e).__name__}: {e}); "
+      f"save it with numpy.savez holding {', '.join(NPZ_KEYS)}."
+    ) from None
   missing = [k for k in NPZ_KEYS if k not in arrays]
-  check(not missing, f"dataset.path={path!r} lacks {', '.join(missing)}; it holds {sorted(arrays)} "
-                     f"but must hold {', '.join(NPZ_KEYS)}.")
+  check(
+    not missing,
+    f"dataset.path={path!r} lacks {', '.join(missing)}; it holds {sorted(arrays)} but must hold {', '.join(NPZ_KEYS)}.",
+  )
   for split in ("train", "test"):
     x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-    check(x.ndim == 4, f"{split}_images in {path!r} has shape {x.shape}; it must be NHWC (examples, "
-                       "height, width, channels) — add a channel axis for grayscale: x[..., None].")
-    check(x.dtype == np.uint8, f"{split}_images in {path!r} has dtype {x.dtype}; it must be uint8 "
-                               "pixels in 0..255.")
+    check(
+      x.ndim == 4,
+      f"{split}_images in {path!r} has shape {x.shape}; it must be NHWC (examples, "
+      "height, width, channels) — add a channel axis for grayscale: x[..., None].",
+    )
+    check(x.dtype == np.uint8, f"{split}_images in {path!r} has dtype {x.dtype}; it must be uint8 pixels in 0..255.")
     check(len(x) > 0, f"{split}_images in {path!r} is empty; each split needs at least one example.")
-    check(y.ndim == 1 and np.issubdtype(y.dtype, np.integer),
-          f"{split}_labels in {path!r} has shape {y.shape} and dtype {y.dtype}; it must be a 1-D integer array.")
+    check(
+      y.ndim == 1 and np.issubdtype(y.dtype, np.integer),
+      f"{split}_labels in {path!r} has shape {y.shape} and dtype {y.dtype}; it must be a 1-D integer array.",
+    )
     check(len(y) == len(x), f"{split}_labels in {path!r} has {len(y)} labels for {len(x)} images.")
-  check(arrays["train_images"].shape[1:] == arrays["test_images"].shape[1:],
-        f"train_images {arrays['train_images'].shape[1:]} and test_images {arrays['test_images'].shape[1:]} "
-        f"in {path!r} must have the same image shape.")
+  check(
+    arrays["train_images"].shape[1:] == arrays["test_images"].shape[1:],
+    f"train_images {arrays['train_images'].shape[1:]} and test_images {arrays['test_images'].shape[1:]} "
+    f"in {path!r} must have the same image shape.",
+  )
   classes = num_classes or int(arrays["train_labels"].max()) + 1
   for split in ("train", "test"):
     y = arrays[f"{split}_labels"]
-    check(y.min() >= 0 and y.max() < classes,
-          f"{split}_labels in {path!r} range over {y.min()}..{y.max()}; labels must lie in 0..{classes - 1} "
-          "(the classes seen in train_labels, or set dataset.num_classes).")
-  return (arrays["train_images"], arrays["train_labels"].astype(np.int32),
-          arrays["test_images"], arrays["test_labels"].astype(np.int32), classes)
+    check(
+      y.min() >= 0 and y.max() < classes,
+      f"{split}_labels in {path!r} range over {y.min()}..{y.max()}; labels must lie in 0..{classes - 1} "
+      "(the classes seen in train_labels, or set dataset.num_classes).",
+    )
+  return (
+    arrays["train_images"],
+    arrays["train_labels"].astype(np.int32),
+    arrays["test_images"],
+    arrays["test_labels"].astype(np.int32),
+    classes,
+  )
 
 
 def _host_slice(array):
-  return array[jax.process_index()::jax.process_count()]
+  return array[jax.process_index() :: jax.process_count()]
 
 
 def _examples(tf, images, labels, ids):
@@ -152,14 +181,20 @@ def _in_memory(name, x_train, y_train, x_test, y_test, num_classes, validation_e
   """Splits from arrays; the last `validation_examples` training examples become the validation split.
   A training example's id is its index in the training split."""
   tf = _tf()
-  make = lambda *arrays: (lambda: tf.data.Dataset.from_tensor_slices(tuple(_host_slice(a) for a in arrays)))
+  make = lambda *arrays: lambda: tf.data.Dataset.from_tensor_slices(tuple(_host_slice(a) for a in arrays))
   n = len(x_train) - validation_examples
   ids = np.arange(n, dtype=np.int32)
-  spec = dict(name=name, num_classes=num_classes, image_shape=tuple(x_train.shape[1:]),
-              num_train=n, num_test=len(x_test),
-              train_examples=_examples(tf, x_train[:n], y_train[:n], ids), global_order=True,
-              test=make(x_test, y_test),
-              train_all=lambda: tf.data.Dataset.from_tensor_slices((x_train[:n], y_train[:n], ids)))
+  spec = dict(
+    name=name,
+    num_classes=num_classes,
+    image_shape=tuple(x_train.shape[1:]),
+    num_train=n,
+    num_test=len(x_test),
+    train_examples=_examples(tf, x_train[:n], y_train[:n], ids),
+    global_order=True,
+    test=make(x_test, y_test),
+    train_all=lambda: tf.data.Dataset.from_tensor_slices((x_train[:n], y_train[:n], ids)),
+  )
   if validation_examples:
     spec.update(num_validation=validation_examples, validation=make(x_train[n:], y_train[n:]))
   return spec
@@ -167,6 +202,7 @@ def _in_memory(name, x_train, y_train, x_test, y_test, num_classes, validation_e
 
 def _tfds(cfg):
   import tensorflow_datasets as tfds
+
   tf = _tf()
   kwargs = dict(data_dir=cfg.data_dir or None, download=cfg.download, as_supervised=True)
 
@@ -176,10 +212,11 @@ def _tfds(cfg):
     except Exception as e:  # TFDS raises AssertionError/DatasetNotFoundError/ValueError alike.
       where = cfg.data_dir or "the TFDS default data_dir (~/tensorflow_datasets)"
       raise FitnetsError(
-          f"dataset.name={cfg.name!r}, split {split!r} could not be read from {where} with "
-          f"download={cfg.download} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Prepare it there "
-          "(tfds build / tfds.load(..., download=True) on a machine with network), point "
-          "dataset.data_dir at it, or set --config.dataset.download=True.") from None
+        f"dataset.name={cfg.name!r}, split {split!r} could not be read from {where} with "
+        f"download={cfg.download} ({type(e).__name__}: {str(e).splitlines()[0][:200]}). Prepare it there "
+        "(tfds build / tfds.load(..., download=True) on a machine with network), point "
+        "dataset.data_dir at it, or set --config.dataset.download=True."
+      ) from None
 
   def count(split, ds, info):
     try:
@@ -191,32 +228,40 @@ def _tfds(cfg):
   host_splits = lambda split: tfds.even_splits(split, n=jax.process_count())
   host = lambda split: host_splits(split)[jax.process_index()]
   held_out = cfg.validation_examples
-  check(not held_out or ("+" not in cfg.train_split and "[" not in cfg.train_split),
-        f"dataset.validation_examples={held_out} holds out the end of one TFDS split, but dataset.train_split="
-        f"{cfg.train_split!r} is a combination or a slice; use a single split name such as 'train'.")
+  check(
+    not held_out or ("+" not in cfg.train_split and "[" not in cfg.train_split),
+    f"dataset.validation_examples={held_out} holds out the end of one TFDS split, but dataset.train_split="
+    f"{cfg.train_split!r} is a combination or a slice; use a single split name such as 'train'.",
+  )
   validation_split = f"{cfg.train_split}[-{held_out}:]" if held_out else ""
   train_split = f"{cfg.train_split}[:-{held_out}]" if held_out else cfg.train_split
   train_ds, info = load(train_split)
   test_ds, _ = load(cfg.test_split)
   sample = np.stack([x for x, _ in tfds.as_numpy(train_ds.take(cfg.stats_examples))])
   # A training example's id is its position in the whole split; hosts read consecutive parts of it.
-  first_id = sum(count(part, load(part)[0], info) for part in host_splits(train_split)[:jax.process_index()])
+  first_id = sum(count(part, load(part)[0], info) for part in host_splits(train_split)[: jax.process_index()])
   with_ids = lambda ds, first: ds.enumerate().map(lambda i, xy: (xy[0], xy[1], tf.cast(i + first, tf.int32)))
   image_shape = tuple(info.features["image"].shape)
   images, labels = [np.zeros((0,) + image_shape, np.uint8)], [np.zeros(0, np.int32)]
-  for x, y in tfds.as_numpy(load(host(train_split))[0].batch(4096)):   # read once, kept in memory
+  for x, y in tfds.as_numpy(load(host(train_split))[0].batch(4096)):  # read once, kept in memory
     images.append(x)
     labels.append(y)
   images, labels = np.concatenate(images), np.concatenate(labels)
-  spec = dict(name=cfg.name, num_classes=info.features["label"].num_classes,
-              image_shape=image_shape, num_train=count(train_split, train_ds, info),
-              num_test=count(cfg.test_split, test_ds, info),
-              train_examples=_examples(tf, images, labels, first_id + np.arange(len(labels))),
-              test=lambda: load(host(cfg.test_split))[0],
-              train_all=lambda: with_ids(load(train_split)[0], 0))
+  spec = dict(
+    name=cfg.name,
+    num_classes=info.features["label"].num_classes,
+    image_shape=image_shape,
+    num_train=count(train_split, train_ds, info),
+    num_test=count(cfg.test_split, test_ds, info),
+    train_examples=_examples(tf, images, labels, first_id + np.arange(len(labels))),
+    test=lambda: load(host(cfg.test_split))[0],
+    train_all=lambda: with_ids(load(train_split)[0], 0),
+  )
   if held_out:
-    spec.update(num_validation=count(validation_split, load(validation_split)[0], info),
-                validation=lambda: load(host(validation_split))[0])
+    spec.update(
+      num_validation=count(validation_split, load(validation_split)[0], info),
+      validation=lambda: load(host(validation_split))[0],
+    )
   return spec, sample
 
 
@@ -263,6 +308,7 @@ def fit_normalizer(cfg, sample):
     norms = tf.sqrt(tf.reduce_sum(v * v, axis=1, keepdims=True)) / cfg.gcn_scale
     v = v / tf.where(norms < 1e-8, tf.ones_like(norms), norms)
     return tf.reshape(tf.matmul(v - mean, w), shape)
+
   return whiten
 
 
@@ -272,8 +318,11 @@ def fit_normalizer(cfg, sample):
 def synthetic_arrays(name, examples, seed=0):
   """Random uint8 images and labels shaped like dataset `name` (train: `examples`, test: a quarter):
   what the benchmark feeds through the real pipeline when the dataset is not on this machine."""
-  check(name in SHAPES, f"a synthetic stand-in needs a dataset of known shape ({', '.join(SHAPES)}); "
-                        f"dataset.name={name!r} is read from its file instead.")
+  check(
+    name in SHAPES,
+    f"a synthetic stand-in needs a dataset of known shape ({', '.join(SHAPES)}); "
+    f"dataset.name={name!r} is read from its file instead.",
+  )
   shape, classes = SHAPES[name]
   rng = np.random.default_rng(seed)
   split = lambda n: (rng.integers(0, 256, (n,) + shape, dtype=np.uint8), rng.integers(0, classes, n).astype(np.int32))
@@ -288,12 +337,14 @@ def load(cfg, synthetic_examples=0):
   check(isinstance(cfg.shift, int) and cfg.shift >= 0, f"dataset.shift={cfg.shift!r} must be an integer ≥ 0.")
   one_of("dataset.pad_mode", cfg.pad_mode, ("constant", "reflect"))
   check(cfg.stats_examples > 0, f"dataset.stats_examples={cfg.stats_examples!r} must be > 0.")
-  check(cfg.validation_examples >= 0,
-        f"dataset.validation_examples={cfg.validation_examples!r} must be ≥ 0 (0: no validation split).")
+  check(
+    cfg.validation_examples >= 0,
+    f"dataset.validation_examples={cfg.validation_examples!r} must be ≥ 0 (0: no validation split).",
+  )
   if synthetic_examples:
     *arrays, classes = synthetic_arrays(cfg.name, synthetic_examples)
     spec = _in_memory(cfg.name, *arrays, classes)
-    sample = arrays[0][:cfg.stats_examples]
+    sample = arrays[0][: cfg.stats_examples]
   elif cfg.name in TFDS_NAMES:
     spec, sample = _tfds(cfg)
   else:
@@ -301,21 +352,28 @@ def load(cfg, synthetic_examples=0):
       *arrays, classes = *digits_arrays(), 10
     else:
       *arrays, classes = npz_arrays(cfg.path, cfg.num_classes)
-    check(cfg.validation_examples < len(arrays[0]),
-          f"dataset.validation_examples={cfg.validation_examples} would hold out all {len(arrays[0])} training "
-          "examples; use fewer.")
+    check(
+      cfg.validation_examples < len(arrays[0]),
+      f"dataset.validation_examples={cfg.validation_examples} would hold out all {len(arrays[0])} training "
+      "examples; use fewer.",
+    )
     spec = _in_memory(cfg.name, *arrays, classes, cfg.validation_examples)
-    sample = arrays[0][:spec["num_train"]][:cfg.stats_examples]
-  check(spec["num_train"] > 0 and spec["num_test"] > 0,
-        f"dataset {cfg.name!r} has {spec['num_train']} training and {spec['num_test']} test examples; "
-        "both splits need at least one.")
-  check(cfg.pad_mode != "reflect" or cfg.shift < min(spec["image_shape"][:2]),
-        f"dataset.shift={cfg.shift} with pad_mode='reflect' needs a shift smaller than the "
-        f"{spec['image_shape'][0]}×{spec['image_shape'][1]} images; lower dataset.shift.")
+    sample = arrays[0][: spec["num_train"]][: cfg.stats_examples]
+  check(
+    spec["num_train"] > 0 and spec["num_test"] > 0,
+    f"dataset {cfg.name!r} has {spec['num_train']} training and {spec['num_test']} test examples; "
+    "both splits need at least one.",
+  )
+  check(
+    cfg.pad_mode != "reflect" or cfg.shift < min(spec["image_shape"][:2]),
+    f"dataset.shift={cfg.shift} with pad_mode='reflect' needs a shift smaller than the "
+    f"{spec['image_shape'][0]}×{spec['image_shape'][1]} images; lower dataset.shift.",
+  )
   normalize = fit_normalizer(cfg, sample)
   warn_if_uninformative(cfg, spec["image_shape"], sample, normalize)
-  return Data(**spec, normalize=normalize, augment_flip=cfg.flip, augment_shift=cfg.shift,
-              augment_pad_mode=cfg.pad_mode)
+  return Data(
+    **spec, normalize=normalize, augment_flip=cfg.flip, augment_shift=cfg.shift, augment_pad_mode=cfg.pad_mode
+  )
 
 
 def warn_if_uninformative(cfg, image_shape, sample, normalize, probe_examples=512):
@@ -327,14 +385,21 @@ def warn_if_uninformative(cfg, image_shape, sample, normalize, probe_examples=51
   seen = np.asarray(normalize(tf.constant(sample[:probe_examples].astype(np.float32) / 255.0)))
   problems = []
   if len(seen) > 1 and float(seen.std(axis=0).max()) < 1e-6:
-    problems.append(f"after dataset.preprocess={cfg.preprocess!r} every training image is the same (the first "
-                    f"{len(seen)} were checked), so the network can learn only how often each class occurs")
+    problems.append(
+      f"after dataset.preprocess={cfg.preprocess!r} every training image is the same (the first "
+      f"{len(seen)} were checked), so the network can learn only how often each class occurs"
+    )
   if tuple(image_shape[:2]) == (1, 1):
-    problems.append("the images are 1×1 pixels, one value per channel, so convolutions and pooling have nothing "
-                    "to work on")
+    problems.append(
+      "the images are 1×1 pixels, one value per channel, so convolutions and pooling have nothing to work on"
+    )
   if problems:
-    print(f"warning: dataset {cfg.name!r}: {'; and '.join(problems)}. Expect chance accuracy; check the dataset "
-          f"(dataset.path={cfg.path!r}) and dataset.preprocess.", file=sys.stderr, flush=True)
+    print(
+      f"warning: dataset {cfg.name!r}: {'; and '.join(problems)}. Expect chance accuracy; check the dataset "
+      f"(dataset.path={cfg.path!r}) and dataset.preprocess.",
+      file=sys.stderr,
+      flush=True,
+    )
 
 
 def epoch_seed(seed, stage_index, epoch):
@@ -350,11 +415,12 @@ def _augment(tf, images, seed, index, flip, shift, pad_mode="constant", first=0,
   total = n if total is None else total
   key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
   if flip:
-    coin = tf.random.stateless_uniform([total], seed=key)[first:first + n] < 0.5
+    coin = tf.random.stateless_uniform([total], seed=key)[first : first + n] < 0.5
     images = tf.where(coin[:, None, None, None], tf.reverse(images, axis=[2]), images)
   if shift:
-    offsets = tf.random.stateless_uniform([total, 2], seed=key + 1, minval=0, maxval=2 * shift + 1,
-                                          dtype=tf.int32)[first:first + n]
+    offsets = tf.random.stateless_uniform([total, 2], seed=key + 1, minval=0, maxval=2 * shift + 1, dtype=tf.int32)[
+      first : first + n
+    ]
     padded = tf.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode=pad_mode.upper())
     rows = offsets[:, :1] + tf.range(h)[None]
     cols = offsets[:, 1:] + tf.range(w)[None]
@@ -380,8 +446,10 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
   global_batch = local_batch * hosts
   if examples < global_batch:
     where = "in all" if data.global_order else f"on host {jax.process_index()}"
-    raise FitnetsError(f"dataset {data.name!r} has {examples} training examples {where}, fewer than one batch "
-                       f"of {global_batch}; lower batch_size.")
+    raise FitnetsError(
+      f"dataset {data.name!r} has {examples} training examples {where}, fewer than one batch "
+      f"of {global_batch}; lower batch_size."
+    )
   first_epoch, offset = divmod(start_step, steps_per_epoch)
   buffer = max(1, min(shuffle_buffer, data.num_train))
 
@@ -394,8 +462,17 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
   def prepare(seed_e, index, positions):
     batch = data.normalize(tf.cast(tf.gather(images, positions), tf.float32) / 255.0)
     if data.augmented:
-      batch = _augment(tf, batch, seed_e, index, data.augment_flip, data.augment_shift, data.augment_pad_mode,
-                       first=host * local_batch, total=global_batch)
+      batch = _augment(
+        tf,
+        batch,
+        seed_e,
+        index,
+        data.augment_flip,
+        data.augment_shift,
+        data.augment_pad_mode,
+        first=host * local_batch,
+        total=global_batch,
+      )
     return {"image": batch, "label": tf.gather(labels, positions), "index": tf.gather(ids, positions)}
 
   for epoch in itertools.count(first_epoch, EPOCHS_PER_PIPELINE):
@@ -417,11 +494,16 @@ def _padded(batches, total, local_batch, image_shape):
     produced += 1
     pad = local_batch - len(batch["label"])
     padding = lambda v: np.zeros((pad,) + v.shape[1:], v.dtype)
-    yield {**{k: np.concatenate([v, padding(v)]) for k, v in batch.items()},
-           "mask": np.concatenate([np.ones(local_batch - pad, np.float32), np.zeros(pad, np.float32)])}
+    yield {
+      **{k: np.concatenate([v, padding(v)]) for k, v in batch.items()},
+      "mask": np.concatenate([np.ones(local_batch - pad, np.float32), np.zeros(pad, np.float32)]),
+    }
   for _ in range(total - produced):
-    yield {"image": np.zeros((local_batch,) + tuple(image_shape), np.float32),
-           "label": np.zeros(local_batch, np.int32), "mask": np.zeros(local_batch, np.float32)}
+    yield {
+      "image": np.zeros((local_batch,) + tuple(image_shape), np.float32),
+      "label": np.zeros(local_batch, np.int32),
+      "mask": np.zeros(local_batch, np.float32),
+    }
 
 
 def eval_batches(data, local_batch, split="test"):
@@ -431,9 +513,16 @@ def eval_batches(data, local_batch, split="test"):
   tf = _tf()
   source, size = (data.test, data.num_test) if split == "test" else (data.validation, data.num_validation)
   per_host = math.ceil(size / jax.process_count())
-  ds = source().batch(local_batch).map(
+  ds = (
+    source()
+    .batch(local_batch)
+    .map(
       lambda x, y: {"image": data.normalize(tf.cast(x, tf.float32) / 255.0), "label": tf.cast(y, tf.int32)},
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True,
+    )
+    .prefetch(2)
+  )
   yield from _padded(ds.as_numpy_iterator(), math.ceil(per_host / local_batch), local_batch, data.image_shape)
 
 
@@ -441,7 +530,18 @@ def training_examples(data, batch_size):
   """The whole training split (every host's part), preprocessed but never augmented, in id order:
   numpy batches {image, label, index, mask}, the last one padded (mask 0). What a teacher cache reads."""
   tf = _tf()
-  ds = data.train_all().batch(batch_size).map(
-      lambda x, y, i: {"image": data.normalize(tf.cast(x, tf.float32) / 255.0), "label": tf.cast(y, tf.int32),
-                       "index": i}, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+  ds = (
+    data.train_all()
+    .batch(batch_size)
+    .map(
+      lambda x, y, i: {
+        "image": data.normalize(tf.cast(x, tf.float32) / 255.0),
+        "label": tf.cast(y, tf.int32),
+        "index": i,
+      },
+      num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True,
+    )
+    .prefetch(2)
+  )
   yield from _padded(ds.as_numpy_iterator(), math.ceil(data.num_train / batch_size), batch_size, data.image_shape)

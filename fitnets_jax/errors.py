@@ -1,5 +1,5 @@
 """The project's own errors: one paragraph naming the offending key or file and what to do, and the
-exit status each gives on the command line (README, *Reliability*)."""
+exit status each gives on the command line (docs/reliability.md)."""
 
 import sys
 
@@ -7,30 +7,35 @@ import sys
 class FitnetsError(ValueError):
   """Bad input (config, dataset, checkpoint, layer name, a workdir in use), raised before any training
   step. Exit status 2."""
+
   exit_code = 2
   prefix = "error"
 
 
 class RunStopped(Exception):
   """A run that had started stopped early, with everything it had saved intact; rerun to resume."""
+
   exit_code = 1
   prefix = "error"
 
 
 class Preempted(RunStopped):
   """The run saved a checkpoint after SIGTERM (or a TPU preemption notice) and stopped; rerun to resume."""
+
   exit_code = 75  # EX_TEMPFAIL: try again later
   prefix = "preempted"
 
 
 class NonFiniteLoss(RunStopped):
   """A loss or gradient became NaN/Inf with on_nan='stop'; the last good checkpoint is kept."""
+
   exit_code = 3
 
 
 class WorkdirWriteError(RunStopped):
   """A checkpoint or another run file could not be written (disk full, read-only folder, a bucket
   refusing writes); what was saved before is intact."""
+
   exit_code = 74  # EX_IOERR
 
   @classmethod
@@ -41,11 +46,16 @@ class WorkdirWriteError(RunStopped):
       cause = cause.__cause__ or cause.__context__
     reason = cause or error
     text = (str(reason).strip().splitlines() or [""])[0][:300]
-    kept = (f" The checkpoints saved before are intact (the newest: global step {newest})," if newest is not None
-            else " Nothing saved before was touched,")
-    return cls(f"Could not write {what} to {path} ({type(reason).__name__}: {text}).{kept} so nothing trained "
-               "before this point is lost. Free disk space or make the folder writable (or fix the bucket's "
-               "permissions), then run the same command again to resume.")
+    kept = (
+      f" The checkpoints saved before are intact (the newest: global step {newest}),"
+      if newest is not None
+      else " Nothing saved before was touched,"
+    )
+    return cls(
+      f"Could not write {what} to {path} ({type(reason).__name__}: {text}).{kept} so nothing trained "
+      "before this point is lost. Free disk space or make the folder writable (or fix the bucket's "
+      "permissions), then run the same command again to resume."
+    )
 
 
 def or_exit(fn, *args):

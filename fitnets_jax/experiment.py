@@ -17,8 +17,7 @@ from fitnets_jax.config import SAFE_TO_CHANGE, changed_keys, check_types
 from fitnets_jax.errors import FitnetsError, check, one_of
 from fitnets_jax.methods.base import COMPUTE_DTYPES, Context, build_network, network_entry, supervised_stage
 
-
-CONFIG_FILE = "config.json"   # the workdir's experiment, written when a run starts
+CONFIG_FILE = "config.json"  # the workdir's experiment, written when a run starts
 
 
 @dataclasses.dataclass
@@ -27,12 +26,12 @@ class Experiment:
   data: data.Data
   mesh: jax.sharding.Mesh
   student: Any
-  teachers: dict                      # role → Network ({} for methods without a teacher)
-  stages: list                        # the teachers' own stages first when they are trained here
+  teachers: dict  # role → Network ({} for methods without a teacher)
+  stages: list  # the teachers' own stages first when they are trained here
   steps_per_epoch: int
-  teacher_variables: dict             # role → host arrays, for reused teachers
-  teacher_sources: dict               # role → checkpoint folder, for reused teachers
-  teacher_weights: Optional[Any] = None   # multi_teacher: (roles, validation_accuracy) → (μ, accuracies)
+  teacher_variables: dict  # role → host arrays, for reused teachers
+  teacher_sources: dict  # role → checkpoint folder, for reused teachers
+  teacher_weights: Optional[Any] = None  # multi_teacher: (roles, validation_accuracy) → (μ, accuracies)
 
   @property
   def teacher(self):
@@ -70,18 +69,24 @@ def make_mesh(config):
   """A 1-D mesh over `num_devices` devices (all by default), axis 'data'; checks batch divisibility."""
   devices = jax.devices()
   n = config.num_devices or len(devices)
-  check(n <= len(devices), f"num_devices={config.num_devices} but JAX sees only {len(devices)} device(s): "
-                           f"{devices[0].platform} × {len(devices)}. Use 0 for all of them.")
-  check(jax.process_count() == 1 or n == len(devices),
-        f"num_devices={config.num_devices}: a multi-host run must use every device (num_devices=0).")
+  check(
+    n <= len(devices),
+    f"num_devices={config.num_devices} but JAX sees only {len(devices)} device(s): "
+    f"{devices[0].platform} × {len(devices)}. Use 0 for all of them.",
+  )
+  check(
+    jax.process_count() == 1 or n == len(devices),
+    f"num_devices={config.num_devices}: a multi-host run must use every device (num_devices=0).",
+  )
   batch = config.batch_size
   if batch % n:
     nearest = [m for m in (batch // n * n, (batch // n + 1) * n) if m > 0]
     raise FitnetsError(
-        f"batch_size={batch} cannot be split evenly over the {n} devices ({devices[0].platform} × {n}): each "
-        f"device trains on the same number of examples. Use a multiple of {n}, such as "
-        f"{' or '.join(map(str, nearest))}, or set num_devices to a "
-        f"divisor of {batch}. (eval_batch_size may be any size: it is padded.)")
+      f"batch_size={batch} cannot be split evenly over the {n} devices ({devices[0].platform} × {n}): each "
+      f"device trains on the same number of examples. Use a multiple of {n}, such as "
+      f"{' or '.join(map(str, nearest))}, or set num_devices to a "
+      f"divisor of {batch}. (eval_batch_size may be any size: it is padded.)"
+    )
   return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=devices[:n])
 
 
@@ -106,10 +111,11 @@ def check_same_experiment(config, workdir):
   try:
     saved = json.loads(files.read_text(path)) if files.isfile(path) else None
   except (OSError, ValueError) as e:
-    raise FitnetsError(f"{path} cannot be read ({e}); it records the experiment this workdir holds. Restore "
-                       "it, or use a new --workdir.") from None
+    raise FitnetsError(
+      f"{path} cannot be read ({e}); it records the experiment this workdir holds. Restore it, or use a new --workdir."
+    ) from None
   what = f"its {CONFIG_FILE}"
-  if saved is None:   # deleted: each checkpoint records the config too
+  if saved is None:  # deleted: each checkpoint records the config too
     saved, what = checkpoint.saved_config(workdir), f"the config its newest checkpoint records ({CONFIG_FILE} is gone)"
     if saved is None:
       return
@@ -118,9 +124,10 @@ def check_same_experiment(config, workdir):
     shown = ", ".join(f"{k} ({old!r} there, {new!r} now)" for k, old, new in differences[:8])
     more = f" and {len(differences) - 8} more" if len(differences) > 8 else ""
     raise FitnetsError(
-        f"--workdir={workdir!r} holds another experiment: {what} differs in {shown}{more}. "
-        "Nothing in the workdir was changed. Use a new --workdir, or rerun with the saved values to resume; "
-        f"only {', '.join(SAFE_TO_CHANGE)} may change between runs in one workdir.")
+      f"--workdir={workdir!r} holds another experiment: {what} differs in {shown}{more}. "
+      "Nothing in the workdir was changed. Use a new --workdir, or rerun with the saved values to resume; "
+      f"only {', '.join(SAFE_TO_CHANGE)} may change between runs in one workdir."
+    )
 
 
 TEACHER_ENTRY_KEYS = ("model", "checkpoint", "dropout", "epochs", "steps", "optimizer")
@@ -128,21 +135,28 @@ TEACHER_ENTRY_KEYS = ("model", "checkpoint", "dropout", "epochs", "steps", "opti
 
 def teacher_specs(config, method):
   """[(role, config key, ConfigDict with model/checkpoint/dropout, its training stage config)] of the
-  method's teachers; the key ("teacher", "teachers[0]", …) is what error messages name."""
-  if not method.USES_TEACHER:
+  teachers of `method` (a `Method`); the key ("teacher", "teachers[0]", …) is what error messages name."""
+  if method.teachers == "none":
     check(not len(config.teachers), f"config.teachers is set, but method={config.method!r} uses no teacher.")
     return []
-  if not getattr(method, "USES_TEACHER_LIST", False):
-    check(not len(config.teachers), f"config.teachers lists several teachers, but method={config.method!r} uses "
-                                    "the one in config.teacher; use method=multi_teacher, or clear teachers.")
+  if method.teachers == "one":
+    check(
+      not len(config.teachers),
+      f"config.teachers lists several teachers, but method={config.method!r} uses "
+      "the one in config.teacher; use method=multi_teacher, or clear teachers.",
+    )
     return [("teacher", "teacher", config.teacher, config.stages.teacher)]
-  check(len(config.teachers) > 0, f"method={config.method!r} needs config.teachers: a non-empty list of dicts "
-                                  f"with keys {', '.join(TEACHER_ENTRY_KEYS)} (model required).")
+  check(
+    len(config.teachers) > 0,
+    f"method={config.method!r} needs config.teachers: a non-empty list of dicts "
+    f"with keys {', '.join(TEACHER_ENTRY_KEYS)} (model required).",
+  )
   specs = []
   for i, entry in enumerate(config.teachers):
     entry, stage = network_entry(entry, f"teachers[{i}]", TEACHER_ENTRY_KEYS, config.stages.teacher)
-    role_cfg = ml_collections.ConfigDict(dict(model=entry["model"], checkpoint=entry.get("checkpoint", ""),
-                                              dropout=float(entry.get("dropout", 0.0))))
+    role_cfg = ml_collections.ConfigDict(
+      dict(model=entry["model"], checkpoint=entry.get("checkpoint", ""), dropout=float(entry.get("dropout", 0.0)))
+    )
     specs.append((f"teacher{i + 1}", f"teachers[{i}]", role_cfg, stage))
   return specs
 
@@ -150,19 +164,22 @@ def teacher_specs(config, method):
 def trained_networks(config, method):
   """[(role, config key, {model, dropout})] of the networks a method trains from scratch: the
   student, or a method's own list (mutual learning's cohort); the first is the summary's student."""
-  networks = getattr(method, "networks", None)
-  check(networks or not len(config.cohort),
-        f"config.cohort is set, but method={config.method!r} trains one student (config.student); use method=dml, "
-        "or clear cohort.")
-  return networks(config) if networks else [("student", "student", config.student)]
+  check(
+    method.networks or not len(config.cohort),
+    f"config.cohort is set, but method={config.method!r} trains one student (config.student); use method=dml, "
+    "or clear cohort.",
+  )
+  return method.networks(config) if method.networks else [("student", "student", config.student)]
 
 
 def reused_teacher(key, role_cfg, teacher):
   """Host variables of a teacher checkpoint, checked against the configured teacher model."""
   info = checkpoint.teacher_info(role_cfg.checkpoint)
-  check(info.get("model") == teacher.name,
-        f"{key}.checkpoint={role_cfg.checkpoint!r} holds a {info.get('model')!r} teacher but "
-        f"{key}.model={teacher.name!r}; set --config.{key}.model={info.get('model')}.")
+  check(
+    info.get("model") == teacher.name,
+    f"{key}.checkpoint={role_cfg.checkpoint!r} holds a {info.get('model')!r} teacher but "
+    f"{key}.model={teacher.name!r}; set --config.{key}.model={info.get('model')}.",
+  )
   return checkpoint.load_teacher(role_cfg.checkpoint, teacher.abstract_variables(), f"{key}.checkpoint")
 
 
@@ -171,7 +188,7 @@ def prepare(config, workdir, synthetic_examples=0):
   `synthetic_examples`, random images of the dataset's shape stand in for it (benchmarks)."""
   check_types(config)
   check_run_keys(config)
-  if workdir and files.is_remote(workdir):   # a bucket that does not answer fails now, not after loading
+  if workdir and files.is_remote(workdir):  # a bucket that does not answer fails now, not after loading
     files.check_reachable(workdir, write=False)
   workdir_lock.check_free(workdir)
   check_same_experiment(config, workdir)
@@ -179,16 +196,20 @@ def prepare(config, workdir, synthetic_examples=0):
   mesh = make_mesh(config)
   dataset = data.load(config.dataset, synthetic_examples)
   steps_per_epoch = dataset.num_train // config.batch_size
-  check(steps_per_epoch > 0, f"batch_size={config.batch_size} is larger than the {dataset.num_train} "
-                             f"training examples of {dataset.name!r}; lower batch_size.")
+  check(
+    steps_per_epoch > 0,
+    f"batch_size={config.batch_size} is larger than the {dataset.num_train} "
+    f"training examples of {dataset.name!r}; lower batch_size.",
+  )
   build = lambda key, cfg: build_network(key, cfg, dataset.num_classes, dataset.image_shape, config.dtype)
   # A method whose networks are configured elsewhere (mutual learning's cohort) names its own.
   _, key, student_cfg = trained_networks(config, method)[0]
   student = build(key, student_cfg)
   specs = teacher_specs(config, method)
   teachers = {role: build(key, cfg) for role, key, cfg, _ in specs}
-  ctx = Context(config, student, teachers, steps_per_epoch, {role: stage for role, _, _, stage in specs},
-                dataset.num_classes)
+  ctx = Context(
+    config, student, teachers, steps_per_epoch, {role: stage for role, _, _, stage in specs}, dataset.num_classes
+  )
   stages = method.stages(ctx)
   variables, sources, teacher_stages = {}, {}, []
   for role, key, cfg, _ in specs:
@@ -199,5 +220,15 @@ def prepare(config, workdir, synthetic_examples=0):
       teacher_stages.append(supervised_stage(ctx, role, teachers[role], role, trains=role))
   teacher_cache.check_config(config, dataset, bool(specs))
   check_workdir(workdir)
-  return Experiment(config, dataset, mesh, student, teachers, teacher_stages + stages, steps_per_epoch,
-                    variables, sources, getattr(method, "teacher_weights", None))
+  return Experiment(
+    config,
+    dataset,
+    mesh,
+    student,
+    teachers,
+    teacher_stages + stages,
+    steps_per_epoch,
+    variables,
+    sources,
+    method.teacher_weights,
+  )

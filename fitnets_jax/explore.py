@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from fitnets_jax import checkpoint, data, experiment, files, hints, losses, metrics, report, train
-from fitnets_jax import features as features_lib   # `features` below is this module's own function
+from fitnets_jax import features as features_lib  # `features` below is this module's own function
 from fitnets_jax.errors import check
 from fitnets_jax.methods import base, fsp, kd
 
@@ -33,16 +33,18 @@ class Run:
   config: Any
   experiment: Any
   summary: dict
-  metrics: list            # metrics.jsonl records
-  saved: dict = dataclasses.field(default_factory=dict, repr=False)   # (stage, when) → variables read once
+  metrics: list  # metrics.jsonl records
+  saved: dict = dataclasses.field(default_factory=dict, repr=False)  # (stage, when) → variables read once
 
   @property
   def stage_names(self):
     return [s.name for s in self.experiment.stages]
 
   def stage_index(self, name):
-    check(name in self.stage_names, f"stage {name!r} is not a stage of the run in {self.workdir!r}; its stages: "
-                                    f"{', '.join(self.stage_names)}.")
+    check(
+      name in self.stage_names,
+      f"stage {name!r} is not a stage of the run in {self.workdir!r}; its stages: {', '.join(self.stage_names)}.",
+    )
     return self.stage_names.index(name)
 
 
@@ -70,18 +72,17 @@ def stage_variables(run, stage, when="end"):
 
 def _stage_variables(run, stage, when):
   exp, index = run.experiment, run.stage_index(stage)
-  st, rng = exp.stages[index], train.stage_rng(run.config.seed, index)
+  st, rng, labels, tx = train.stage_setup(exp, index)
   if when == "start":
     previous = exp.stages[index - 1] if index else None
     carry = None
-    if previous is not None and previous.trains not in exp.teachers:   # as the trainer hands stages on
+    if previous is not None and previous.trains not in exp.teachers:  # as the trainer hands stages on
       v = stage_variables(run, previous.name, "end")
       carry = previous.output(v["params"], v["batch_stats"])
     params, stats = st.init(rng, carry)
     return jax.device_get({"params": params, "batch_stats": stats})
-  labels = st.param_labels(jax.eval_shape(lambda: st.init(rng, None))[0])
-  abstract = train.abstract_state(st, train.transformation(st, labels), rng, exp.mesh)
-  end_step = sum(s.num_steps for s in exp.stages[:index + 1])
+  abstract = train.abstract_state(st, tx, rng, exp.mesh)
+  end_step = sum(s.num_steps for s in exp.stages[: index + 1])
   state = checkpoint.read_state(run.workdir, end_step, abstract)
   return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
 
@@ -94,17 +95,21 @@ def network_variables(stage_vars, name):
 def teacher_variables(run, role="teacher"):
   """Teacher `role`'s variables: loaded from the checkpoint the run used, or the one it trained."""
   exp = run.experiment
-  check(role in exp.teachers, f"the run in {run.workdir!r} has no teacher {role!r}; its teachers: "
-                              f"{', '.join(exp.teachers) or 'none'}.")
-  v = exp.teacher_variables.get(role) or checkpoint.load_teacher(files.join(run.workdir, role),
-                                                                 exp.teachers[role].abstract_variables())
+  check(
+    role in exp.teachers,
+    f"the run in {run.workdir!r} has no teacher {role!r}; its teachers: {', '.join(exp.teachers) or 'none'}.",
+  )
+  v = exp.teacher_variables.get(role) or checkpoint.load_teacher(
+    files.join(run.workdir, role), exp.teachers[role].abstract_variables()
+  )
   return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
 
 
 def features(net, variables, images, layers):
   """{layer: output} of `net` (a Network) in inference mode, as numpy."""
-  _, feats, _ = base.forward(net, variables["params"], variables.get("batch_stats", {}), images, False,
-                             capture=tuple(layers))
+  _, feats, _ = base.forward(
+    net, variables["params"], variables.get("batch_stats", {}), images, False, capture=tuple(layers)
+  )
   return jax.device_get(feats)
 
 
@@ -130,8 +135,10 @@ def hint_maps(run, images, pair=0):
   hint stage's start and end, r(v_g(x)); the loss is ½‖u_h − r(v_g)‖² per example, averaged."""
   exp = run.experiment
   pairs = hints.pairs(run.config, exp.student, exp.teachers)
-  check(0 <= pair < len(pairs) and pairs[pair].regressor is not None,
-        f"pair={pair}: the run has {len(pairs)} hint pair(s); pick one of kind 'regression'.")
+  check(
+    0 <= pair < len(pairs) and pairs[pair].regressor is not None,
+    f"pair={pair}: the run has {len(pairs)} hint pair(s); pick one of kind 'regression'.",
+  )
   p = pairs[pair]
   stage, key = _hint_stage(run, pair)
   hint = features(exp.teachers[p.teacher], teacher_variables(run, p.teacher), images, [p.hint.name])[p.hint.name]
@@ -157,11 +164,15 @@ def frozen_check(run, stage="hint"):
   for kind in ("params", "batch_stats"):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(start[kind]), jax.tree.leaves(end[kind])):
       module = features_lib.leaf_module(path)
-      rows.append({"variable": f"{kind}/" + "/".join(str(k.key) for k in path),
-                   "trained": module_label.get(module) == "train",
-                   "max_change": float(np.max(np.abs(np.asarray(b, np.float64) - np.asarray(a, np.float64)))),
-                   "order": (kind != "params", order.get(module, len(order)))})
-  rows.sort(key=lambda r: r.pop("order"))   # in layer order, the regressors last
+      rows.append(
+        {
+          "variable": f"{kind}/" + "/".join(str(k.key) for k in path),
+          "trained": module_label.get(module) == "train",
+          "max_change": float(np.max(np.abs(np.asarray(b, np.float64) - np.asarray(a, np.float64)))),
+          "order": (kind != "params", order.get(module, len(order))),
+        }
+      )
+  rows.sort(key=lambda r: r.pop("order"))  # in layer order, the regressors last
   return rows
 
 
@@ -196,7 +207,7 @@ def attention_maps(run, images, example=0):
   exp = run.experiment
   pairs = [p for p in hints.pairs(run.config, exp.student, exp.teachers) if p.kind == "attention"]
   check(pairs, f"the run in {run.workdir!r} has no attention pair (hint kind 'attention').")
-  x = images[example:example + 1]
+  x = images[example : example + 1]
 
   def maps(net, variables, layers):
     feats = features(net, variables, x, [l.name for l in layers])
@@ -216,5 +227,8 @@ def series(run_or_records, key, split="test", stage=None):
   """[(step, value)] of metric `key` in the `split` records: global steps across stages, or, with
   `stage`, that stage's own steps."""
   records = run_or_records.metrics if isinstance(run_or_records, Run) else run_or_records
-  return [(r["step"] if stage else step, r[key]) for step, r in metrics.global_steps(records)
-          if r.get("split") == split and key in r and stage in (None, r["stage"])]
+  return [
+    (r["step"] if stage else step, r[key])
+    for step, r in metrics.global_steps(records)
+    if r.get("split") == split and key in r and stage in (None, r["stage"])
+  ]

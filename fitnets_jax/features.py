@@ -18,14 +18,14 @@ _MAC_MODULES = ("Conv", "Dense")
 
 @dataclasses.dataclass(frozen=True)
 class Layer:
-  name: str            # "/"-joined module path
+  name: str  # "/"-joined module path
   path: tuple
-  kind: str            # module class name
-  shape: tuple         # output shape of one example
-  nonlinearity: str    # maxout | relu | linear: what a regressor onto this layer must end with
+  kind: str  # module class name
+  shape: tuple  # output shape of one example
+  nonlinearity: str  # maxout | relu | linear: what a regressor onto this layer must end with
   pieces: int
-  params: int          # parameters of this module and its submodules
-  macs: int            # multiply-accumulates per example of this module and its submodules
+  params: int  # parameters of this module and its submodules
+  macs: int  # multiply-accumulates per example of this module and its submodules
 
 
 def _subtree(tree, path):
@@ -49,14 +49,20 @@ def describe(module, variables, input_shape):
     if method != "__call__":
       return False
     if mdl.path and mdl.path not in {r[0] for r in records}:
-      records.append((tuple(mdl.path), type(mdl).__name__, getattr(mdl, "nonlinearity", "linear"),
-                      int(getattr(mdl, "pieces", 1) or 1)))
+      records.append(
+        (
+          tuple(mdl.path),
+          type(mdl).__name__,
+          getattr(mdl, "nonlinearity", "linear"),
+          int(getattr(mdl, "pieces", 1) or 1),
+        )
+      )
     return True
 
   x = jax.ShapeDtypeStruct((1,) + tuple(input_shape), jnp.float32)
   _, state = jax.eval_shape(
-      lambda v, x: module.apply(v, x, train=False, capture_intermediates=record, mutable=["intermediates"]),
-      variables, x)
+    lambda v, x: module.apply(v, x, train=False, capture_intermediates=record, mutable=["intermediates"]), variables, x
+  )
   params = variables.get("params", {})
   own_macs = {}
   for path, kind, _, _ in records:
@@ -67,10 +73,20 @@ def describe(module, variables, input_shape):
   layers = []
   for path, kind, nonlinearity, pieces in records:
     out = _subtree(state["intermediates"], path + ("__call__",))[0]
-    macs = sum(m for p, m in own_macs.items() if p[:len(path)] == path)
+    macs = sum(m for p, m in own_macs.items() if p[: len(path)] == path)
     sub = _subtree(params, path)
-    layers.append(Layer("/".join(path), path, kind, tuple(out.shape[1:]), nonlinearity, pieces,
-                        count_params(sub) if sub is not None else 0, macs))
+    layers.append(
+      Layer(
+        "/".join(path),
+        path,
+        kind,
+        tuple(out.shape[1:]),
+        nonlinearity,
+        pieces,
+        count_params(sub) if sub is not None else 0,
+        macs,
+      )
+    )
   return layers
 
 
@@ -91,24 +107,27 @@ def find_layer(layers, name, key, model_name):
     if layer.name == name:
       return layer
   raise FitnetsError(
-      f"{key}={name!r} is not a layer of model {model_name!r}. Valid names: "
-      f"{', '.join(l.name for l in layers)} (python -m fitnets_jax.layers --config ... shows their shapes).")
+    f"{key}={name!r} is not a layer of model {model_name!r}. Valid names: "
+    f"{', '.join(l.name for l in layers)} (python -m fitnets_jax.layers --config ... shows their shapes)."
+  )
 
 
 def regressor_kernel(guided, hint):
   """FitNets regressor kernel k_i = N_g,i − N_h,i + 1 (paper §2.2) from two Layers."""
   if len(guided.shape) != 3 or len(hint.shape) != 3:
     raise FitnetsError(
-        f"A convolutional regressor needs two feature maps (H, W, C); the guided layer {guided.name!r} "
-        f"gives {guided.shape} and the hint layer {hint.name!r} gives {hint.shape}. Choose conv layers "
-        "for hint.student_layer and hint.teacher_layer.")
+      f"A convolutional regressor needs two feature maps (H, W, C); the guided layer {guided.name!r} "
+      f"gives {guided.shape} and the hint layer {hint.name!r} gives {hint.shape}. Choose conv layers "
+      "for hint.student_layer and hint.teacher_layer."
+    )
   kernel = tuple(g - h + 1 for g, h in zip(guided.shape[:2], hint.shape[:2]))
   if min(kernel) < 1:
     raise FitnetsError(
-        f"The guided layer hint.student_layer={guided.name!r} gives a {guided.shape[0]}×{guided.shape[1]} "
-        f"map, smaller than the {hint.shape[0]}×{hint.shape[1]} map of the hint layer "
-        f"hint.teacher_layer={hint.name!r}; the regressor kernel N_g − N_h + 1 would be {kernel}. "
-        "Pick an earlier (larger) student layer or a later (smaller) teacher layer.")
+      f"The guided layer hint.student_layer={guided.name!r} gives a {guided.shape[0]}×{guided.shape[1]} "
+      f"map, smaller than the {hint.shape[0]}×{hint.shape[1]} map of the hint layer "
+      f"hint.teacher_layer={hint.name!r}; the regressor kernel N_g − N_h + 1 would be {kernel}. "
+      "Pick an earlier (larger) student layer or a later (smaller) teacher layer."
+    )
   return kernel
 
 
@@ -127,8 +146,14 @@ def apply(module, variables, x, train, capture=(), rngs=None):
   mutable = (["intermediates"] if capture else []) + (["batch_stats"] if train and "batch_stats" in variables else [])
   if not mutable:
     return module.apply(variables, x, train=train, rngs=rngs), {}, None
-  logits, state = module.apply(variables, x, train=train, rngs=rngs, mutable=mutable,
-                               capture_intermediates=capture_filter(capture) if capture else False)
+  logits, state = module.apply(
+    variables,
+    x,
+    train=train,
+    rngs=rngs,
+    mutable=mutable,
+    capture_intermediates=capture_filter(capture) if capture else False,
+  )
   feats = {name: _subtree(state["intermediates"], tuple(name.split("/")) + ("__call__",))[0] for name in capture}
   return logits, feats, state.get("batch_stats")
 
@@ -136,7 +161,7 @@ def apply(module, variables, x, train, capture=(), rngs=None):
 def prefix_paths(layers, last):
   """Module paths executed up to and including layer `last` (its submodules included)."""
   names = [l.name for l in layers]
-  return frozenset(l.path for l in layers[:names.index(last) + 1])
+  return frozenset(l.path for l in layers[: names.index(last) + 1])
 
 
 def leaf_module(path):
@@ -146,14 +171,12 @@ def leaf_module(path):
 
 def prefix_labels(tree, paths):
   """'train' for leaves whose module is in `paths`, else 'freeze' (for optax.partition)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda p, _: "train" if leaf_module(p) in paths else "freeze", tree)
+  return jax.tree_util.tree_map_with_path(lambda p, _: "train" if leaf_module(p) in paths else "freeze", tree)
 
 
 def merge_prefix(new, old, paths):
   """`new` for leaves whose module is in `paths`, `old` elsewhere (batch stats of frozen layers)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda p, n, o: n if leaf_module(p) in paths else o, new, old)
+  return jax.tree_util.tree_map_with_path(lambda p, n, o: n if leaf_module(p) in paths else o, new, old)
 
 
 def layer_table(layers):
@@ -161,7 +184,6 @@ def layer_table(layers):
   rows = [("layer", "kind", "output shape", "params", "MACs")]
   rows += [(l.name, l.kind, "×".join(map(str, l.shape)), f"{l.params:,}", f"{l.macs:,}") for l in layers]
   widths = [max(len(r[i]) for r in rows) for i in range(5)]
-  return "\n".join("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                   for r in rows)
-
-
+  return "\n".join(
+    "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+  )

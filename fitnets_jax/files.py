@@ -16,7 +16,7 @@ from etils import epath
 from fitnets_jax.errors import FitnetsError
 
 REMOTE_SCHEMES = ("gs://", "s3://", "az://", "hf://")
-REACH_TIMEOUT_S = 60.0   # how long the first touch of a remote workdir may take before it is refused
+REACH_TIMEOUT_S = 60.0  # how long the first touch of a remote workdir may take before it is refused
 
 
 def is_remote(p):
@@ -112,10 +112,11 @@ def try_lock(p):
   holds it. The operating system releases the lock when the handle is closed or the process ends,
   however it ends (flock: POSIX systems)."""
   import fcntl
+
   handle = os.open(absolute(p), os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:   # BlockingIOError: held by another process
+  except OSError:  # BlockingIOError: held by another process
     os.close(handle)
     return None
   return handle
@@ -170,8 +171,13 @@ def check_reachable(workdir, write=True, timeout=REACH_TIMEOUT_S):
     _within(timeout, (lambda: _probe_write(workdir)) if write else (lambda: path(workdir).exists()))
   except Exception as error:  # noqa: BLE001
     reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:300]}"
-    where = ("Check the bucket's name, the network and the credentials (on a Cloud VM its service account "
-             "needs write access to the bucket; elsewhere run `gcloud auth application-default login`)"
-             if is_remote(workdir) else "Choose a folder you can write to")
-    raise FitnetsError(f"--workdir={workdir!r} cannot be {'written' if write else 'reached'} ({reason}). "
-                       f"{where}, or use another --workdir.") from None
+    where = (
+      "Check the bucket's name, the network and the credentials (on a Cloud VM its service account "
+      "needs write access to the bucket; elsewhere run `gcloud auth application-default login`)"
+      if is_remote(workdir)
+      else "Choose a folder you can write to"
+    )
+    raise FitnetsError(
+      f"--workdir={workdir!r} cannot be {'written' if write else 'reached'} ({reason}). "
+      f"{where}, or use another --workdir."
+    ) from None

@@ -26,10 +26,10 @@ ENTRY_KEYS = ("teacher_layer", "student_layer", "kind", "weight", "teacher")
 
 @dataclasses.dataclass(frozen=True)
 class HintPair:
-  key: str                        # "hint" or "hints[i]": where it came from, for messages
-  teacher: str                    # role of the teacher network ("teacher", "teacher2", …)
-  hint: features.Layer            # the teacher's layer
-  guided: features.Layer          # the student's layer
+  key: str  # "hint" or "hints[i]": where it came from, for messages
+  teacher: str  # role of the teacher network ("teacher", "teacher2", …)
+  hint: features.Layer  # the teacher's layer
+  guided: features.Layer  # the student's layer
   kind: str
   weight: float
   regressor: Optional[Any] = None
@@ -59,30 +59,44 @@ def pairs(config, student, teachers):
     unknown = sorted(set(entry) - set(ENTRY_KEYS))
     check(not unknown, f"{key} has unknown keys {unknown}; a hint pair takes {', '.join(ENTRY_KEYS)}.")
     for needed in ("teacher_layer", "student_layer"):
-      check(isinstance(entry.get(needed), str), f"{key}.{needed}={entry.get(needed)!r} must be a layer name "
-                                                "(python -m fitnets_jax.layers --config … lists them).")
+      check(
+        isinstance(entry.get(needed), str),
+        f"{key}.{needed}={entry.get(needed)!r} must be a layer name "
+        "(python -m fitnets_jax.layers --config … lists them).",
+      )
     kind = one_of(f"{key}.kind", entry.get("kind", "regression"), KINDS)
     weight = entry.get("weight", 1.0)
     check(isinstance(weight, (int, float)) and weight > 0, f"{key}.weight={weight!r} must be a number > 0.")
     index = entry.get("teacher", 0)
-    check(isinstance(index, int) and 0 <= index < len(roles),
-          f"{key}.teacher={index!r} must index the {len(roles)} configured teacher(s): 0..{len(roles) - 1}.")
+    check(
+      isinstance(index, int) and 0 <= index < len(roles),
+      f"{key}.teacher={index!r} must index the {len(roles)} configured teacher(s): 0..{len(roles) - 1}.",
+    )
     teacher = teachers[roles[index]]
     hint = features.find_layer(teacher.layers, entry["teacher_layer"], f"{key}.teacher_layer", teacher.name)
     guided = features.find_layer(student.layers, entry["student_layer"], f"{key}.student_layer", student.name)
     regressor = None
     if kind == "regression":
-      regressor = Regressor(hint.shape[-1], features.regressor_kernel(guided, hint), hint.nonlinearity,
-                            hint.pieces, config.hint.regressor_init)
+      regressor = Regressor(
+        hint.shape[-1],
+        features.regressor_kernel(guided, hint),
+        hint.nonlinearity,
+        hint.pieces,
+        config.hint.regressor_init,
+      )
     else:
-      check(len(hint.shape) == 3 and len(guided.shape) == 3,
-            f"{key}: attention transfer needs two feature maps (H, W, C); {hint.name!r} gives {hint.shape} and "
-            f"{guided.name!r} gives {guided.shape}.")
-      check(_attention_size_ok(hint.shape, guided.shape),
-            f"{key}: attention maps of {entry['teacher_layer']!r} ({hint.shape[0]}×{hint.shape[1]}) and "
-            f"{entry['student_layer']!r} ({guided.shape[0]}×{guided.shape[1]}) cannot be compared: the sizes must "
-            "be equal, or one an integer multiple of the other (the larger is average-pooled). Pick layers at "
-            "the same resolution.")
+      check(
+        len(hint.shape) == 3 and len(guided.shape) == 3,
+        f"{key}: attention transfer needs two feature maps (H, W, C); {hint.name!r} gives {hint.shape} and "
+        f"{guided.name!r} gives {guided.shape}.",
+      )
+      check(
+        _attention_size_ok(hint.shape, guided.shape),
+        f"{key}: attention maps of {entry['teacher_layer']!r} ({hint.shape[0]}×{hint.shape[1]}) and "
+        f"{entry['student_layer']!r} ({guided.shape[0]}×{guided.shape[1]}) cannot be compared: the sizes must "
+        "be equal, or one an integer multiple of the other (the larger is average-pooled). Pick layers at "
+        "the same resolution.",
+      )
     result.append(HintPair(key, roles[index], hint, guided, kind, float(weight), regressor))
   one_of("hint.order", config.hint.order, ORDERS)
   check(config.attention.beta > 0, f"attention.beta={config.attention.beta!r} must be > 0.")
@@ -95,9 +109,10 @@ def progressive_order_ok(pairs, student):
   depth = [names.index(p.guided.name) for p in pairs]
   if depth != sorted(depth) or len(set(depth)) != len(depth):
     raise FitnetsError(
-        "hint.order='progressive' trains one phase per pair, each up to its guided layer, so `hints` must "
-        f"list distinct student layers from shallow to deep; got {[p.guided.name for p in pairs]}. Reorder them "
-        "or set hint.order='joint'.")
+      "hint.order='progressive' trains one phase per pair, each up to its guided layer, so `hints` must "
+      f"list distinct student layers from shallow to deep; got {[p.guided.name for p in pairs]}. Reorder them "
+      "or set hint.order='joint'."
+    )
 
 
 def pair_loss(pair, teacher_feature, student_feature, regressor_params, beta):

@@ -31,8 +31,9 @@ def dependencies(root=ROOT):
 
 def installed_versions():
   """{canonical name: version} of the distributions this Python has."""
-  return {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions()
-          if d.metadata["Name"]}
+  return {
+    canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions() if d.metadata["Name"]
+  }
 
 
 def accelerator():
@@ -54,7 +55,7 @@ def plan(requirements, installed, device=None):
       continue
     name = canonicalize_name(requirement.name)
     if name in ("tensorflow-cpu", "tensorboard") and "tensorflow" in installed:
-      continue   # the installed TensorFlow (and its TensorBoard) serves; a second one would overwrite it
+      continue  # the installed TensorFlow (and its TensorBoard) serves; a second one would overwrite it
     have = installed.get(name)
     if have is not None and requirement.specifier.contains(have, prereleases=True):
       continue

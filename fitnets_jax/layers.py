@@ -5,16 +5,16 @@ the exit heads too), with output shapes, parameters and MACs, their sections, an
   python -m fitnets_jax.layers --config configs/cifar10.py
 """
 
-
 import jax
 import numpy as np
 from absl import app, logging
 
-from fitnets_jax import experiment, features, hints, methods
 from fitnets_jax import config as config_lib
-from fitnets_jax.data import SHAPES, load as load_data
+from fitnets_jax import experiment, features, hints, methods
+from fitnets_jax.data import SHAPES
+from fitnets_jax.data import load as load_data
 from fitnets_jax.errors import or_exit
-from fitnets_jax.methods import byot
+
 
 def define_flags():
   """The command line's flags (defined only when run as a program, so the module imports anywhere)."""
@@ -35,14 +35,16 @@ def report(config):
   trained = {role: build(key, cfg) for role, key, cfg in experiment.trained_networks(config, method)}
   student = next(iter(trained.values()))
   lines = []
-  heads = byot.exit_heads(student, classes) if config.method == "byot" and len(student.sections) > 1 else {}
+  heads = method.extra_networks(student, classes) if method.extra_networks else {}
   for role, net in [*teachers.items(), *trained.items(), *heads.items()]:
-    lines += [f"{role}: {net.name} — {net.params:,} params, {net.macs:,} MACs per example, input {shape}",
-              features.layer_table(net.layers)]
+    lines += [
+      f"{role}: {net.name} — {net.params:,} params, {net.macs:,} MACs per example, input {shape}",
+      features.layer_table(net.layers),
+    ]
     if net.sections:
       lines.append("sections (input → output): " + ", ".join(f"{a} → {b}" for a, b in net.sections))
     lines.append("")
-  if config.method in ("fitnets", "at") or (teachers and config.kd.attention):
+  if method.uses_hint_pairs(config):
     for pair in hints.pairs(config, student, teachers):
       where = f"student {pair.guided.name} {pair.guided.shape}"
       target = f"{pair.teacher} {pair.hint.name} {pair.hint.shape}"
@@ -52,8 +54,10 @@ def report(config):
       kernel, hint = pair.regressor.kernel, pair.hint
       pieces = hint.pieces if hint.nonlinearity == "maxout" else 1
       reg_params = int(np.prod(kernel)) * pair.guided.shape[-1] * hint.shape[-1] * pieces + hint.shape[-1] * pieces
-      lines.append(f"{pair.key}: {where} → regressor {kernel[0]}×{kernel[1]} conv, {hint.nonlinearity}"
-                   f"{f' ({hint.pieces} pieces)' if pieces > 1 else ''}, {reg_params:,} params → {target}")
+      lines.append(
+        f"{pair.key}: {where} → regressor {kernel[0]}×{kernel[1]} conv, {hint.nonlinearity}"
+        f"{f' ({hint.pieces} pieces)' if pieces > 1 else ''}, {reg_params:,} params → {target}"
+      )
   return "\n".join(lines)
 
 

@@ -39,7 +39,8 @@ def softened(logits, temperature):
 
 
 def soft_target(teacher_logits, temperature, weights=None):
-  """The teachers' softened outputs averaged with weights μ: Σ_i μ_i·p_i^τ / Σ_i μ_i (SPEC §4).
+  """The teachers' softened outputs averaged with weights μ: Σ_i μ_i·p_i^τ / Σ_i μ_i (docs/methods.md,
+  *Multi-teacher KD*).
 
   `teacher_logits` is one (batch, classes) array or a sequence of them; `weights` defaults to
   uniform. One teacher gives p^τ itself. The result is a target (stop_gradient).
@@ -141,8 +142,10 @@ def attention_loss(teacher_features, student_features, beta):
   The larger map's attention is average-pooled to the smaller one's size (integer ratio). The
   teacher is a target (stop_gradient).
   """
-  size = (min(teacher_features.shape[1], student_features.shape[1]),
-          min(teacher_features.shape[2], student_features.shape[2]))
+  size = (
+    min(teacher_features.shape[1], student_features.shape[1]),
+    min(teacher_features.shape[2], student_features.shape[2]),
+  )
   q_t = jax.lax.stop_gradient(attention_map(teacher_features, size))
   q_s = attention_map(student_features, size)
   return beta / 2.0 * jnp.mean(jnp.square(q_s - q_t))
@@ -158,8 +161,9 @@ def mutual_learning_loss(logits, peer_logits, labels, temperature=1.0):
   """
   ce = cross_entropy(logits, labels)
   scaled = _f32(logits) / temperature
-  kl = sum(kl_divergence(softened(jax.lax.stop_gradient(peer), temperature), scaled)
-           for peer in peer_logits) / len(peer_logits)
+  kl = sum(kl_divergence(softened(jax.lax.stop_gradient(peer), temperature), scaled) for peer in peer_logits) / len(
+    peer_logits
+  )
   return ce + kl, {"ce": ce, "kl": kl}
 
 
@@ -172,8 +176,7 @@ def feature_distance(features, target, kind):
   return jnp.mean(jnp.sqrt(squared + 1e-12) if kind == "l2" else squared)
 
 
-def self_distillation_loss(exit_logits, exit_features, labels, alpha, temperature, feature_weight,
-                           feature_kind="l2"):
+def self_distillation_loss(exit_logits, exit_features, labels, alpha, temperature, feature_weight, feature_kind="l2"):
   """Be Your Own Teacher (Zhang et al. 2019, eq. 1–3): the deepest exit teaches the shallow ones.
 
   `exit_logits` / `exit_features` list the exits shallow → deep; the last is the teacher q_C, F_C

@@ -24,16 +24,19 @@ def stop_during_start_up(signum, frame):
   """SIGTERM outside the training loop (which saves a checkpoint first): while starting, or between the
   runs of --seeds. Nothing is lost: every finished stage is saved."""
   sys.stdout.flush()
-  print("preempted: stopped on SIGTERM outside the training loop (while starting, or between runs); every "
-        "finished stage is saved, nothing was lost. Run the same command again to resume.", file=sys.stderr,
-        flush=True)
+  print(
+    "preempted: stopped on SIGTERM outside the training loop (while starting, or between runs); every "
+    "finished stage is saved, nothing was lost. Run the same command again to resume.",
+    file=sys.stderr,
+    flush=True,
+  )
   # At once: an exception raised here could land in a callback that swallows it. What is on disk is
   # complete (checkpoints and config.json are written atomically), and the OS releases the workdir's lock.
-  os._exit(75)   # errors.Preempted.exit_code
+  os._exit(75)  # errors.Preempted.exit_code
 
 
 if __name__ == "__main__":
-  signal.signal(signal.SIGTERM, stop_during_start_up)   # first: a preemption may come at any moment
+  signal.signal(signal.SIGTERM, stop_during_start_up)  # first: a preemption may come at any moment
 
 from absl import app, flags, logging
 
@@ -57,8 +60,9 @@ def seed_runs(config, workdir, n):
     with c.unlocked():
       c.seed = seed
       c.teacher.checkpoint = c.teacher.checkpoint.replace("{seed}", str(seed))
-      c.teachers = [dict(t, checkpoint=t["checkpoint"].replace("{seed}", str(seed))) if "checkpoint" in t else t
-                    for t in c.teachers]
+      c.teachers = [
+        dict(t, checkpoint=t["checkpoint"].replace("{seed}", str(seed))) if "checkpoint" in t else t for t in c.teachers
+      ]
     runs.append((c, files.join(workdir, f"seed_{seed}")))
   return runs
 
@@ -81,7 +85,9 @@ def print_summary(summary, workdir):
 
 def shared_teachers(config, seeds):
   """The teacher checkpoints that every one of `seeds` runs would load alike (no `{seed}` in the path)."""
-  paths = [("teacher.checkpoint", config.teacher.checkpoint)] if config.method != "multi_teacher" else []
+  from fitnets_jax import methods
+
+  paths = [("teacher.checkpoint", config.teacher.checkpoint)] if methods.get(config.method).teachers == "one" else []
   paths += [(f"teachers[{i}].checkpoint", t["checkpoint"]) for i, t in enumerate(config.teachers) if "checkpoint" in t]
   return [(key, path) for key, path in paths if seeds > 1 and path and "{seed}" not in path]
 
@@ -90,22 +96,29 @@ def run_all(config_path, workdir, seeds):
   """Checks the command line, then trains each run; FitnetsError/RunStopped go to `or_exit`."""
   if seeds < 0:
     raise FitnetsError(f"--seeds={seeds} must be ≥ 0 (0: one run with config.seed).")
-  if not workdir:   # before any loading: the other checks need the config, and the config needs nothing heavy
-    raise FitnetsError("--workdir is required: the folder for checkpoints, metrics.jsonl and summary.json "
-                       f"{'(the seeds go to <workdir>/seed_<s>) ' if seeds else ''}, e.g. --workdir runs/digits.")
+  if not workdir:  # before any loading: the other checks need the config, and the config needs nothing heavy
+    raise FitnetsError(
+      "--workdir is required: the folder for checkpoints, metrics.jsonl and summary.json "
+      f"{'(the seeds go to <workdir>/seed_<s>) ' if seeds else ''}, e.g. --workdir runs/digits."
+    )
   config = config_lib.from_command_line(config_path)
   config_lib.check_types(config)
   import jax
+
   from fitnets_jax import cluster, experiment, train
-  cluster.initialize(config)   # before any device is touched: --seeds prepares every seed first
+
+  cluster.initialize(config)  # before any device is touched: --seeds prepares every seed first
   if jax.process_index() == 0:
     print(cluster.describe(), flush=True)
     for key, path in shared_teachers(config, seeds):
-      print(f"note: {key}={path!r} has no {{seed}}, so all {seeds} seeds distil from this one teacher (write "
-            f"{{seed}} in the path to give each seed the teacher trained with its own seed).", flush=True)
+      print(
+        f"note: {key}={path!r} has no {{seed}}, so all {seeds} seeds distil from this one teacher (write "
+        f"{{seed}} in the path to give each seed the teacher trained with its own seed).",
+        flush=True,
+      )
   runs = seed_runs(config, workdir, seeds) if seeds else [(config, workdir)]
   if seeds:
-    for c, w in runs:   # every seed's bad input fails before the first seed trains
+    for c, w in runs:  # every seed's bad input fails before the first seed trains
       experiment.prepare(c, w)
   for c, w in runs:
     print_summary(train.run(c, w), w)

@@ -11,14 +11,14 @@ from fitnets_jax.errors import WorkdirWriteError
 
 
 class Writer:
-
   def __init__(self, workdir):
     self.enabled = jax.process_index() == 0
     self.path = files.join(workdir, "metrics.jsonl")
-    self.records = 0   # in metrics.jsonl: a checkpoint records the count, so a truncated file is noticed
+    self.records = 0  # in metrics.jsonl: a checkpoint records the count, so a truncated file is noticed
     self._tb = None
     if self.enabled:
       import tensorflow as tf
+
       self._tf = tf
       self._tb = tf.summary.create_file_writer(files.join(workdir, "tensorboard"))
 
@@ -48,7 +48,7 @@ class Writer:
     for line in lines:
       try:
         records.append(json.loads(line))
-      except json.JSONDecodeError:   # the last line of a run killed while appending it
+      except json.JSONDecodeError:  # the last line of a run killed while appending it
         pass
     kept = [r for r in records if keep(r)]
     files.write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))

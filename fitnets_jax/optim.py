@@ -56,6 +56,7 @@ def max_norm(conv, dense, logits):
       new = p + u
       norms = jnp.sqrt(jnp.sum(jnp.square(new), axis=tuple(range(new.ndim - 1)), keepdims=True))
       return new * jnp.minimum(1.0, limit / jnp.maximum(norms, 1e-7)) - p
+
     return jax.tree_util.tree_map_with_path(project, updates, params), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
@@ -73,8 +74,7 @@ def optimizer(cfg, num_steps, steps_per_epoch, key):
   if cfg.weight_decay and cfg.name != "adamw":
     chain.append(optax.add_decayed_weights(cfg.weight_decay))
   if cfg.name == "rmsprop":
-    chain.append(optax.rmsprop(lr, decay=cfg.decay, eps=cfg.eps, momentum=cfg.momentum or None,
-                               nesterov=cfg.nesterov))
+    chain.append(optax.rmsprop(lr, decay=cfg.decay, eps=cfg.eps, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
   elif cfg.name == "sgd":
     chain.append(optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
   elif cfg.name == "adam":
@@ -89,8 +89,6 @@ def optimizer(cfg, num_steps, steps_per_epoch, key):
 def partitioned(tx, labels):
   """`tx` on leaves labelled 'train', zero updates (and no state) on leaves labelled 'freeze'."""
   return optax.partition({"train": tx, "freeze": optax.set_to_zero()}, labels)
-
-
 
 
 def per_network(transforms):

@@ -13,6 +13,7 @@ from fitnets_jax import files, metrics
 def figure(width, height, rows=1, cols=1, **kwargs):
   """(Figure, axes) without pyplot's global state; `axes` is squeezed as in plt.subplots."""
   from matplotlib.figure import Figure
+
   fig = Figure(figsize=(width, height))
   return fig, fig.subplots(rows, cols, **kwargs)
 
@@ -69,10 +70,17 @@ def accuracy_vs_macs(rows):
   shown = [row for row in rows if row["mean"] is not None]
   for i, r in enumerate(shown):
     marker = "s" if r["kind"] == "teacher" else "o"
-    alike = [j for j, other in enumerate(shown) if other["macs"] == r["macs"]]   # side by side, not on top
+    alike = [j for j, other in enumerate(shown) if other["macs"] == r["macs"]]  # side by side, not on top
     x = r["macs"] * 1.03 ** (alike.index(i) - (len(alike) - 1) / 2)
-    ax.errorbar(x, 100 * r["mean"], yerr=100 * (r["std"] or 0.0), fmt=marker, color=f"C{i}", capsize=3,
-                label=f"{r['method']}: {r['model']}")
+    ax.errorbar(
+      x,
+      100 * r["mean"],
+      yerr=100 * (r["std"] or 0.0),
+      fmt=marker,
+      color=f"C{i}",
+      capsize=3,
+      label=f"{r['method']}: {r['model']}",
+    )
   ax.set_xscale("log")
   ax.set_xlabel("MACs per example")
   ax.set_ylabel("test accuracy (%)")

@@ -36,8 +36,11 @@ def read_run(path):
   found = {}
   for name in ("summary.json", "config.json"):
     file = files.join(path, name)
-    check(files.isfile(file), f"{file} does not exist: {path!r} is not a finished run (a run writes config.json "
-                              "when it starts and summary.json when it ends).")
+    check(
+      files.isfile(file),
+      f"{file} does not exist: {path!r} is not a finished run (a run writes config.json "
+      "when it starts and summary.json when it ends).",
+    )
     try:
       found[name] = json.loads(files.read_text(file))
     except ValueError as e:
@@ -48,10 +51,15 @@ def read_run(path):
     for line in files.read_text(metrics_file).splitlines():
       try:
         records.append(json.loads(line))
-      except ValueError:   # a line cut short by a kill
+      except ValueError:  # a line cut short by a kill
         pass
-  return {"dir": path, "name": run_name(path), "summary": found["summary.json"], "config": found["config.json"],
-          "metrics": records}
+  return {
+    "dir": path,
+    "name": run_name(path),
+    "summary": found["summary.json"],
+    "config": found["config.json"],
+    "metrics": records,
+  }
 
 
 def run_name(path):
@@ -63,8 +71,9 @@ def experiment_key(config):
   """The config minus RUN_KEYS (and every teacher's checkpoint path), as a hashable string."""
   flat = {k: v for k, v in flatten(config).items() if k not in RUN_KEYS}
   if isinstance(flat.get("teachers"), list):
-    flat["teachers"] = [{k: v for k, v in t.items() if k != "checkpoint"} if isinstance(t, dict) else t
-                        for t in flat["teachers"]]
+    flat["teachers"] = [
+      {k: v for k, v in t.items() if k != "checkpoint"} if isinstance(t, dict) else t for t in flat["teachers"]
+    ]
   return json.dumps(flat, sort_keys=True)
 
 
@@ -95,10 +104,21 @@ def group_row(group, reference_teacher):
   first = group[0]["summary"]
   student, teacher = first["student"], first.get("teacher") or reference_teacher
   mean, std = mean_std([r["summary"]["student"].get("test_accuracy") for r in group])
-  return {"kind": "student", "method": first["method"], "dataset": first["dataset"], "model": student["model"],
-          "layers": student.get("layers"), "params": student["params"], "macs": student["macs"],
-          "mean": mean, "std": std, "runs": len(group), "seeds": sorted(r["summary"]["seed"] for r in group),
-          "teacher": teacher, "dirs": [r["dir"] for r in group]}
+  return {
+    "kind": "student",
+    "method": first["method"],
+    "dataset": first["dataset"],
+    "model": student["model"],
+    "layers": student.get("layers"),
+    "params": student["params"],
+    "macs": student["macs"],
+    "mean": mean,
+    "std": std,
+    "runs": len(group),
+    "seeds": sorted(r["summary"]["seed"] for r in group),
+    "teacher": teacher,
+    "dirs": [r["dir"] for r in group],
+  }
 
 
 def teacher_rows(runs):
@@ -111,9 +131,20 @@ def teacher_rows(runs):
       if key in seen:
         continue
       seen.add(key)
-      row = rows.setdefault((summary["dataset"], t["model"]), {
-          "kind": "teacher", "method": "teacher", "dataset": summary["dataset"], "model": t["model"],
-          "layers": t.get("layers"), "params": t["params"], "macs": t["macs"], "accuracies": [], "teacher": t})
+      row = rows.setdefault(
+        (summary["dataset"], t["model"]),
+        {
+          "kind": "teacher",
+          "method": "teacher",
+          "dataset": summary["dataset"],
+          "model": t["model"],
+          "layers": t.get("layers"),
+          "params": t["params"],
+          "macs": t["macs"],
+          "accuracies": [],
+          "teacher": t,
+        },
+      )
       row["accuracies"].append(t.get("test_accuracy"))
   for row in rows.values():
     row["mean"], row["std"] = mean_std(row.pop("accuracies"))
@@ -143,13 +174,17 @@ def _count(n):
 
 def markdown_table(rows):
   times = lambda x: f"{x:.2f}×" if x else "—"
-  lines = ["| method | dataset | model | layers | params | MACs | test accuracy | runs | speed-up | compression |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+    "| method | dataset | model | layers | params | MACs | test accuracy | runs | speed-up | compression |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     layers = r["layers"] if r["layers"] is not None else "—"
-    lines.append(f"| {r['method']} | {r['dataset']} | {r['model']} | {layers} | {_count(r['params'])} | "
-                 f"{_count(r['macs'])} | {accuracy_text(r['mean'], r['std'])} | {r['runs']} | "
-                 f"{times(r['speedup'])} | {times(r['compression'])} |")
+    lines.append(
+      f"| {r['method']} | {r['dataset']} | {r['model']} | {layers} | {_count(r['params'])} | "
+      f"{_count(r['macs'])} | {accuracy_text(r['mean'], r['std'])} | {r['runs']} | "
+      f"{times(r['speedup'])} | {times(r['compression'])} |"
+    )
   return "\n".join(lines)
 
 
@@ -161,7 +196,7 @@ def write(run_dirs, out):
   check(run_dirs, "pass at least one run directory (a workdir holding summary.json).")
   runs = [read_run(d) for d in run_dirs]
   names = [r["name"] for r in runs]
-  for i, run in enumerate(runs):   # distinct file names even for runs named alike
+  for i, run in enumerate(runs):  # distinct file names even for runs named alike
     if names.count(run["name"]) > 1:
       run["name"] = f"{run['name']}_{i + 1}"
   files.makedirs(out)
@@ -174,16 +209,36 @@ def write(run_dirs, out):
     title = f"{run['name']}: {s['method']}, {s['student']['model']}, seed {s['seed']}"
     plots.save(plots.curves(run["metrics"], title), files.join(out, file))
     curves.append(f"- `{run['dir']}`: ![{run['name']}]({file})")
-  groups = [f"- {r['method']} / {r['model']}: seeds {', '.join(map(str, r['seeds']))} — "
-            + ", ".join(f"`{d}`" for d in r["dirs"]) for r in rows if r["kind"] == "student"]
-  text = "\n".join([
-      "# Results", "",
+  groups = [
+    f"- {r['method']} / {r['model']}: seeds {', '.join(map(str, r['seeds']))} — "
+    + ", ".join(f"`{d}`" for d in r["dirs"])
+    for r in rows
+    if r["kind"] == "student"
+  ]
+  text = "\n".join(
+    [
+      "# Results",
+      "",
       f"{len(runs)} runs in {len(groups)} groups (runs that differ only by seed). Test accuracy is the mean ± "
       "sample std over a group's seeds. Speed-up is the teacher's MACs ÷ the student's, compression the "
-      "teacher's parameters ÷ the student's. Teacher rows cover the distinct teachers the runs used.", "",
-      markdown_table(rows), "", "## Groups", "", *groups, "",
-      "## Accuracy against MACs", "", "![accuracy vs MACs](accuracy_vs_macs.png)", "",
-      "## Training curves", "", *curves, ""])
+      "teacher's parameters ÷ the student's. Teacher rows cover the distinct teachers the runs used.",
+      "",
+      markdown_table(rows),
+      "",
+      "## Groups",
+      "",
+      *groups,
+      "",
+      "## Accuracy against MACs",
+      "",
+      "![accuracy vs MACs](accuracy_vs_macs.png)",
+      "",
+      "## Training curves",
+      "",
+      *curves,
+      "",
+    ]
+  )
   files.write_atomically(files.join(out, "report.md"), text)
   return rows
 

@@ -17,7 +17,8 @@ import time
 import jax
 import numpy as np
 
-from fitnets_jax import compiler, data as data_lib
+from fitnets_jax import compiler
+from fitnets_jax import data as data_lib
 from fitnets_jax.errors import check
 from fitnets_jax.methods.base import forward
 
@@ -26,15 +27,22 @@ def check_config(config, dataset, has_teacher):
   """Refuses a cache that could not be exact, before anything runs."""
   if not config.teacher.cache:
     return
-  check(has_teacher, f"teacher.cache=True stores a teacher's outputs, but method={config.method!r} uses no teacher; "
-                     "set teacher.cache=False.")
-  check(not dataset.augmented,
-        f"teacher.cache=True needs an input pipeline without random augmentation: a cached output belongs to one "
-        f"fixed image, but dataset.flip={dataset.augment_flip} and dataset.shift={dataset.augment_shift} change each "
-        "image every epoch, so the teacher must see what the student sees. Set dataset.flip=False and "
-        "dataset.shift=0, or teacher.cache=False.")
-  check(config.teacher.cache_budget_mb >= 0,
-        f"teacher.cache_budget_mb={config.teacher.cache_budget_mb!r} must be ≥ 0 (0: logits only).")
+  check(
+    has_teacher,
+    f"teacher.cache=True stores a teacher's outputs, but method={config.method!r} uses no teacher; "
+    "set teacher.cache=False.",
+  )
+  check(
+    not dataset.augmented,
+    f"teacher.cache=True needs an input pipeline without random augmentation: a cached output belongs to one "
+    f"fixed image, but dataset.flip={dataset.augment_flip} and dataset.shift={dataset.augment_shift} change each "
+    "image every epoch, so the teacher must see what the student sees. Set dataset.flip=False and "
+    "dataset.shift=0, or teacher.cache=False.",
+  )
+  check(
+    config.teacher.cache_budget_mb >= 0,
+    f"teacher.cache_budget_mb={config.teacher.cache_budget_mb!r} must be ≥ 0 (0: logits only).",
+  )
 
 
 def needed_layers(stages):
@@ -74,13 +82,21 @@ def build(teachers, teacher_vars, layers, dataset, batch_size, budget_mb):
 
   @compiler.jit
   def outputs(variables, images):
-    return {role: forward(net, variables[role]["params"], variables[role]["batch_stats"], images, False,
-                          capture=tuple(cached[role]))[:2] for role, net in teachers.items()}
+    return {
+      role: forward(
+        net, variables[role]["params"], variables[role]["batch_stats"], images, False, capture=tuple(cached[role])
+      )[:2]
+      for role, net in teachers.items()
+    }
 
   shapes = {role: {l.name: l.shape for l in net.layers} for role, net in teachers.items()}
-  tables = {role: {"logits": np.zeros((n, dataset.num_classes), np.float32),
-                   "features": {name: np.zeros((n,) + shapes[role][name], np.float32) for name in cached[role]}}
-            for role in teachers}
+  tables = {
+    role: {
+      "logits": np.zeros((n, dataset.num_classes), np.float32),
+      "features": {name: np.zeros((n,) + shapes[role][name], np.float32) for name in cached[role]},
+    }
+    for role in teachers
+  }
   seen = np.zeros(n, bool)
   for batch in data_lib.training_examples(dataset, batch_size):
     keep = batch["mask"] > 0
@@ -90,8 +106,15 @@ def build(teachers, teacher_vars, layers, dataset, batch_size, budget_mb):
       for name, value in feats.items():
         tables[role]["features"][name][ids] = value[keep]
     seen[ids] = True
-  check(seen.all(), f"the teacher cache covered {int(seen.sum())} of {n} training examples; the dataset's example "
-                    "ids are not 0 … N−1.")
-  info = {"examples": n, "bytes": int(used), "layers": {role: names for role, names in cached.items()},
-          "left_out": skipped, "seconds": round(time.perf_counter() - started, 3)}
+  check(
+    seen.all(),
+    f"the teacher cache covered {int(seen.sum())} of {n} training examples; the dataset's example ids are not 0 … N−1.",
+  )
+  info = {
+    "examples": n,
+    "bytes": int(used),
+    "layers": {role: names for role, names in cached.items()},
+    "left_out": skipped,
+    "seconds": round(time.perf_counter() - started, 3),
+  }
   return tables, info

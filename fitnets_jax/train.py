@@ -25,10 +25,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from fitnets_jax import (checkpoint, cluster, compiler, data, experiment, files, metrics, optim, teacher_cache,
-                         workdir_lock)
+from fitnets_jax import (
+  checkpoint,
+  cluster,
+  compiler,
+  data,
+  experiment,
+  files,
+  metrics,
+  optim,
+  teacher_cache,
+  workdir_lock,
+)
 from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted, WorkdirWriteError
 from fitnets_jax.methods import base
 
@@ -90,22 +101,26 @@ def make_step(stage, tx, labels):
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     new_params = jax.tree.map(lambda label, new, old: new if label == "train" else old, labels, new_params, params)
-    return new_params, new_stats, new_opt_state, loss, scalars, grads
+    return base.Update(new_params, new_stats, new_opt_state, loss, scalars, grads)
 
   update = stage.update or gradient_update
 
   def step(state, batch, teacher):
     rng = jax.random.fold_in(state.rng, state.step)
     params, batch_stats, opt_state, loss, scalars, grads = update(
-        state.params, state.batch_stats, state.opt_state, teacher, batch, rng, state.step)
+      state.params, state.batch_stats, state.opt_state, teacher, batch, rng, state.step
+    )
     # A NaN/Inf loss or gradient leaves the state as it was (the host decides, at the next log
     # interval, whether that stops the run); no per-step host sync is needed to stay safe.
     finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     scalars = dict(scalars, loss=loss, nonfinite=1.0 - finite.astype(jnp.float32))
-    return state.replace(step=state.step + 1, params=keep(params, state.params),
-                         batch_stats=keep(batch_stats, state.batch_stats),
-                         opt_state=keep(opt_state, state.opt_state)), scalars
+    return state.replace(
+      step=state.step + 1,
+      params=keep(params, state.params),
+      batch_stats=keep(batch_stats, state.batch_stats),
+      opt_state=keep(opt_state, state.opt_state),
+    ), scalars
 
   return step
 
@@ -115,8 +130,7 @@ def lower_step(stage, tx, labels, mesh, state, batch, teacher):
   (lowered, the step function)."""
   rep = replicated(mesh)
   step = make_step(stage, tx, labels)
-  jitted = compiler.jit(step, in_shardings=(rep, batch_sharding(mesh), rep), out_shardings=(rep, rep),
-                        donate_argnums=0)
+  jitted = compiler.jit(step, in_shardings=(rep, batch_sharding(mesh), rep), out_shardings=(rep, rep), donate_argnums=0)
   return jitted.lower(state, batch, teacher), step
 
 
@@ -143,7 +157,7 @@ def step_flops(lowered, fn, args):
   if flops is None and jax.default_backend() != "cpu":
     try:
       cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    except RuntimeError:   # JAX_PLATFORMS leaves out the CPU
+    except RuntimeError:  # JAX_PLATFORMS leaves out the CPU
       return None
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), args)
     flops = _flops(jax.jit(fn).lower(*abstract).cost_analysis())
@@ -158,8 +172,10 @@ def _flops(cost):
 
 def network_accuracy(net):
   """The default evaluation: per-example hits of `net` ({"accuracy": …})."""
+
   def evaluation(variables, images, labels):
     return {"accuracy": jnp.argmax(base.predict(net, variables, images), -1) == labels}
+
   return evaluation
 
 
@@ -182,10 +198,12 @@ class Evaluator:
   def step(self, key, evaluation):
     """The jitted evaluation step: (variables, batch) → ({metric: sum over the batch}, examples)."""
     if key not in self._steps:
+
       def step(variables, batch):
         values = evaluation(variables, batch["image"], batch["label"])
         sums = {k: jnp.sum(v.astype(jnp.float32) * batch["mask"]) for k, v in values.items()}
         return sums, jnp.sum(batch["mask"])
+
       rep = replicated(self.exp.mesh)
       self._steps[key] = compiler.jit(step, in_shardings=(rep, batch_sharding(self.exp.mesh)), out_shardings=rep)
     return self._steps[key]
@@ -193,13 +211,19 @@ class Evaluator:
   def metrics(self, key, evaluation, variables, split="test"):
     """{metric: mean over the split} of `evaluation(variables, images, labels)`'s per-example values."""
     step = self.step(key, evaluation)
-    totals = jax.device_get([step(variables, b) for b in prefetch_to_device(
-        data.eval_batches(self.exp.data, self.exp.local_eval_batch, split), self.exp.mesh)])
+    totals = jax.device_get(
+      [
+        step(variables, b)
+        for b in prefetch_to_device(data.eval_batches(self.exp.data, self.exp.local_eval_batch, split), self.exp.mesh)
+      ]
+    )
     count = sum(float(c) for _, c in totals)
     return {k: float(sum(float(t[k]) for t, _ in totals) / count) for k in totals[0][0]}
 
   def accuracy(self, net, params, batch_stats, split="test"):
-    return self.metrics(("network", net.name), network_accuracy(net), base.variables(params, batch_stats), split)["accuracy"]
+    return self.metrics(("network", net.name), network_accuracy(net), base.variables(params, batch_stats), split)[
+      "accuracy"
+    ]
 
 
 def transformation(stage, labels):
@@ -210,8 +234,9 @@ def transformation(stage, labels):
 
 def initial_state(stage, tx, rng, carry=None):
   params, batch_stats = stage.init(rng, carry)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=tx.init(params), rng=rng)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=tx.init(params), rng=rng
+  )
 
 
 def init_state(stage, tx, rng, carry, mesh):
@@ -219,21 +244,33 @@ def init_state(stage, tx, rng, carry, mesh):
   (`compiler.RUN_ONCE_OPTIONS`; op by op, a network's initialisation compiles dozens of small
   programs), with the values op-by-op execution gives. Its outputs are fresh buffers (a donated
   state must not alias the carried arrays), and each process computes them for its own devices."""
+
   def make(carry):
     return initial_state(stage, tx, rng, jax.tree.map(jnp.copy, carry))
+
   return compiler.jit(make, run_once=True, out_shardings=replicated(mesh))(carry)
 
 
 def abstract_state(stage, tx, rng, mesh):
   """The stage's state as replicated ShapeDtypeStructs: the target of a checkpoint restore."""
   rep = replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
-                      jax.eval_shape(lambda: initial_state(stage, tx, rng)))
+  return jax.tree.map(
+    lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep),
+    jax.eval_shape(lambda: initial_state(stage, tx, rng)),
+  )
 
 
 def stage_rng(seed, index):
   """Stage `index`'s RNG key: its initialisation, and (folded with the step) its steps' randomness."""
   return jax.random.fold_in(jax.random.PRNGKey(seed), index)
+
+
+def stage_setup(exp, index):
+  """(stage, rng, parameter labels, partitioned optimizer) of the experiment's stage `index`."""
+  stage = exp.stages[index]
+  rng = stage_rng(exp.config.seed, index)
+  labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
+  return stage, rng, labels, transformation(stage, labels)
 
 
 def _mean_scalars(values):
@@ -272,13 +309,14 @@ class Runner:
     self.names = [s.name for s in exp.stages]
     self.offsets = np.cumsum([0] + [s.num_steps for s in exp.stages]).tolist()
     self.writer = metrics.Writer(workdir)
-    self.checkpoints = checkpoint.RunCheckpoints(files.join(workdir, "checkpoints"), self.config.keep_checkpoints,
-                                                self.offsets[1:])
+    self.checkpoints = checkpoint.RunCheckpoints(
+      files.join(workdir, "checkpoints"), self.config.keep_checkpoints, self.offsets[1:]
+    )
     self.evaluator = Evaluator(exp)
     # teachers: role → {test_accuracy, validation_accuracy, weight}, measured once the teachers are ready
     self.results = {"stages": {}, "teachers": {}}
     self.stop = StopRequest()
-    self.pending = []   # un-logged step metrics restored from a checkpoint
+    self.pending = []  # un-logged step metrics restored from a checkpoint
 
   def preempted(self, global_step):
     return self.stop.requested or self.checkpoints.manager.reached_preemption(global_step)
@@ -302,8 +340,9 @@ class Runner:
         continue
       if meta.get("stages") != self.names:
         raise FitnetsError(
-            f"--workdir={self.workdir!r} holds a run with stages {meta.get('stages')}, but this config runs "
-            f"{self.names}; use a new workdir, or the config that made it (saved in its config.json).")
+          f"--workdir={self.workdir!r} holds a run with stages {meta.get('stages')}, but this config runs "
+          f"{self.names}; use a new workdir, or the config that made it (saved in its config.json)."
+        )
       index = meta["stage_index"]
       stage, rng, labels, tx = self.stage_setup(index)
       try:
@@ -316,45 +355,58 @@ class Runner:
       kept = self.writer.truncate(lambda r: self.offsets[self.names.index(r["stage"])] + r["step"] <= step)
       expected = meta.get("metrics_records")
       if self.writer.enabled and expected is not None and kept < expected:
-        print(f"warning: {self.writer.path} holds {kept} of the {expected} records written up to global step {step}; "
-              f"{expected - kept} are lost (the file was truncated or edited). The run goes on and logs from here; "
-              "the checkpoints and summary.json are unaffected.", file=sys.stderr, flush=True)
+        print(
+          f"warning: {self.writer.path} holds {kept} of the {expected} records written up to global step {step}; "
+          f"{expected - kept} are lost (the file was truncated or edited). The run goes on and logs from here; "
+          "the checkpoints and summary.json are unaffected.",
+          file=sys.stderr,
+          flush=True,
+        )
       done = meta["stage_step"] == stage.num_steps
-      print(f"Resuming from {self.workdir}: stage {stage.name!r} "
-            + ("finished" if done else f"at step {meta['stage_step']}/{stage.num_steps}")
-            + f" (checkpoint restored in {time.perf_counter() - started:.2f} s)", flush=True)
+      print(
+        f"Resuming from {self.workdir}: stage {stage.name!r} "
+        + ("finished" if done else f"at step {meta['stage_step']}/{stage.num_steps}")
+        + f" (checkpoint restored in {time.perf_counter() - started:.2f} s)",
+        flush=True,
+      )
       return index, meta["stage_step"], state
     quarantine = files.join(self.workdir, "checkpoints_damaged")
     if damaged or files.isdir(quarantine):
       raise FitnetsError(
-          f"--workdir={self.workdir!r} has no readable checkpoint left: the unreadable ones are in {quarantine}. "
-          "Starting again from step 0 would silently discard the run, so nothing else was changed; to start "
-          f"over in this workdir delete {quarantine}, or use a new --workdir.")
-    self.writer.truncate(lambda r: False)   # a run killed before its first checkpoint logs afresh
+        f"--workdir={self.workdir!r} has no readable checkpoint left: the unreadable ones are in {quarantine}. "
+        "Starting again from step 0 would silently discard the run, so nothing else was changed; to start "
+        f"over in this workdir delete {quarantine}, or use a new --workdir."
+      )
+    self.writer.truncate(lambda r: False)  # a run killed before its first checkpoint logs afresh
     return None
 
   def set_aside(self, step, error):
     where = self.checkpoints.set_aside(step)
     reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
-    print(f"warning: the checkpoint at global step {step} is unreadable ({type(error).__name__}: {reason}); "
-          f"moved it to {where} and trying the previous one.", file=sys.stderr, flush=True)
+    print(
+      f"warning: the checkpoint at global step {step} is unreadable ({type(error).__name__}: {reason}); "
+      f"moved it to {where} and trying the previous one.",
+      file=sys.stderr,
+      flush=True,
+    )
     return where
 
   def stage_setup(self, index):
-    """(stage, rng, parameter labels, partitioned optimizer) of stage `index`."""
-    stage = self.exp.stages[index]
-    rng = stage_rng(self.config.seed, index)
-    labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
-    return stage, rng, labels, transformation(stage, labels)
+    return stage_setup(self.exp, index)
 
   def meta(self, index, stage_step, pending=()):
     """A checkpoint's JSON metadata; `pending` holds the step metrics not yet logged (float32 values
     round-trip exactly through JSON), so a resumed run logs the same means as an uninterrupted one."""
-    return {"stages": self.names, "stage": self.names[index], "stage_index": index,
-            "stage_step": stage_step, "results": self.results,
-            "pending": [{k: float(v) for k, v in scalars.items()} for scalars in jax.device_get(list(pending))],
-            "metrics_records": self.writer.records,   # what a truncated metrics.jsonl is checked against
-            "config": json.loads(self.config.to_json_best_effort())}   # the same-experiment guard's copy
+    return {
+      "stages": self.names,
+      "stage": self.names[index],
+      "stage_index": index,
+      "stage_step": stage_step,
+      "results": self.results,
+      "pending": [{k: float(v) for k, v in scalars.items()} for scalars in jax.device_get(list(pending))],
+      "metrics_records": self.writer.records,  # what a truncated metrics.jsonl is checked against
+      "config": json.loads(self.config.to_json_best_effort()),
+    }  # the same-experiment guard's copy
 
   # ------------------------------------------------------------------ teacher
 
@@ -372,28 +424,43 @@ class Runner:
       variables[role] = replicate(v, exp.mesh)
       record = self.results["teachers"].setdefault(role, {})
       if record.get("test_accuracy") is None:
-        record["test_accuracy"] = self.evaluator.accuracy(net, variables[role]["params"],
-                                                          variables[role]["batch_stats"])
+        record["test_accuracy"] = self.evaluator.accuracy(
+          net, variables[role]["params"], variables[role]["batch_stats"]
+        )
     roles = list(exp.teachers)
     if exp.teacher_weights is None:
       mu = [1.0 / len(roles)] * len(roles)
     elif "weight" in self.results["teachers"][roles[0]]:
       mu = [self.results["teachers"][r]["weight"] for r in roles]
     else:
-      mu, accuracies = exp.teacher_weights(self.config, roles, lambda r: self.evaluator.accuracy(
-          exp.teachers[r], variables[r]["params"], variables[r]["batch_stats"], split="validation"))
+      mu, accuracies = exp.teacher_weights(
+        self.config,
+        roles,
+        lambda r: self.evaluator.accuracy(
+          exp.teachers[r], variables[r]["params"], variables[r]["batch_stats"], split="validation"
+        ),
+      )
       for r, m in zip(roles, mu):
         self.results["teachers"][r].update(weight=m, validation_accuracy=accuracies[r])
     variables["mu"] = replicate(np.asarray(mu, np.float32), exp.mesh)
     if self.config.teacher.cache:
-      tables, info = teacher_cache.build(exp.teachers, variables, teacher_cache.needed_layers(exp.stages), exp.data,
-                                         self.config.eval_batch_size, self.config.teacher.cache_budget_mb)
+      tables, info = teacher_cache.build(
+        exp.teachers,
+        variables,
+        teacher_cache.needed_layers(exp.stages),
+        exp.data,
+        self.config.eval_batch_size,
+        self.config.teacher.cache_budget_mb,
+      )
       variables["cache"] = replicate(tables, exp.mesh)
       self.results["teacher_cache"] = info
       if self.writer.enabled:
         left_out = f"; over the budget, computed live: {', '.join(info['left_out'])}" if info["left_out"] else ""
-        print(f"Teacher cache: {info['examples']:,} examples, {info['bytes'] / 2**20:.1f} MiB "
-              f"(logits, features {info['layers']}) in {info['seconds']:.1f} s{left_out}", flush=True)
+        print(
+          f"Teacher cache: {info['examples']:,} examples, {info['bytes'] / 2**20:.1f} MiB "
+          f"(logits, features {info['layers']}) in {info['seconds']:.1f} s{left_out}",
+          flush=True,
+        )
     return variables
 
   def own_teacher(self, role, net):
@@ -411,22 +478,32 @@ class Runner:
       state = self.checkpoints.restore(step, abstract_state(stage, tx, rng, self.exp.mesh), self.checkpoints.meta(step))
     except Exception as e:  # noqa: BLE001
       raise FitnetsError(
-          f"The {role} this run trained is lost: {folder} is {problem}, and the {stage.name!r} stage's last checkpoint "
-          f"(global step {step} in {self.checkpoints.directory}), which also holds it, cannot be read "
-          f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}). Nothing was changed; restore "
-          f"{folder} from a copy, or start over in a new --workdir.") from None
+        f"The {role} this run trained is lost: {folder} is {problem}, and the {stage.name!r} stage's last checkpoint "
+        f"(global step {step} in {self.checkpoints.directory}), which also holds it, cannot be read "
+        f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}). Nothing was changed; restore "
+        f"{folder} from a copy, or start over in a new --workdir."
+      ) from None
     params, stats = stage.output(state.params, state.batch_stats)
     variables = jax.device_get({"params": params, "batch_stats": stats})
     checkpoint.save_teacher(self.workdir, role, variables, self.teacher_info(role, stage.name))
-    print(f"warning: {folder} was {problem}; the {role} was recovered from the {stage.name!r} stage's last "
-          f"checkpoint (global step {step}) and saved there again.", file=sys.stderr, flush=True)
+    print(
+      f"warning: {folder} was {problem}; the {role} was recovered from the {stage.name!r} stage's last "
+      f"checkpoint (global step {step}) and saved there again.",
+      file=sys.stderr,
+      flush=True,
+    )
     return variables
 
   def teacher_info(self, role, stage_name):
     """teacher.json of a teacher this run trained: its model, sizes, test accuracy and data."""
     exp = self.exp
-    return {**exp.teachers[role].describe(), "test_accuracy": self.results["stages"][stage_name]["test_accuracy"],
-            "dataset": exp.data.name, "num_classes": exp.data.num_classes, "image_shape": list(exp.data.image_shape)}
+    return {
+      **exp.teachers[role].describe(),
+      "test_accuracy": self.results["stages"][stage_name]["test_accuracy"],
+      "dataset": exp.data.name,
+      "num_classes": exp.data.num_classes,
+      "image_shape": list(exp.data.image_shape),
+    }
 
   # ------------------------------------------------------------------ stages
 
@@ -441,10 +518,12 @@ class Runner:
     for index, stage in enumerate(exp.stages):
       if resume is not None and index < resume[0]:
         continue
-      if self.stop.requested:   # between stages: the previous stage's end is saved
+      if self.stop.requested:  # between stages: the previous stage's end is saved
         self.checkpoints.close()
-        raise Preempted(f"Stopped before stage {stage.name!r} on SIGTERM; its previous stage is saved. "
-                        f"Run the same command again to resume from {self.workdir}.")
+        raise Preempted(
+          f"Stopped before stage {stage.name!r} on SIGTERM; its previous stage is saved. "
+          f"Run the same command again to resume from {self.workdir}."
+        )
       if stage.uses_teacher and teacher is None:
         teacher = self.teacher_variables(teacher_carry)
       _, rng, labels, tx = self.stage_setup(index)
@@ -467,8 +546,12 @@ class Runner:
     exp, cfg = self.exp, self.config
     started = time.perf_counter()
     start = int(state.step)
-    batches = prefetch_to_device(data.train_batches(
-        exp.data, exp.local_batch, exp.steps_per_epoch, cfg.seed, index, start, cfg.dataset.shuffle_buffer), exp.mesh)
+    batches = prefetch_to_device(
+      data.train_batches(
+        exp.data, exp.local_batch, exp.steps_per_epoch, cfg.seed, index, start, cfg.dataset.shuffle_buffer
+      ),
+      exp.mesh,
+    )
     first = next(batches)
     step_fn, compile_s, flops = compile_step(stage, tx, labels, exp.mesh, state, first, teacher)
     record = self.results["stages"].setdefault(stage.name, {})
@@ -493,27 +576,44 @@ class Runner:
         seconds = now - tick
         train_time += seconds
         images_per_s = (done - tick_step) * cfg.batch_size / max(seconds, 1e-9)
-        self.writer.write({"stage": stage.name, "step": done, "epoch": round(done / exp.steps_per_epoch, 4),
-                           "split": "train", **values, "images_per_s": images_per_s},
-                          self.offsets[index] + done)
-        self.writer.progress(stage.name, done, stage.num_steps, values, images_per_s,
-                             (stage.num_steps - done) * seconds / max(done - tick_step, 1))
+        self.writer.write(
+          {
+            "stage": stage.name,
+            "step": done,
+            "epoch": round(done / exp.steps_per_epoch, 4),
+            "split": "train",
+            **values,
+            "images_per_s": images_per_s,
+          },
+          self.offsets[index] + done,
+        )
+        self.writer.progress(
+          stage.name,
+          done,
+          stage.num_steps,
+          values,
+          images_per_s,
+          (stage.num_steps - done) * seconds / max(done - tick_step, 1),
+        )
         record["final_train_loss"] = values["loss"]
         pending, tick, tick_step = [], time.perf_counter(), done
       if stage.evaluate and cfg.eval_every_steps and done % cfg.eval_every_steps == 0 and done < stage.num_steps:
         self.evaluate(index, stage, state, done)
       stopping = done < stage.num_steps and self.preempted(self.offsets[index] + done)
-      if stopping and pending:   # metrics of the steps since the last log are not lost
+      if stopping and pending:  # metrics of the steps since the last log are not lost
         self.check_finite(index, stage, done - len(pending), jax.device_get(pending))
       if (done % cfg.checkpoint_every_steps == 0 or stopping) and done < stage.num_steps:
         record.update(train_time_s=train_time, wall_time_s=wall())
         self.checkpoints.save(self.offsets[index] + done, state, self.meta(index, done, pending))
       if stopping:
         self.checkpoints.close()
-        raise Preempted(f"Stopped on SIGTERM/preemption in stage {stage.name!r} at step {done}/{stage.num_steps}; "
-                        f"a checkpoint is saved. Run the same command again to resume from {self.workdir}.")
-    record.update(train_time_s=train_time,
-                  images_per_s=round(stage.num_steps * cfg.batch_size / max(train_time, 1e-9), 1))
+        raise Preempted(
+          f"Stopped on SIGTERM/preemption in stage {stage.name!r} at step {done}/{stage.num_steps}; "
+          f"a checkpoint is saved. Run the same command again to resume from {self.workdir}."
+        )
+    record.update(
+      train_time_s=train_time, images_per_s=round(stage.num_steps * cfg.batch_size / max(train_time, 1e-9), 1)
+    )
     if stage.evaluate:
       values = self.evaluate(index, stage, state, stage.num_steps)
       record["test_accuracy"] = values["accuracy"]
@@ -522,8 +622,12 @@ class Runner:
     if stage.trains in exp.teachers:
       self.results["teachers"].setdefault(stage.trains, {})["test_accuracy"] = record["test_accuracy"]
       params, stats = stage.output(state.params, state.batch_stats)
-      checkpoint.save_teacher(self.workdir, stage.trains, jax.device_get({"params": params, "batch_stats": stats}),
-                              self.teacher_info(stage.trains, stage.name))
+      checkpoint.save_teacher(
+        self.workdir,
+        stage.trains,
+        jax.device_get({"params": params, "batch_stats": stats}),
+        self.teacher_info(stage.trains, stage.name),
+      )
     record["wall_time_s"] = wall()
     self.checkpoints.save(self.offsets[index] + stage.num_steps, state, self.meta(index, stage.num_steps))
     return state
@@ -535,23 +639,35 @@ class Runner:
     for offset, scalars in enumerate(fetched):
       if scalars["nonfinite"]:
         terms = {k: float(v) for k, v in scalars.items() if k != "nonfinite" and not math.isfinite(float(v))}
-        what = (", ".join(f"{k}={v}" for k, v in terms.items()) if terms
-                else "the gradient (the loss itself was finite)")
+        what = ", ".join(f"{k}={v}" for k, v in terms.items()) if terms else "the gradient (the loss itself was finite)"
         self.checkpoints.close()
         bad_step = first_step + offset + 1
         latest = self.checkpoints.manager.latest_step()
-        kept = (f"the newest checkpoint (global step {latest} in {self.workdir}/checkpoints) holds the last good "
-                f"parameters, from before step {bad_step}" if latest is not None else "no checkpoint had been saved yet")
+        kept = (
+          f"the newest checkpoint (global step {latest} in {self.workdir}/checkpoints) holds the last good "
+          f"parameters, from before step {bad_step}"
+          if latest is not None
+          else "no checkpoint had been saved yet"
+        )
         raise NonFiniteLoss(
-            f"Stage {stage.name!r}, step {bad_step}: non-finite {what}. Non-finite updates are never applied, so "
-            f"{kept}. "
-            "Lower the stage's learning_rate (or set grad_clip_norm), or set on_nan=skip_step to skip such steps.")
+          f"Stage {stage.name!r}, step {bad_step}: non-finite {what}. Non-finite updates are never applied, so "
+          f"{kept}. "
+          "Lower the stage's learning_rate (or set grad_clip_norm), or set on_nan=skip_step to skip such steps."
+        )
 
   def evaluate(self, index, stage, state, done):
     """The stage's test metrics ({"accuracy": …, and any the stage's evaluation adds}), logged."""
     values = self.evaluator.metrics(*stage_evaluation(self.exp, stage, state.params, state.batch_stats))
-    self.writer.write({"stage": stage.name, "step": done, "epoch": round(done / self.exp.steps_per_epoch, 4),
-                       "split": "test", **values}, self.offsets[index] + done)
+    self.writer.write(
+      {
+        "stage": stage.name,
+        "step": done,
+        "epoch": round(done / self.exp.steps_per_epoch, 4),
+        "split": "test",
+        **values,
+      },
+      self.offsets[index] + done,
+    )
     if self.writer.enabled:
       others = "".join(f", {k} {v:.4f}" for k, v in values.items() if k != "accuracy")
       print(f"[{stage.name}] step {done}/{stage.num_steps} test accuracy {values['accuracy']:.4f}{others}", flush=True)
@@ -561,19 +677,27 @@ class Runner:
 
   def summary(self):
     exp, cfg = self.exp, self.config
-    last = [s for s in exp.stages if s.trains not in exp.teachers and s.evaluate][-1]   # the student's
+    last = [s for s in exp.stages if s.trains not in exp.teachers and s.evaluate][-1]  # the student's
     stages = {name: {k: v for k, v in r.items() if k != "train_time_s"} for name, r in self.results["stages"].items()}
-    teachers = [{"role": role, **net.describe(), **self.results["teachers"].get(role, {}),
-                 "checkpoint": exp.teacher_sources.get(role) or files.join(files.absolute(self.workdir), role)}
-                for role, net in exp.teachers.items()]
+    teachers = [
+      {
+        "role": role,
+        **net.describe(),
+        **self.results["teachers"].get(role, {}),
+        "checkpoint": exp.teacher_sources.get(role) or files.join(files.absolute(self.workdir), role),
+      }
+      for role, net in exp.teachers.items()
+    ]
     summary = {
-        "method": cfg.method, "dataset": exp.data.name, "seed": cfg.seed,
-        "devices": int(exp.mesh.size), "processes": jax.process_count(),
-        "teacher": teachers[0] if teachers else None,   # the (first) teacher
-        "teachers": teachers,
-        "student": {**exp.student.describe(),
-                    "test_accuracy": self.results["stages"][last.name].get("test_accuracy")},
-        "stages": stages,
+      "method": cfg.method,
+      "dataset": exp.data.name,
+      "seed": cfg.seed,
+      "devices": int(exp.mesh.size),
+      "processes": jax.process_count(),
+      "teacher": teachers[0] if teachers else None,  # the (first) teacher
+      "teachers": teachers,
+      "student": {**exp.student.describe(), "test_accuracy": self.results["stages"][last.name].get("test_accuracy")},
+      "stages": stages,
     }
     if last.summarize:
       summary.update(last.summarize(self.results["stages"][last.name].get("test", {})))

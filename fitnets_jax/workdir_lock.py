@@ -30,7 +30,7 @@ from fitnets_jax.errors import FitnetsError
 LOCK_FILE = "run.lock"
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
-REMOTE_SETTLE_S = 2.0   # object stores: how long a written record is left before it is read back
+REMOTE_SETTLE_S = 2.0  # object stores: how long a written record is left before it is read back
 
 
 def _settle():
@@ -39,9 +39,15 @@ def _settle():
 
 
 def _record(token):
-  return {"token": token, "host": socket.gethostname(), "pid": os.getpid(),
-          "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "heartbeat": time.time(),
-          "processes": jax.process_count(), "command": " ".join(sys.argv)[:300]}
+  return {
+    "token": token,
+    "host": socket.gethostname(),
+    "pid": os.getpid(),
+    "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    "heartbeat": time.time(),
+    "processes": jax.process_count(),
+    "command": " ".join(sys.argv)[:300],
+  }
 
 
 def read(workdir):
@@ -62,11 +68,12 @@ def _refusal(workdir, record):
   record = record or {}
   age = f", last seen {time.time() - record['heartbeat']:.0f} s ago" if "heartbeat" in record else ""
   return FitnetsError(
-      f"--workdir={workdir!r} is in use by another run: process {record.get('pid', '?')} on host "
-      f"{record.get('host', '?')!r}, started {record.get('started', '?')}{age} (`{record.get('command', '')}`). Two "
-      "runs in one workdir would overwrite each other's checkpoints and metrics, so this one did not start and "
-      "changed nothing. Wait for it to finish, stop it, or use another --workdir. (A killed run's lock is taken "
-      f"over: at once on a local workdir, after {STALE_S:.0f} s without a heartbeat on a bucket.)")
+    f"--workdir={workdir!r} is in use by another run: process {record.get('pid', '?')} on host "
+    f"{record.get('host', '?')!r}, started {record.get('started', '?')}{age} (`{record.get('command', '')}`). Two "
+    "runs in one workdir would overwrite each other's checkpoints and metrics, so this one did not start and "
+    "changed nothing. Wait for it to finish, stop it, or use another --workdir. (A killed run's lock is taken "
+    f"over: at once on a local workdir, after {STALE_S:.0f} s without a heartbeat on a bucket.)"
+  )
 
 
 def check_free(workdir):
@@ -126,10 +133,13 @@ class WorkdirLock:
     if jax.process_count() > 1:
       import numpy as np
       from jax.experimental import multihost_utils
+
       code = int(multihost_utils.broadcast_one_to_all(np.int32(refused is not None)))
       if code and jax.process_index() != 0:
-        raise FitnetsError(f"--workdir={self.workdir!r} is in use by another run (process 0's message names it); "
-                           "this run did not start and changed nothing.")
+        raise FitnetsError(
+          f"--workdir={self.workdir!r} is in use by another run (process 0's message names it); "
+          "this run did not start and changed nothing."
+        )
     if refused is not None:
       raise _refusal(self.workdir, refused)
     return self
@@ -138,7 +148,7 @@ class WorkdirLock:
     while not self._stop.wait(HEARTBEAT_S):
       try:
         if (read(self.workdir) or {}).get("token") != self.token:
-          return   # taken over after a long silence: the other run owns the workdir now
+          return  # taken over after a long silence: the other run owns the workdir now
         files.write_atomically(self.path, self._text())
       except Exception:  # noqa: BLE001  (a bucket's hiccup must not stop the run; the next beat retries)
         pass

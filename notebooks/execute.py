@@ -38,8 +38,11 @@ def clean(nb):
       if "execution_count" in output:
         output.execution_count = count
       if "text" in output:
-        output.text = "".join(line for line in output.text.replace(ROOT + os.sep, "").replace(ROOT, ".")
-                              .splitlines(keepends=True) if not line.startswith(NOISE))
+        output.text = "".join(
+          line
+          for line in output.text.replace(ROOT + os.sep, "").replace(ROOT, ".").splitlines(keepends=True)
+          if not line.startswith(NOISE)
+        )
         if not output.text:
           continue
       outputs.append(output)
@@ -56,8 +59,9 @@ def execute(source, target=None, runs=None, timeout=1200):
   if runs is not None:
     env["FITNETS_JAX_RUNS"] = runs
   # The kernel sees the machine's own devices, not a test harness's forced virtual ones.
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if not f.startswith("--xla_force_host_platform_device_count"))
+  env["XLA_FLAGS"] = " ".join(
+    f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")
+  )
   client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": HERE}})
   client.execute(env=env)
   nbformat.write(clean(nb), target or source)

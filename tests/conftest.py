@@ -5,11 +5,13 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")   # as the command line starts TensorFlow (fitnets_jax.main)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as the command line starts TensorFlow (fitnets_jax.main)
 # One compilation cache for both workers and every subprocess (restarted runs, notebook kernels): the
 # many tests that compile the same small steps compile them once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), ".pytest_cache", "jax_compilation_cache"))
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR",
+  os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax_compilation_cache"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import pytest  # noqa: E402
@@ -28,6 +30,7 @@ def pytest_collection_modifyitems(items):
 def load_config(name, arg=None):
   """configs/<name>.py's get_config(arg), as the command line would load it."""
   from fitnets_jax import config
+
   return config.load(os.path.join(ROOT, "configs", f"{name}.py" + (f":{arg}" if arg else "")))
 
 

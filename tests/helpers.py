@@ -22,8 +22,10 @@ def final_state(workdir):
   path = os.path.join(directory, str(step), "state")
   with ocp.StandardCheckpointer() as checkpointer:
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
-                          checkpointer.metadata(path).item_metadata.tree)
+    target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device),
+      checkpointer.metadata(path).item_metadata.tree,
+    )
     restored = checkpointer.restore(path, target)
   return step, jax.tree.map(np.asarray, restored)
 
@@ -35,9 +37,12 @@ def without_timing(records):
 def write_npz(path, **overrides):
   """A valid 6×6 RGB, 4-class .npz (40 train, 10 test) with `overrides` replacing arrays (None drops one)."""
   rng = np.random.default_rng(0)
-  arrays = dict(train_images=rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8),
-                train_labels=rng.integers(0, 4, 40), test_images=rng.integers(0, 256, (10, 6, 6, 3), dtype=np.uint8),
-                test_labels=rng.integers(0, 4, 10))
+  arrays = dict(
+    train_images=rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8),
+    train_labels=rng.integers(0, 4, 40),
+    test_images=rng.integers(0, 256, (10, 6, 6, 3), dtype=np.uint8),
+    test_labels=rng.integers(0, 4, 10),
+  )
   arrays.update(overrides)
   np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
   return str(path)
@@ -84,8 +89,9 @@ FIRST_STEP_RTOL, STEP_RTOL, BATCH_ACCURACY_ATOL, TEST_ACCURACY_ATOL = 1e-5, 1e-2
 
 def assert_same_numbers(reference, other):
   """metrics.jsonl records of two runs that differ only in how the batch is spread over devices/hosts."""
-  assert [(r["stage"], r["step"], r["split"], sorted(r)) for r in other] == \
-      [(r["stage"], r["step"], r["split"], sorted(r)) for r in reference]
+  assert [(r["stage"], r["step"], r["split"], sorted(r)) for r in other] == [
+    (r["stage"], r["step"], r["split"], sorted(r)) for r in reference
+  ]
   for one, two in zip(reference, other):
     assert two.get("skipped_steps") == one.get("skipped_steps")
     for key in ("loss", "hint", "kd"):
@@ -104,11 +110,14 @@ def lower_every_stage(config, workdir):
   minutes here while the code they run is the same the digits configs run for real. Returns
   {stage: (loss, {metric: sum}) as ShapeDtypeStructs}."""
   from fitnets_jax import data, experiment, train
+
   exp = experiment.prepare(config, workdir)
   rep = train.replicated(exp.mesh)
   abstract = lambda tree: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), tree)
-  teachers = {role: abstract({"params": v["params"], "batch_stats": v.get("batch_stats", {})})
-              for role, v in ((r, n.abstract_variables()) for r, n in exp.teachers.items())}
+  teachers = {
+    role: abstract({"params": v["params"], "batch_stats": v.get("batch_stats", {})})
+    for role, v in ((r, n.abstract_variables()) for r, n in exp.teachers.items())
+  }
   teachers["mu"] = jax.ShapeDtypeStruct((len(exp.teachers),), jnp.float32, sharding=rep)
   evaluator = train.Evaluator(exp)
   test_batch = next(train.prefetch_to_device(data.eval_batches(exp.data, exp.local_eval_batch), exp.mesh))
@@ -118,10 +127,31 @@ def lower_every_stage(config, workdir):
     labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
     tx = train.transformation(stage, labels)
     state = train.abstract_state(stage, tx, rng, exp.mesh)
-    batch = next(train.prefetch_to_device(data.train_batches(
-        exp.data, exp.local_batch, exp.steps_per_epoch, config.seed, index), exp.mesh))
+    batch = next(
+      train.prefetch_to_device(
+        data.train_batches(exp.data, exp.local_batch, exp.steps_per_epoch, config.seed, index), exp.mesh
+      )
+    )
     lowered, _ = train.lower_step(stage, tx, labels, exp.mesh, state, batch, teachers if stage.uses_teacher else {})
     key, evaluation, variables = train.stage_evaluation(exp, stage, state.params, state.batch_stats)
     evaluated = evaluator.step(key, evaluation).lower(variables, test_batch)
     outputs[stage.name] = (lowered.out_info[1]["loss"], evaluated.out_info[0])
   return outputs
+
+
+def run_steps(exp, stage, teacher, n):
+  """Initial and final host states after `n` steps of `stage` on real digits batches."""
+  from fitnets_jax import data, train
+
+  rng = jax.random.PRNGKey(0)
+  labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
+  tx = train.transformation(stage, labels)
+  state = train.init_state(stage, tx, rng, None, exp.mesh)
+  before = jax.device_get(state)
+  batches = train.prefetch_to_device(data.train_batches(exp.data, exp.local_batch, exp.steps_per_epoch, 0, 1), exp.mesh)
+  batch = next(batches)
+  step, _, flops = train.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)
+  for _ in range(n):
+    state, _ = step(state, batch, teacher)
+    batch = next(batches)
+  return before, jax.device_get(state), flops

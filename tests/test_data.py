@@ -9,6 +9,7 @@ import tensorflow_datasets as tfds
 
 from fitnets_jax import FitnetsError, data
 from fitnets_jax.config import base_config
+
 from helpers import write_npz
 
 
@@ -56,8 +57,11 @@ def test_augmentation_flips_and_shifts_within_bounds():
   assert a.shape == b.shape and not np.array_equal(a, b)
   # Shifted copies of the same images: each is b moved by at most 2 px with zero fill.
   for i in range(8):
-    found = any(np.array_equal(a[i], np.roll(np.pad(b[i], ((2, 2), (2, 2), (0, 0))), (dy, dx), (0, 1))[2:-2, 2:-2])
-                for dy in range(-2, 3) for dx in range(-2, 3))
+    found = any(
+      np.array_equal(a[i], np.roll(np.pad(b[i], ((2, 2), (2, 2), (0, 0))), (dy, dx), (0, 1))[2:-2, 2:-2])
+      for dy in range(-2, 3)
+      for dx in range(-2, 3)
+    )
     assert found
 
 
@@ -68,7 +72,7 @@ def test_reflect_padded_shifts_are_crops_of_the_mirrored_image():
   b = next(data.train_batches(plain, 64, 10, 0, 0))["image"]
   for i in range(8):
     mirrored = np.pad(b[i], ((2, 2), (2, 2), (0, 0)), mode="reflect")
-    assert any(np.array_equal(a[i], mirrored[dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+    assert any(np.array_equal(a[i], mirrored[dy : dy + 8, dx : dx + 8]) for dy in range(5) for dx in range(5))
 
 
 def test_eval_batches_cover_the_test_split_once_with_a_mask():
@@ -86,7 +90,7 @@ def test_zca_whitens_to_identity_covariance():
   mean, w = data.zca_fit(x, epsilon=1e-8)
   white = (x - mean) @ w
   np.testing.assert_allclose(np.cov(white, rowvar=False, bias=True), np.eye(6), atol=1e-3)
-  np.testing.assert_allclose(w, w.T, atol=1e-4)   # ZCA (not PCA): symmetric
+  np.testing.assert_allclose(w, w.T, atol=1e-4)  # ZCA (not PCA): symmetric
 
 
 def test_gcn_gives_zero_mean_and_norm_scale():
@@ -125,8 +129,9 @@ def test_gcn_zca_pipeline_matches_numpy(tmp_path):
   rng = np.random.default_rng(1)
   images = rng.integers(0, 256, (40, 4, 4, 3), dtype=np.uint8)
   path = tmp_path / "small.npz"
-  np.savez(path, train_images=images, train_labels=np.arange(40) % 2, test_images=images[:4],
-           test_labels=np.arange(4) % 2)
+  np.savez(
+    path, train_images=images, train_labels=np.arange(40) % 2, test_images=images[:4], test_labels=np.arange(4) % 2
+  )
   d = data.load(dataset_config(name="npz", path=str(path), preprocess="gcn_zca", zca_epsilon=0.01))
   batch = next(data.eval_batches(d, 4))["image"]
   flat = data.gcn(images.reshape(40, -1) / 255.0, 55.0)
@@ -139,15 +144,17 @@ def test_epoch_order_is_a_shuffle_of_the_examples_with_the_epoch_seed():
   tf = data._tf()
   d = data.load(dataset_config(name="digits"))
   spe, batch = d.num_train // 100, 100
-  batches = list(itertools.islice(data.train_batches(d, batch, spe, seed=3, stage_index=1, shuffle_buffer=500),
-                                  2 * spe))
+  batches = list(
+    itertools.islice(data.train_batches(d, batch, spe, seed=3, stage_index=1, shuffle_buffer=500), 2 * spe)
+  )
   ids = np.concatenate([b["index"] for b in batches])
-  for epoch in range(2):   # independent: the examples themselves through tf.data's shuffle buffer
+  for epoch in range(2):  # independent: the examples themselves through tf.data's shuffle buffer
     seed = data.epoch_seed(3, 1, epoch)
     expected = tf.data.Dataset.from_tensor_slices(np.arange(d.num_train)).shuffle(
-        500, seed=seed, reshuffle_each_iteration=False)
-    expected = np.array(list(expected.as_numpy_iterator()))[:spe * batch]
-    np.testing.assert_array_equal(ids[epoch * spe * batch:(epoch + 1) * spe * batch], expected)
+      500, seed=seed, reshuffle_each_iteration=False
+    )
+    expected = np.array(list(expected.as_numpy_iterator()))[: spe * batch]
+    np.testing.assert_array_equal(ids[epoch * spe * batch : (epoch + 1) * spe * batch], expected)
 
 
 def test_batches_continue_unchanged_across_pipeline_rebuilds(monkeypatch):
@@ -155,7 +162,7 @@ def test_batches_continue_unchanged_across_pipeline_rebuilds(monkeypatch):
   spe = d.num_train // 200
   take = lambda: list(itertools.islice(data.train_batches(d, 200, spe, seed=5, stage_index=0, start_step=2), 3 * spe))
   one_pipeline = take()
-  monkeypatch.setattr(data, "EPOCHS_PER_PIPELINE", 1)   # a new pipeline every epoch
+  monkeypatch.setattr(data, "EPOCHS_PER_PIPELINE", 1)  # a new pipeline every epoch
   for a, b in zip(one_pipeline, take(), strict=True):
     for key in ("image", "label", "index"):
       np.testing.assert_array_equal(a[key], b[key])
@@ -165,7 +172,7 @@ def test_a_host_with_fewer_examples_than_a_batch_is_refused_before_any_batch():
   d = data.load(dataset_config(name="digits"))
   with pytest.raises(FitnetsError, match=r"has 1437 training examples in all, fewer than one batch of 2000"):
     next(data.train_batches(d, 2000, 1, seed=0, stage_index=0))
-  per_host = dataclasses.replace(d, global_order=False)   # as a TFDS split read per host
+  per_host = dataclasses.replace(d, global_order=False)  # as a TFDS split read per host
   with pytest.raises(FitnetsError, match=r"has 1437 training examples on host 0, fewer than one batch of 2000"):
     next(data.train_batches(per_host, 2000, 1, seed=0, stage_index=0))
 
@@ -175,8 +182,9 @@ def test_hosts_feed_their_rows_of_one_global_batch(monkeypatch):
   (examples, labels, flips and shifts), over an epoch boundary and from a resumed step."""
   d = data.load(dataset_config(name="digits", flip=True, shift=2))
   spe, batch = d.num_train // 64, 64
-  take = lambda local, start=0: list(itertools.islice(
-      data.train_batches(d, local, spe, seed=7, stage_index=2, start_step=start), spe + 2))
+  take = lambda local, start=0: list(
+    itertools.islice(data.train_batches(d, local, spe, seed=7, stage_index=2, start_step=start), spe + 2)
+  )
   one_host = take(batch)
   monkeypatch.setattr(data.jax, "process_count", lambda: 2)
   hosts = []
@@ -187,4 +195,4 @@ def test_hosts_feed_their_rows_of_one_global_batch(monkeypatch):
     for key in ("image", "label", "index"):
       np.testing.assert_array_equal(np.concatenate([hosts[0][step][key], hosts[1][step][key]]), whole[key])
   monkeypatch.setattr(data.jax, "process_index", lambda: 1)
-  np.testing.assert_array_equal(take(batch // 2, start=spe - 1)[0]["image"], one_host[spe - 1]["image"][batch // 2:])
+  np.testing.assert_array_equal(take(batch // 2, start=spe - 1)[0]["image"], one_host[spe - 1]["image"][batch // 2 :])

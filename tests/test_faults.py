@@ -18,10 +18,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import ROOT, tiny_digits
 from fitnets_jax import FitnetsError, checkpoint, experiment, train, workdir_lock
 from fitnets_jax.errors import WorkdirWriteError
+
+from conftest import ROOT, tiny_digits
 from helpers import assert_same_run, comparable_summary, final_state
+
 
 def assert_checkpoints_readable(workdir):
   """Every live checkpoint (state and metadata) and a saved teacher restore without error."""
@@ -38,9 +40,15 @@ def assert_checkpoints_readable(workdir):
 
 # ---------------------------------------------------------------------------- kill harness
 
-KILL_FLAGS = ["--config.num_devices=1", "--config.batch_size=32", "--config.log_every_steps=1",
-              "--config.checkpoint_every_steps=2", "--config.stages.teacher.steps=24",
-              "--config.stages.hint.steps=12", "--config.stages.student.steps=24"]
+KILL_FLAGS = [
+  "--config.num_devices=1",
+  "--config.batch_size=32",
+  "--config.log_every_steps=1",
+  "--config.checkpoint_every_steps=2",
+  "--config.stages.teacher.steps=24",
+  "--config.stages.hint.steps=12",
+  "--config.stages.student.steps=24",
+]
 KILL_CONFIG = dict(teacher=24, hint=12, student=24, log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=3)
 
 
@@ -49,8 +57,17 @@ class Attempt:
 
   def __init__(self, workdir):
     self.workdir = workdir
-    cmd = [sys.executable, "-u", "-m", "fitnets_jax.main", "--config", "configs/digits.py", "--workdir", workdir,
-           *KILL_FLAGS]
+    cmd = [
+      sys.executable,
+      "-u",
+      "-m",
+      "fitnets_jax.main",
+      "--config",
+      "configs/digits.py",
+      "--workdir",
+      workdir,
+      *KILL_FLAGS,
+    ]
     self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     self.lines = queue.Queue()
     self.stderr = []
@@ -59,8 +76,10 @@ class Attempt:
 
   def saving(self):
     """True while orbax writes a checkpoint or the teacher (its temporary folder exists)."""
-    return bool(glob.glob(os.path.join(self.workdir, "checkpoints", "*.orbax-checkpoint-tmp*"))
-                or glob.glob(os.path.join(self.workdir, "teacher", "*.orbax-checkpoint-tmp*")))
+    return bool(
+      glob.glob(os.path.join(self.workdir, "checkpoints", "*.orbax-checkpoint-tmp*"))
+      or glob.glob(os.path.join(self.workdir, "teacher", "*.orbax-checkpoint-tmp*"))
+    )
 
   def run(self, plan):
     """Runs until `plan` fires (then SIGKILL) or the process ends; returns (killed, last stage seen)."""
@@ -72,7 +91,7 @@ class Attempt:
       except queue.Empty:
         line = ""
       if line.startswith("["):
-        stage = line[1:line.index("]")]
+        stage = line[1 : line.index("]")]
       if line.startswith("Resuming from"):
         stage = line.split("stage '")[1].split("'")[0]
       if kind == "step" and " step " in line and "test accuracy" not in line:
@@ -80,9 +99,9 @@ class Attempt:
         if seen == count and fire_at is None:
           fire_at = time.monotonic() + delay
       if kind == "stage_end" and "test accuracy" in line and fire_at is None:
-        fire_at = time.monotonic() + delay       # the stage's last save, then the next stage's start
+        fire_at = time.monotonic() + delay  # the stage's last save, then the next stage's start
       if kind == "restore" and line.startswith("Resuming from") and fire_at is None:
-        fire_at = time.monotonic() + delay       # mid-restore / mid-recompile
+        fire_at = time.monotonic() + delay  # mid-restore / mid-recompile
       if kind == "checkpoint":
         now_saving = self.saving()
         saves += now_saving and not was_saving
@@ -117,7 +136,7 @@ def test_sigkill_at_random_moments_then_restart_matches_an_uninterrupted_run(tmp
       break
     killed_at.append(where)
     assert_checkpoints_readable(work)
-    held = workdir_lock.read(work)   # the killed run's lock is still there; the restart takes it over
+    held = workdir_lock.read(work)  # the killed run's lock is still there; the restart takes it over
     assert held is None or held["pid"] == runner.proc.pid
   print("kill points:", killed_at)
   assert len(killed_at) >= 10
@@ -128,18 +147,24 @@ def test_sigkill_at_random_moments_then_restart_matches_an_uninterrupted_run(tmp
 
 
 def test_sigterm_saves_exits_75_and_the_restart_matches_an_uninterrupted_run(tmp_path):
-  flags = ["--config.num_devices=1", "--config.batch_size=32", "--config.log_every_steps=4",
-           "--config.checkpoint_every_steps=4", "--config.stages.teacher.steps=24", "--config.stages.hint.steps=8",
-           "--config.stages.student.steps=16"]
+  flags = [
+    "--config.num_devices=1",
+    "--config.batch_size=32",
+    "--config.log_every_steps=4",
+    "--config.checkpoint_every_steps=4",
+    "--config.stages.teacher.steps=24",
+    "--config.stages.hint.steps=8",
+    "--config.stages.student.steps=16",
+  ]
   work = str(tmp_path / "preempted")
   cmd = [sys.executable, "-u", "-m", "fitnets_jax.main", "--config", "configs/digits.py", "--workdir", work, *flags]
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   for line in proc.stdout:
     if line.startswith("[kd] step 4/16"):
-      proc.send_signal(signal.SIGTERM)     # a preemption notice
+      proc.send_signal(signal.SIGTERM)  # a preemption notice
       break
   proc.stdout.read()
-  assert proc.wait(timeout=120) == 75, proc.stderr.read()[-2000:]     # Preempted.exit_code
+  assert proc.wait(timeout=120) == 75, proc.stderr.read()[-2000:]  # Preempted.exit_code
   assert "preempted: Stopped on SIGTERM/preemption in stage 'kd' at step" in proc.stderr.read()
   resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -170,7 +195,7 @@ def test_damaged_latest_checkpoints_fall_back_to_the_previous_good_one(tmp_path,
   the state's digest does not match), a truncated array file, a deleted metadata folder."""
   config = lambda: tiny_digits("scratch", student=16)
   full = str(tmp_path / "full")
-  train.run(config(), full)                                  # checkpoints at steps 4, 8, 12, 16
+  train.run(config(), full)  # checkpoints at steps 4, 8, 12, 16
   work = str(tmp_path / "damaged")
   shutil.copytree(full, work)
   os.remove(os.path.join(work, "summary.json"))
@@ -186,7 +211,7 @@ def test_damaged_latest_checkpoints_fall_back_to_the_previous_good_one(tmp_path,
   assert "checkpoint at global step 12 is unreadable" in err.err
   assert "checkpoint at global step 8 is unreadable" in err.err
   assert "Resuming from" in err.out and "at step 4/16" in err.out
-  assert sorted(os.listdir(os.path.join(work, "checkpoints_damaged"))) == ["12", "16", "8"]   # kept, not deleted
+  assert sorted(os.listdir(os.path.join(work, "checkpoints_damaged"))) == ["12", "16", "8"]  # kept, not deleted
   assert summary["student"]["test_accuracy"] == comparable_summary(full)["student"]["test_accuracy"]
   (_, want), (_, got) = final_state(full), final_state(work)
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
@@ -198,7 +223,7 @@ def test_no_readable_checkpoint_refuses_to_start_over_silently(tmp_path):
   train.run(tiny_digits("scratch", student=8), work)
   for meta in glob.glob(os.path.join(work, "checkpoints", "*", "meta")):
     shutil.rmtree(meta)
-  for _ in range(2):   # the refusal holds on every later start too
+  for _ in range(2):  # the refusal holds on every later start too
     with pytest.raises(FitnetsError, match=r"has no readable checkpoint left.*would silently discard the run"):
       train.run(tiny_digits("scratch", student=8), work)
   assert sorted(os.listdir(os.path.join(work, "checkpoints_damaged"))) == ["4", "8"]
@@ -208,8 +233,11 @@ def test_no_readable_checkpoint_refuses_to_start_over_silently(tmp_path):
 
 
 def snapshot(workdir):
-  return {os.path.relpath(os.path.join(d, f), workdir): open(os.path.join(d, f), "rb").read()
-          for d, _, files in os.walk(workdir) for f in files}
+  return {
+    os.path.relpath(os.path.join(d, f), workdir): open(os.path.join(d, f), "rb").read()
+    for d, _, files in os.walk(workdir)
+    for f in files
+  }
 
 
 def test_a_workdir_of_another_experiment_is_refused_and_left_as_it_was(tmp_path):
@@ -217,9 +245,12 @@ def test_a_workdir_of_another_experiment_is_refused_and_left_as_it_was(tmp_path)
   train.run(tiny_digits("scratch", student=4), workdir)
   before = snapshot(workdir)
   other = tiny_digits("scratch", student=4, **{"stages.student.optimizer.learning_rate": 0.01, "dataset.flip": True})
-  with pytest.raises(FitnetsError, match=r"holds another experiment: its config.json differs in dataset.flip "
-                                         r"\(False there, True now\), stages.student.optimizer.learning_rate "
-                                         r"\(0.001 there, 0.01 now\)\. Nothing in the workdir was changed"):
+  with pytest.raises(
+    FitnetsError,
+    match=r"holds another experiment: its config.json differs in dataset.flip "
+    r"\(False there, True now\), stages.student.optimizer.learning_rate "
+    r"\(0.001 there, 0.01 now\)\. Nothing in the workdir was changed",
+  ):
     train.run(other, workdir)
   with pytest.raises(FitnetsError, match=r"differs in method \('scratch' there, 'kd' now\)"):
     train.run(tiny_digits("kd", student=4), workdir)
@@ -227,11 +258,14 @@ def test_a_workdir_of_another_experiment_is_refused_and_left_as_it_was(tmp_path)
   # Without config.json the newest checkpoint's record of the config guards the workdir.
   os.remove(os.path.join(workdir, "config.json"))
   before = snapshot(workdir)
-  with pytest.raises(FitnetsError, match=r"holds another experiment: the config its newest checkpoint records "
-                                         r"\(config.json is gone\) differs in dataset.flip"):
+  with pytest.raises(
+    FitnetsError,
+    match=r"holds another experiment: the config its newest checkpoint records "
+    r"\(config.json is gone\) differs in dataset.flip",
+  ):
     train.run(other, workdir)
   assert snapshot(workdir) == before
-  train.run(tiny_digits("scratch", student=4), workdir)     # the same experiment resumes, and config.json is back
+  train.run(tiny_digits("scratch", student=4), workdir)  # the same experiment resumes, and config.json is back
   assert os.path.isfile(os.path.join(workdir, "config.json"))
 
 
@@ -241,31 +275,58 @@ def test_keys_documented_as_safe_may_change_on_resume(tmp_path):
   shutil.rmtree(workdir, ignore_errors=True)
   first = train.run(config, workdir)
   os.remove(os.path.join(workdir, "summary.json"))
-  again = train.run(tiny_digits("scratch", student=8, log_every_steps=2, checkpoint_every_steps=2, num_devices=2,
-                                eval_batch_size=40, on_nan="skip_step"), workdir)
+  again = train.run(
+    tiny_digits(
+      "scratch",
+      student=8,
+      log_every_steps=2,
+      checkpoint_every_steps=2,
+      num_devices=2,
+      eval_batch_size=40,
+      on_nan="skip_step",
+    ),
+    workdir,
+  )
   assert again["student"]["test_accuracy"] == first["student"]["test_accuracy"]
   with open(os.path.join(workdir, "config.json")) as f:
-    assert json.load(f)["log_every_steps"] == 2          # the record follows the latest start
+    assert json.load(f)["log_every_steps"] == 2  # the record follows the latest start
 
 
 # ---------------------------------------------------------------------------- one run per workdir
 
-SMALL_FLAGS = ["--config.num_devices=1", "--config.batch_size=32", "--config.log_every_steps=4",
-               "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=100", "--config.stages.teacher.steps=24",
-               "--config.stages.hint.steps=8", "--config.stages.student.steps=16"]   # tiny_digits() as flags
+SMALL_FLAGS = [
+  "--config.num_devices=1",
+  "--config.batch_size=32",
+  "--config.log_every_steps=4",
+  "--config.checkpoint_every_steps=4",
+  "--config.keep_checkpoints=100",
+  "--config.stages.teacher.steps=24",
+  "--config.stages.hint.steps=8",
+  "--config.stages.student.steps=16",
+]  # tiny_digits() as flags
 
 
 def command(workdir, *flags):
-  return [sys.executable, "-u", "-m", "fitnets_jax.main", "--config", "configs/digits.py", "--workdir", str(workdir),
-          *flags]
+  return [
+    sys.executable,
+    "-u",
+    "-m",
+    "fitnets_jax.main",
+    "--config",
+    "configs/digits.py",
+    "--workdir",
+    str(workdir),
+    *flags,
+  ]
 
 
 def test_a_second_start_on_a_live_workdir_is_refused_at_once_and_the_first_run_is_untouched(tmp_path):
   """The first run is paused (SIGSTOP) while it holds the workdir, so the second start meets it for
   sure; once resumed it ends as an uninterrupted run does."""
   work = str(tmp_path / "run")
-  first = subprocess.Popen(command(work, *SMALL_FLAGS), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+  first = subprocess.Popen(
+    command(work, *SMALL_FLAGS), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   for line in first.stdout:
     if line.startswith("[teacher] step 4/"):
       first.send_signal(signal.SIGSTOP)
@@ -277,13 +338,13 @@ def test_a_second_start_on_a_live_workdir_is_refused_at_once_and_the_first_run_i
   assert second.returncode == 2, second.stderr[-3000:]
   errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and f"is in use by another run: process {first.pid} on host" in errors[0], second.stderr
-  assert "Traceback" not in second.stderr and "[teacher]" not in second.stdout   # refused before it trained
+  assert "Traceback" not in second.stderr and "[teacher]" not in second.stdout  # refused before it trained
   first.stdout.read()
   assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
   reference = str(tmp_path / "reference")
   train.run(tiny_digits(), reference)
   assert_same_run(work, reference)
-  assert workdir_lock.read(work) is None            # released: the lock file is left empty
+  assert workdir_lock.read(work) is None  # released: the lock file is left empty
 
 
 def test_a_local_lock_is_held_by_one_run_and_freed_when_its_holder_dies(tmp_path):
@@ -293,16 +354,26 @@ def test_a_local_lock_is_held_by_one_run_and_freed_when_its_holder_dies(tmp_path
       workdir_lock.check_free(work)
     with pytest.raises(FitnetsError, match="in use by another run"):
       workdir_lock.WorkdirLock(work).acquire()
-  workdir_lock.check_free(work)                   # released
-  holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from fitnets_jax import workdir_lock; "
-                             "workdir_lock.WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); "
-                             "time.sleep(600)", work], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  workdir_lock.check_free(work)  # released
+  holder = subprocess.Popen(
+    [
+      sys.executable,
+      "-c",
+      "import sys, time; from fitnets_jax import workdir_lock; "
+      "workdir_lock.WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); "
+      "time.sleep(600)",
+      work,
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert holder.stdout.readline().strip() == "held"
   with pytest.raises(FitnetsError, match=rf"process {holder.pid} on host"):
     workdir_lock.check_free(work)
   holder.kill()
   holder.wait()
-  lock = workdir_lock.WorkdirLock(work).acquire()   # at once: the killed holder's lock went with its process
+  lock = workdir_lock.WorkdirLock(work).acquire()  # at once: the killed holder's lock went with its process
   assert workdir_lock.read(work)["pid"] == os.getpid()
   lock.release()
 
@@ -315,15 +386,17 @@ def test_a_lost_teacher_folder_is_recovered_from_the_teacher_stage_checkpoint(tm
   deleted, its weights deleted or its bytes flipped, the teacher stage's last checkpoint (always
   kept) holds the same weights: the run saves them there again and ends as an uninterrupted one."""
   full = str(tmp_path / "full")
-  train.run(tiny_digits(), full)              # teacher 24, hint 8, KD 16 steps: checkpoints every 4
-  damages = {"deleted": lambda w: shutil.rmtree(os.path.join(w, "teacher")),
-             "weights deleted": lambda w: shutil.rmtree(os.path.join(w, "teacher", "variables")),
-             "bytes flipped": lambda w: flip_bytes(largest_variables_file(os.path.join(w, "teacher")))}
+  train.run(tiny_digits(), full)  # teacher 24, hint 8, KD 16 steps: checkpoints every 4
+  damages = {
+    "deleted": lambda w: shutil.rmtree(os.path.join(w, "teacher")),
+    "weights deleted": lambda w: shutil.rmtree(os.path.join(w, "teacher", "variables")),
+    "bytes flipped": lambda w: flip_bytes(largest_variables_file(os.path.join(w, "teacher"))),
+  }
   for name, damage in damages.items():
     work = str(tmp_path / name.replace(" ", "_"))
     shutil.copytree(full, work)
     os.remove(os.path.join(work, "summary.json"))
-    for step in (40, 44, 48):                 # back to KD step 4 (global 36), as a kill there leaves it
+    for step in (40, 44, 48):  # back to KD step 4 (global 36), as a kill there leaves it
       shutil.rmtree(os.path.join(work, "checkpoints", str(step)))
     damage(work)
     capsys.readouterr()
@@ -338,8 +411,11 @@ def test_a_lost_teacher_folder_is_recovered_from_the_teacher_stage_checkpoint(tm
   shutil.rmtree(os.path.join(work, "checkpoints", "24"))
   for step in (40, 44, 48):
     shutil.rmtree(os.path.join(work, "checkpoints", str(step)))
-  with pytest.raises(FitnetsError, match=r"The teacher this run trained is lost: .*teacher is missing, and the "
-                                         r"'teacher' stage's last checkpoint \(global step 24"):
+  with pytest.raises(
+    FitnetsError,
+    match=r"The teacher this run trained is lost: .*teacher is missing, and the "
+    r"'teacher' stage's last checkpoint \(global step 24",
+  ):
     train.run(tiny_digits(), work)
 
 
@@ -348,13 +424,15 @@ def largest_variables_file(teacher_folder):
 
 
 def test_a_reused_teacher_with_damaged_weights_is_one_paragraph(tmp_path):
-  teacher_run = str(tmp_path / "teacher_run")   # a saved digits_teacher, as a run's teacher stage leaves it
+  teacher_run = str(tmp_path / "teacher_run")  # a saved digits_teacher, as a run's teacher stage leaves it
   net = experiment.build_network("teacher", tiny_digits().teacher, 10, (8, 8, 1))
   params, stats = net.init(jax.random.PRNGKey(0))
   checkpoint.save_teacher(teacher_run, "teacher", {"params": params, "batch_stats": stats}, net.describe())
   config = tiny_digits("kd", **{"teacher.checkpoint": teacher_run})
   flip_bytes(largest_variables_file(os.path.join(teacher_run, "teacher")))
-  with pytest.raises(FitnetsError, match=r"teacher.checkpoint=.*: the teacher's variables in .* differ from those saved"):
+  with pytest.raises(
+    FitnetsError, match=r"teacher.checkpoint=.*: the teacher's variables in .* differ from those saved"
+  ):
     experiment.prepare(config, str(tmp_path / "run"))
   shutil.rmtree(os.path.join(teacher_run, "teacher", "variables"))
   with pytest.raises(FitnetsError, match=r"teacher.checkpoint=.*: the teacher's variables in .* cannot be read"):
@@ -364,8 +442,11 @@ def test_a_reused_teacher_with_damaged_weights_is_one_paragraph(tmp_path):
 # ---------------------------------------------------------------------------- a full disk, a read-only folder
 
 
-@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
-                                   PermissionError(errno.EACCES, "Permission denied")], ids=["disk full", "read-only"])
+@pytest.mark.parametrize(
+  "error",
+  [OSError(errno.ENOSPC, "No space left on device"), PermissionError(errno.EACCES, "Permission denied")],
+  ids=["disk full", "read-only"],
+)
 def test_a_failed_checkpoint_write_stops_with_one_paragraph_and_loses_nothing(error, tmp_path, monkeypatch):
   """The write of the step-8 checkpoint fails as orbax reports a full disk or a read-only folder (the
   OSError inside its own error); the step-4 checkpoint survives, and a rerun ends as an uninterrupted run."""
@@ -378,14 +459,17 @@ def test_a_failed_checkpoint_write_stops_with_one_paragraph_and_loses_nothing(er
     return save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ocp.CheckpointManager, "save", failing_save)
-  with pytest.raises(WorkdirWriteError, match=rf"Could not write the checkpoint at global step 8 to .*checkpoints/8 "
-                                              rf"\({type(error).__name__}: .*{error.strerror}\)\. The checkpoints saved "
-                                              r"before are intact \(the newest: global step 4\)") as info:
+  with pytest.raises(
+    WorkdirWriteError,
+    match=rf"Could not write the checkpoint at global step 8 to .*checkpoints/8 "
+    rf"\({type(error).__name__}: .*{error.strerror}\)\. The checkpoints saved "
+    r"before are intact \(the newest: global step 4\)",
+  ) as info:
     train.run(tiny_digits("scratch", student=12), work)
   assert info.value.exit_code == 74 and "\n" not in str(info.value)
   monkeypatch.undo()
   assert sorted(d for d in os.listdir(os.path.join(work, "checkpoints")) if d.isdigit()) == ["4"]
-  assert workdir_lock.read(work) is None                    # the lock went with the failed run
+  assert workdir_lock.read(work) is None  # the lock went with the failed run
   train.run(tiny_digits("scratch", student=12), work)
   reference = str(tmp_path / "reference")
   train.run(tiny_digits("scratch", student=12), reference)
@@ -401,13 +485,16 @@ def test_a_disk_that_fills_mid_run_exits_74_and_the_rerun_resumes(tmp_path):
     pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the monkeypatched test covers it")
   try:
     work = disk / "run"
-    flags = [f for f in SMALL_FLAGS if "stages." not in f] + ["--config.method=scratch", "--config.stages.student.steps=16"]
+    flags = [f for f in SMALL_FLAGS if "stages." not in f] + [
+      "--config.method=scratch",
+      "--config.stages.student.steps=16",
+    ]
     proc = subprocess.Popen(command(work, *flags), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not os.path.isdir(work / "checkpoints" / "4" / "state") and proc.poll() is None and time.time() < deadline:
       time.sleep(0.02)
-    proc.send_signal(signal.SIGSTOP)         # paused while the disk fills, so its next write meets a full disk
-    with open(disk / "filler", "wb") as f:   # every byte left
+    proc.send_signal(signal.SIGSTOP)  # paused while the disk fills, so its next write meets a full disk
+    with open(disk / "filler", "wb") as f:  # every byte left
       try:
         while True:
           f.write(b"\0" * 65536)
@@ -433,13 +520,14 @@ def test_a_disk_that_fills_mid_run_exits_74_and_the_rerun_resumes(tmp_path):
 
 @pytest.mark.parametrize("when", ["2 s after launch", "at the backend line"])
 def test_sigterm_while_starting_exits_75_with_a_message(when, tmp_path):
-  proc = subprocess.Popen(command(tmp_path / "run", *SMALL_FLAGS), cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    command(tmp_path / "run", *SMALL_FLAGS), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   if when == "2 s after launch":
-    time.sleep(2.0)                          # importing: long before JAX or TensorFlow is up
+    time.sleep(2.0)  # importing: long before JAX or TensorFlow is up
   else:
     for line in proc.stdout:
-      if line.startswith("JAX "):            # loading the data, building the networks
+      if line.startswith("JAX "):  # loading the data, building the networks
         break
   proc.send_signal(signal.SIGTERM)
   out, err = proc.communicate(timeout=120)
@@ -453,13 +541,13 @@ def test_sigterm_while_starting_exits_75_with_a_message(when, tmp_path):
 
 def test_a_truncated_metrics_file_is_noticed_on_resume(tmp_path, capsys):
   work = str(tmp_path / "run")
-  train.run(tiny_digits("scratch", student=12), work)       # logs at steps 4, 8, 12 (+ the test record)
-  shutil.rmtree(os.path.join(work, "checkpoints", "12"))    # back to step 8, as a kill there leaves it
+  train.run(tiny_digits("scratch", student=12), work)  # logs at steps 4, 8, 12 (+ the test record)
+  shutil.rmtree(os.path.join(work, "checkpoints", "12"))  # back to step 8, as a kill there leaves it
   os.remove(os.path.join(work, "summary.json"))
   path = os.path.join(work, "metrics.jsonl")
   with open(path) as f:
     first = f.readline()
-  with open(path, "w") as f:                                 # a damaged copy: only the first record is left
+  with open(path, "w") as f:  # a damaged copy: only the first record is left
     f.write(first)
   capsys.readouterr()
   train.run(tiny_digits("scratch", student=12), work)
@@ -469,16 +557,26 @@ def test_a_truncated_metrics_file_is_noticed_on_resume(tmp_path, capsys):
 def test_seeds_refused_leave_no_folder_behind_and_a_shared_teacher_is_named(tmp_path):
   teacher = experiment.build_network("teacher", tiny_digits().teacher, 10, (8, 8, 1))
   params, stats = teacher.init(jax.random.PRNGKey(0))
-  checkpoint.save_teacher(str(tmp_path / "teachers" / "seed_0"), "teacher", {"params": params, "batch_stats": stats},
-                          teacher.describe())
+  checkpoint.save_teacher(
+    str(tmp_path / "teachers" / "seed_0"), "teacher", {"params": params, "batch_stats": stats}, teacher.describe()
+  )
   runs = tmp_path / "runs"
   base = ["--seeds=2", "--config.method=kd", *SMALL_FLAGS]
-  result = subprocess.run(command(runs, *base, f"--config.teacher.checkpoint={tmp_path}/teachers/seed_{{seed}}"),
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(
+    command(runs, *base, f"--config.teacher.checkpoint={tmp_path}/teachers/seed_{{seed}}"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 2 and "seed_1' holds no saved teacher" in result.stderr, result.stderr[-3000:]
-  assert not runs.exists()                                  # seed 0's check made no folder
-  shared = subprocess.run(command(runs, *base, f"--config.teacher.checkpoint={tmp_path}/teachers/seed_0",
-                                  "--config.kd.temperature=0.0"), cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+  assert not runs.exists()  # seed 0's check made no folder
+  shared = subprocess.run(
+    command(runs, *base, f"--config.teacher.checkpoint={tmp_path}/teachers/seed_0", "--config.kd.temperature=0.0"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert shared.returncode == 2
   assert "has no {seed}, so all 2 seeds distil from this one teacher" in shared.stdout

@@ -15,12 +15,15 @@ def layer(name, shape, nonlinearity="maxout", pieces=2):
   return features.Layer(name, (name,), "MaxoutConv", shape, nonlinearity, pieces, 0, 0)
 
 
-@pytest.mark.parametrize("guided,hint,kernel", [
-    ((8, 8, 80), (7, 7, 192), (2, 2)),     # CIFAR-10 FitNet 4: conv11 ← teacher conv2
-    ((7, 7, 16), (4, 4, 48), (4, 4)),      # MNIST: conv4 ← conv2
-    ((4, 4, 6), (4, 4, 64), (1, 1)),       # digits quick start
-    ((9, 6, 3), (5, 6, 3), (5, 1)),        # non-square: one k per axis
-])
+@pytest.mark.parametrize(
+  "guided,hint,kernel",
+  [
+    ((8, 8, 80), (7, 7, 192), (2, 2)),  # CIFAR-10 FitNet 4: conv11 ← teacher conv2
+    ((7, 7, 16), (4, 4, 48), (4, 4)),  # MNIST: conv4 ← conv2
+    ((4, 4, 6), (4, 4, 64), (1, 1)),  # digits quick start
+    ((9, 6, 3), (5, 6, 3), (5, 1)),  # non-square: one k per axis
+  ],
+)
 def test_regressor_kernel_is_ng_minus_nh_plus_one(guided, hint, kernel):
   assert features.regressor_kernel(layer("g", guided), layer("h", hint)) == kernel
 
@@ -39,12 +42,16 @@ def test_regressor_maps_guided_shape_onto_hint_shape_with_the_hint_nonlinearity(
   reg = Regressor(192, (2, 2), "maxout", 2, 0.05)
   variables = reg.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 80)))
   kernel = variables["params"]["conv"]["kernel"]
-  assert kernel.shape == (2, 2, 80, 192 * 2)        # k1·k2·O_g·O_h, times the maxout pieces
-  assert float(jnp.max(jnp.abs(kernel))) <= 0.05    # U(±0.05)
+  assert kernel.shape == (2, 2, 80, 192 * 2)  # k1·k2·O_g·O_h, times the maxout pieces
+  assert float(jnp.max(jnp.abs(kernel))) <= 0.05  # U(±0.05)
   out = reg.apply(variables, jnp.ones((3, 8, 8, 80)))
   assert out.shape == (3, 7, 7, 192)
-  pre = jax.lax.conv_general_dilated(jnp.ones((3, 8, 8, 80)), kernel, (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + variables["params"]["conv"]["bias"]
+  pre = (
+    jax.lax.conv_general_dilated(
+      jnp.ones((3, 8, 8, 80)), kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    + variables["params"]["conv"]["bias"]
+  )
   np.testing.assert_allclose(out, pre.reshape(3, 7, 7, 192, 2).max(-1), rtol=1e-5)
 
 
@@ -66,23 +73,28 @@ def test_the_cpu_forms_of_pooling_and_maxout_equal_the_accelerator_forms(size, s
   """On CPU, pooling and maxout are maxima of strided slices (fast gradients); the accelerator forms
   (reduce_window, reshape + max) give the same values and gradients that sum the same."""
   import math
+
   import flax.linen as nn
+
   x = jax.random.normal(jax.random.PRNGKey(size * 10 + stride), (2, 21, 17, 8))
   pads = [(0, max(0, (max(1, math.ceil((n - size) / stride) + 1) - 1) * stride + size - n)) for n in x.shape[1:3]]
   pool = lambda v: nn.max_pool(v, (size, size), strides=(stride, stride), padding=pads)
   np.testing.assert_array_equal(max_pool_ceil(x, size, stride), pool(x))
-  np.testing.assert_allclose(jax.grad(lambda v: max_pool_ceil(v, size, stride).sum())(x),
-                             jax.grad(lambda v: pool(v).sum())(x), atol=1e-6)   # no ties in random data
+  np.testing.assert_allclose(
+    jax.grad(lambda v: max_pool_ceil(v, size, stride).sum())(x), jax.grad(lambda v: pool(v).sum())(x), atol=1e-6
+  )  # no ties in random data
   reshaped = lambda v, p: jnp.max(v.reshape(v.shape[:-1] + (v.shape[-1] // p, p)), -1)
   for pieces in (2, 4):
     np.testing.assert_array_equal(maxout(x, pieces), reshaped(x, pieces))
-    np.testing.assert_array_equal(jax.grad(lambda v: maxout(v, pieces).sum())(x),
-                                  jax.grad(lambda v: reshaped(v, pieces).sum())(x))
+    np.testing.assert_array_equal(
+      jax.grad(lambda v: maxout(v, pieces).sum())(x), jax.grad(lambda v: reshaped(v, pieces).sum())(x)
+    )
 
 
 def test_an_over_padded_conv_on_cpu_equals_the_padded_convolution():
   """A 5×5 conv padded by 3 (more than 'SAME') is computed on CPU on an input padded beforehand."""
   from fitnets_jax.models.maxout import MaxoutConv
+
   layer = MaxoutConv(ConvSpec(6, 2, 5, 3))
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 3))
   variables = layer.init(jax.random.PRNGKey(1), x)
@@ -90,7 +102,9 @@ def test_an_over_padded_conv_on_cpu_equals_the_padded_convolution():
   pre = jax.lax.conv_general_dilated(x, kernel, (1, 1), [(3, 3)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_allclose(layer.apply(variables, x), maxout(pre + bias, 2), rtol=1e-5, atol=1e-6)
   grad = jax.grad(lambda v: layer.apply(v, x).sum())(variables)
-  assert grad["params"]["conv"]["kernel"].shape == kernel.shape and np.all(np.isfinite(grad["params"]["conv"]["kernel"]))
+  assert grad["params"]["conv"]["kernel"].shape == kernel.shape and np.all(
+    np.isfinite(grad["params"]["conv"]["kernel"])
+  )
 
 
 def test_macs_and_params_by_hand():
@@ -102,8 +116,9 @@ def test_macs_and_params_by_hand():
   assert net.layers[1].shape == (8, 8, 4)
 
 
-@pytest.mark.parametrize("name,paper_macs", [("fitnet1", 30e6), ("fitnet2", 108e6), ("fitnet4", 382e6),
-                                             ("maxout_cifar_teacher", 725e6)])
+@pytest.mark.parametrize(
+  "name,paper_macs", [("fitnet1", 30e6), ("fitnet2", 108e6), ("fitnet4", 382e6), ("maxout_cifar_teacher", 725e6)]
+)
 def test_cifar_models_match_the_papers_multiplications(name, paper_macs):
   net = network(name, models.get_model(name, 10), (32, 32, 3))
   assert abs(net.macs - paper_macs) / paper_macs < 0.015
@@ -146,33 +161,54 @@ def test_prefix_labels_train_up_to_the_guided_layer():
   params, _ = net.init(jax.random.PRNGKey(0))
   labels = features.prefix_labels(params, features.prefix_paths(net.layers, "conv5"))
   assert {k: set(jax.tree.leaves(v)) for k, v in labels.items()} == {
-      **{f"conv{i}": {"train"} for i in range(1, 6)}, **{f"conv{i}": {"freeze"} for i in range(6, 11)},
-      "fc": {"freeze"}, "logits": {"freeze"}}
+    **{f"conv{i}": {"train"} for i in range(1, 6)},
+    **{f"conv{i}": {"freeze"} for i in range(6, 11)},
+    "fc": {"freeze"},
+    "logits": {"freeze"},
+  }
 
 
 def test_layers_report_shows_both_tables_and_the_hint_pair():
-  from conftest import load_config
   from fitnets_jax import layers
+
+  from conftest import load_config, with_overrides
+
   text = layers.report(load_config("cifar10"))
   assert "teacher: maxout_cifar_teacher — 16,247,830 params" in text
   assert "student: fitnet4" in text and "conv11       MaxoutConv   8×8×80" in text
-  assert text.endswith("student conv11 (8, 8, 80) → regressor 2×2 conv, maxout (2 pieces), 123,264 params "
-                       "→ teacher conv2 (7, 7, 192)")
+  assert text.endswith(
+    "student conv11 (8, 8, 80) → regressor 2×2 conv, maxout (2 pieces), 123,264 params → teacher conv2 (7, 7, 192)"
+  )
   text = layers.report(load_config("at_digits"))
   assert "sections (input → output): stem → section1, section1 → section2, section2 → section3" in text
   assert text.endswith("hints[2]: attention, student section3 (2, 2, 32) → teacher section3 (2, 2, 32)")
   text = layers.report(load_config("dml_digits"))
   assert "net1: digits_student — 18,010 params" in text and "net2: digits_resnet8 — 19,810 params" in text
   text = layers.report(load_config("byot_digits"))
-  assert "student: digits_resnet18" in text and "exit3: exit head after section3" in text and "sepconv1/depthwise1" in text
+  assert (
+    "student: digits_resnet18" in text and "exit3: exit head after section3" in text and "sepconv1/depthwise1" in text
+  )
+  # multi_teacher lists the hint pairs its hint stage trains (each method's record says whether it reads them).
+  text = layers.report(with_overrides(load_config("multi_teacher_digits"), {"multi_teacher.hint_stage": True}))
+  assert "hint: student conv5 (4, 4, 6) → regressor" in text and "→ teacher1 conv2 (4, 4, 64)" in text
+  assert "hint:" not in layers.report(load_config("multi_teacher_digits"))
 
 
-@pytest.mark.parametrize("name,params", [
+@pytest.mark.parametrize(
+  "name,params",
+  [
     # He et al. 2016 Table 6 (option A shortcuts; option B's 1×1 projections add < 1 %), Zagoruyko &
     # Komodakis 2016 Table 1, and CRD's resnet8x4 / resnet32x4.
-    ("resnet20", 0.27e6), ("resnet56", 0.85e6), ("resnet110", 1.7e6),
-    ("wrn_16_4", 2.7e6), ("wrn_40_4", 8.9e6), ("wrn_16_8", 11.0e6), ("resnet8x4", 1.23e6), ("resnet32x4", 7.43e6),
-])
+    ("resnet20", 0.27e6),
+    ("resnet56", 0.85e6),
+    ("resnet110", 1.7e6),
+    ("wrn_16_4", 2.7e6),
+    ("wrn_40_4", 8.9e6),
+    ("wrn_16_8", 11.0e6),
+    ("resnet8x4", 1.23e6),
+    ("resnet32x4", 7.43e6),
+  ],
+)
 def test_resnet_parameter_counts_match_the_papers(name, params):
   net = network(name, models.get_model(name, 10), (32, 32, 3))
   assert abs(net.params - params) / params < 0.025

@@ -10,11 +10,13 @@ import sys
 import time
 
 import pytest
-from etils.epath import backend as epath_backend, gpath
+from etils.epath import backend as epath_backend
+from etils.epath import gpath
 
-from conftest import ROOT
 from fitnets_jax import checkpoint, experiment, files, metrics, plots, report, workdir_lock
 from fitnets_jax.errors import FitnetsError
+
+from conftest import ROOT
 
 
 class MemoryBackend(epath_backend.Backend):
@@ -27,7 +29,7 @@ class MemoryBackend(epath_backend.Backend):
 
   def _children(self, path):
     prefix = path.rstrip("/") + "/"
-    names = {k[len(prefix):].split("/")[0] for k in list(self.objects) + list(self.folders) if k.startswith(prefix)}
+    names = {k[len(prefix) :].split("/")[0] for k in list(self.objects) + list(self.folders) if k.startswith(prefix)}
     return sorted(n for n in names if n)
 
   def open(self, path, mode):
@@ -44,6 +46,7 @@ class MemoryBackend(epath_backend.Backend):
         value = self.getvalue()
         store[path] = initial + (value if isinstance(value, bytes) else value.encode())
         super().close()
+
     return Upload()
 
   def exists(self, path):
@@ -79,8 +82,8 @@ class MemoryBackend(epath_backend.Backend):
   def rename(self, path, dst):
     src, dst = os.fspath(path).rstrip("/"), os.fspath(dst).rstrip("/")
     for key in [k for k in self.objects if k == src or k.startswith(src + "/")]:
-      self.objects[dst + key[len(src):]] = self.objects.pop(key)
-    self.folders = {dst + k[len(src):] if k == src or k.startswith(src + "/") else k for k in self.folders}
+      self.objects[dst + key[len(src) :]] = self.objects.pop(key)
+    self.folders = {dst + k[len(src) :] if k == src or k.startswith(src + "/") else k for k in self.folders}
 
   replace = rename
 
@@ -105,10 +108,10 @@ def test_the_layer_keeps_uris_and_round_trips_files_on_a_bucket(bucket):
   assert files.join(run, "checkpoints", "12") == "gs://lab/runs/svhn/checkpoints/12"
   assert files.absolute(run) == run and files.is_remote(run)
   assert files.absolute("runs/x") == os.path.join(os.getcwd(), "runs", "x") and not files.is_remote("runs/x")
-  files.check_reachable(run)   # creates the folder, writes and deletes a probe
+  files.check_reachable(run)  # creates the folder, writes and deletes a probe
   assert files.isdir(run) and not [k for k in bucket.objects if "probe" in k]
   files.write_atomically(files.join(run, "config.json"), '{"seed": 0}')
-  files.write_atomically(files.join(run, "config.json"), '{"seed": 1}')   # an object store needs no rename
+  files.write_atomically(files.join(run, "config.json"), '{"seed": 1}')  # an object store needs no rename
   assert json.loads(files.read_text(files.join(run, "config.json"))) == {"seed": 1}
   assert not files.exists(files.join(run, "config.json.tmp"))
   files.append_text(files.join(run, "log"), "a\n")
@@ -120,8 +123,8 @@ def test_the_layer_keeps_uris_and_round_trips_files_on_a_bucket(bucket):
   assert files.isfile(files.join(run, "checkpoints_damaged", "8", "meta"))
   files.rmtree(files.join(run, "checkpoints_damaged"))
   assert not files.exists(files.join(run, "checkpoints_damaged"))
-  assert files.listdir(run) == ["config.json", "log"]   # as in a bucket, an emptied folder is gone
-  assert not os.path.exists("gs:")   # nothing local, as os.path.join would have made
+  assert files.listdir(run) == ["config.json", "log"]  # as in a bucket, an emptied folder is gone
+  assert not os.path.exists("gs:")  # nothing local, as os.path.join would have made
 
 
 def test_run_files_go_to_the_bucket(bucket, monkeypatch, digits_config):
@@ -129,6 +132,7 @@ def test_run_files_go_to_the_bucket(bucket, monkeypatch, digits_config):
   its plots: written to and read from the bucket. Array data is orbax's (tensorstore's gcs driver) and
   TensorBoard's event files TensorFlow's (its GCS filesystem), each with its own gs:// client."""
   import tensorflow as tf
+
   monkeypatch.setattr(tf.summary, "create_file_writer", lambda path: tf.summary.create_noop_writer())
   run = "gs://lab/runs/digits"
   writer = metrics.Writer(run)
@@ -140,7 +144,7 @@ def test_run_files_go_to_the_bucket(bucket, monkeypatch, digits_config):
 
   config = digits_config()
   files.write_atomically(f"{run}/{experiment.CONFIG_FILE}", config.to_json_best_effort())
-  experiment.check_same_experiment(config, run)   # the same experiment: accepted
+  experiment.check_same_experiment(config, run)  # the same experiment: accepted
   with config.unlocked():
     config.stages.student.optimizer.learning_rate *= 2
   with pytest.raises(FitnetsError, match="holds another experiment"):
@@ -150,8 +154,14 @@ def test_run_files_go_to_the_bucket(bucket, monkeypatch, digits_config):
   assert checkpoint.teacher_dir(run) == f"{run}/teacher"
   assert checkpoint.teacher_info(run)["model"] == "maxout_digits_teacher"
 
-  summary = {"method": "kd", "dataset": "digits", "seed": 0, "teachers": [], "stages": {},
-             "student": {"model": "fitnet_digits", "params": 10, "macs": 20, "test_accuracy": 0.5}}
+  summary = {
+    "method": "kd",
+    "dataset": "digits",
+    "seed": 0,
+    "teachers": [],
+    "stages": {},
+    "student": {"model": "fitnet_digits", "params": 10, "macs": 20, "test_accuracy": 0.5},
+  }
   files.write_atomically(f"{run}/summary.json", json.dumps(summary))
   report.write([run], "gs://lab/report")
   assert files.listdir("gs://lab/report") == ["accuracy_vs_macs.png", "curves_digits.png", "report.md"]
@@ -165,17 +175,26 @@ def test_a_bucket_workdir_is_held_by_a_heartbeat_and_a_silent_holder_is_taken_ov
   for STALE_S is a killed run's, taken over; of two starts writing at once, the one overwritten stops."""
   run = "gs://lab/runs/locked"
   monkeypatch.setattr(workdir_lock, "_settle", lambda: None)
-  other = {"token": "theirs", "host": "worker-7", "pid": 4242, "started": "2026-12-01 10:00:00 UTC",
-           "heartbeat": time.time(), "command": "python -m fitnets_jax.main --config configs/svhn.py"}
+  other = {
+    "token": "theirs",
+    "host": "worker-7",
+    "pid": 4242,
+    "started": "2026-12-01 10:00:00 UTC",
+    "heartbeat": time.time(),
+    "command": "python -m fitnets_jax.main --config configs/svhn.py",
+  }
   files.write_atomically(f"{run}/run.lock", json.dumps(other))
-  with pytest.raises(FitnetsError, match=r"in use by another run: process 4242 on host 'worker-7', started "
-                                         r"2026-12-01 10:00:00 UTC, last seen \d+ s ago \(`python -m fitnets_jax.main"):
+  with pytest.raises(
+    FitnetsError,
+    match=r"in use by another run: process 4242 on host 'worker-7', started "
+    r"2026-12-01 10:00:00 UTC, last seen \d+ s ago \(`python -m fitnets_jax.main",
+  ):
     workdir_lock.check_free(run)
   with pytest.raises(FitnetsError, match="process 4242 on host 'worker-7'"):
     workdir_lock.WorkdirLock(run).acquire()
   files.write_atomically(f"{run}/run.lock", json.dumps({**other, "heartbeat": time.time() - workdir_lock.STALE_S - 1}))
   workdir_lock.check_free(run)
-  lock = workdir_lock.WorkdirLock(run).acquire()   # a killed holder's lock, silent for a minute: taken over
+  lock = workdir_lock.WorkdirLock(run).acquire()  # a killed holder's lock, silent for a minute: taken over
   assert workdir_lock.read(run)["token"] == lock.token and workdir_lock.read(run)["pid"] == os.getpid()
   lock.release()
   assert not files.exists(f"{run}/run.lock")
@@ -183,7 +202,7 @@ def test_a_bucket_workdir_is_held_by_a_heartbeat_and_a_silent_holder_is_taken_ov
   monkeypatch.setattr(workdir_lock, "_settle", lambda: files.write_atomically(f"{run}/run.lock", json.dumps(other)))
   with pytest.raises(FitnetsError, match="process 4242 on host 'worker-7'"):
     workdir_lock.WorkdirLock(run).acquire()
-  assert workdir_lock.read(run)["token"] == "theirs"   # the other run's record stays
+  assert workdir_lock.read(run)["token"] == "theirs"  # the other run's record stays
 
 
 def test_an_unreachable_bucket_fails_in_seconds_with_exit_2_and_creates_nothing_locally(tmp_path):
@@ -191,28 +210,41 @@ def test_an_unreachable_bucket_fails_in_seconds_with_exit_2_and_creates_nothing_
   loads anything, with one paragraph, and leaves the current folder as it was."""
   started = time.perf_counter()
   result = subprocess.run(
-      [sys.executable, "-m", "fitnets_jax.main", "--config", os.path.join(ROOT, "configs", "digits.py"),
-       "--workdir", "gs://fitnets-jax-test-no-such-bucket/run"],
-      cwd=tmp_path, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, PYTHONPATH=ROOT, GCE_METADATA_HOST="127.0.0.1:9", NO_GCE_CHECK="true"))
+    [
+      sys.executable,
+      "-m",
+      "fitnets_jax.main",
+      "--config",
+      os.path.join(ROOT, "configs", "digits.py"),
+      "--workdir",
+      "gs://fitnets-jax-test-no-such-bucket/run",
+    ],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, PYTHONPATH=ROOT, GCE_METADATA_HOST="127.0.0.1:9", NO_GCE_CHECK="true"),
+  )
   seconds = time.perf_counter() - started
   assert result.returncode == 2, result.stderr[-3000:]
   error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(error) == 1 and "gs://fitnets-jax-test-no-such-bucket/run" in error[0] and "credentials" in error[0]
   assert "Traceback" not in result.stderr
   assert os.listdir(tmp_path) == []
-  assert seconds < files.REACH_TIMEOUT_S + 60, seconds   # the refusal, plus the program's start
+  assert seconds < files.REACH_TIMEOUT_S + 60, seconds  # the refusal, plus the program's start
 
 
-LOCAL_IO = re.compile(r"(^|[^.\w])open\(|\bos\.(makedirs|mkdir|replace|remove|unlink|rename|listdir|access|walk|"
-                      r"scandir|stat)\(|\bos\.path\.(exists|isdir|isfile|getsize)\(|\bshutil\.|"
-                      r"\.savefig\((?!f,)|\bnp\.(load|save|savez)\((?!raw)|\bpathlib\.")
+LOCAL_IO = re.compile(
+  r"(^|[^.\w])open\(|\bos\.(makedirs|mkdir|replace|remove|unlink|rename|listdir|access|walk|"
+  r"scandir|stat)\(|\bos\.path\.(exists|isdir|isfile|getsize)\(|\bshutil\.|"
+  r"\.savefig\((?!f,)|\bnp\.(load|save|savez)\((?!raw)|\bpathlib\."
+)
 
 
 # Modules that may read a local file directly, and why.
 LOCAL_ONLY = {
-    "files.py": "the layer itself",
-    "install.py": "reads the checkout's pyproject.toml before any dependency (etils) is installed",
+  "files.py": "the layer itself",
+  "install.py": "reads the checkout's pyproject.toml before any dependency (etils) is installed",
 }
 
 
@@ -230,4 +262,4 @@ def test_the_package_touches_files_only_through_the_layer():
           if LOCAL_IO.search(line.split("#")[0]):
             offending.append(f"{os.path.relpath(file, ROOT)}:{number}: {line.strip()}")
   assert not offending, "local-only file calls; use fitnets_jax.files:\n" + "\n".join(offending)
-  assert LOCAL_IO.search('with open(path) as f:') and LOCAL_IO.search("os.makedirs(d)")   # the check can fail
+  assert LOCAL_IO.search("with open(path) as f:") and LOCAL_IO.search("os.makedirs(d)")  # the check can fail

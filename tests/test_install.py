@@ -11,15 +11,25 @@ import types
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
-from conftest import ROOT
 from fitnets_jax import install
+
+from conftest import ROOT
 
 REQUIREMENTS, REPOSITORY = install.dependencies(ROOT)
 NOTEBOOKS = sorted(f for f in os.listdir(os.path.join(ROOT, "notebooks")) if f.endswith(".ipynb"))
 # A Colab CPU runtime as it comes: its own tensorflow and tensorboard, a jax of the right minor
 # version, an older flax, and no orbax, ml-collections or TFDS.
-COLAB = {"tensorflow": "2.19.0", "tensorboard": "2.19.0", "jax": "0.10.4", "jaxlib": "0.10.4", "flax": "0.10.4",
-         "numpy": "2.4.9", "matplotlib": "3.11.0", "scikit-learn": "1.9.3", "etils": "1.15.0"}
+COLAB = {
+  "tensorflow": "2.19.0",
+  "tensorboard": "2.19.0",
+  "jax": "0.10.4",
+  "jaxlib": "0.10.4",
+  "flax": "0.10.4",
+  "numpy": "2.4.9",
+  "matplotlib": "3.11.0",
+  "scikit-learn": "1.9.3",
+  "etils": "1.15.0",
+}
 
 
 def names(requirements):
@@ -28,7 +38,7 @@ def names(requirements):
 
 def test_a_bare_python_gets_every_dependency_for_its_platform():
   wanted = install.plan(REQUIREMENTS, {})
-  assert ("tensorflow-cpu" in names(wanted)) != ("tensorflow" in names(wanted))   # one TensorFlow, by platform
+  assert ("tensorflow-cpu" in names(wanted)) != ("tensorflow" in names(wanted))  # one TensorFlow, by platform
   assert {"jax", "flax", "optax", "orbax-checkpoint", "tensorboard", "matplotlib"} <= set(names(wanted))
 
 
@@ -86,33 +96,43 @@ def test_the_colab_cell_installs_the_package_and_only_what_the_runtime_lacks(tmp
   installed = shlex.split(colab.pip[1])
   assert installed[0] == "install" and names(installed[1:]) == names(install.plan(REQUIREMENTS, COLAB))
   assert not {"tensorflow", "tensorflow-cpu", "tensorboard", "jax", "jaxlib"} & set(names(installed[1:]))
-  assert os.path.samefile(os.getcwd(), tmp_path / "fitnets_jax_repo")   # the clone (here a link to the checkout)
+  assert os.path.samefile(os.getcwd(), tmp_path / "fitnets_jax_repo")  # the clone (here a link to the checkout)
 
 
 def test_the_package_and_its_configs_work_from_any_folder(tmp_path):
   """An installed package: `import fitnets_jax` and `--config configs/NAME.py` outside the checkout."""
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  probe = ("import fitnets_jax, os; from fitnets_jax import config; "
-           "c = config.load('configs/svhn.py'); print(c.dataset.name, os.path.dirname(fitnets_jax.__file__))")
-  result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+  probe = (
+    "import fitnets_jax, os; from fitnets_jax import config; "
+    "c = config.load('configs/svhn.py'); print(c.dataset.name, os.path.dirname(fitnets_jax.__file__))"
+  )
+  result = subprocess.run(
+    [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.split() == ["svhn_cropped", os.path.join(ROOT, "fitnets_jax")]
 
 
-@pytest.mark.parametrize("device_files,platforms,idle", [
+@pytest.mark.parametrize(
+  "device_files,platforms,idle",
+  [
     (["/dev/nvidia0"], "", "an NVIDIA GPU"),
     (["/dev/accel0"], "", "a TPU"),
-    (["/dev/nvidia0"], "cpu", None),     # the CPU on purpose
-    ([], "", None),                      # no accelerator
-])
+    (["/dev/nvidia0"], "cpu", None),  # the CPU on purpose
+    ([], "", None),  # no accelerator
+  ],
+)
 def test_a_gpu_or_tpu_left_idle_is_named_at_start(device_files, platforms, idle, monkeypatch, capsys):
   from fitnets_jax import cluster
+
   monkeypatch.setattr(cluster.glob, "glob", lambda pattern: [f for f in device_files if f[:-1] in pattern])
   monkeypatch.setenv("JAX_PLATFORMS", platforms)
   assert cluster.accelerator_left_idle() == idle
   cluster.warn_if_accelerator_idle()
   warning = capsys.readouterr().err
-  assert (f"this machine has {idle}, but JAX runs on the CPU" in warning and ".[cuda12]" in warning) if idle \
-      else warning == ""
+  assert (
+    (f"this machine has {idle}, but JAX runs on the CPU" in warning and ".[cuda12]" in warning)
+    if idle
+    else warning == ""
+  )
   assert cluster.describe().startswith(f"JAX {cluster.jax.__version__} on cpu: 4 device(s) (cpu) in 1 process(es)")

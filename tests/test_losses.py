@@ -36,7 +36,7 @@ def test_cross_entropy_by_hand():
 def test_fitnets_kd_loss_matches_numpy(tau, lam):
   s, t = S.astype(np.float64), T.astype(np.float64)
   hard = np_ce(np.eye(7)[Y], np_softmax(s))
-  soft = np_ce(np_softmax(t / tau), np_softmax(s / tau))   # H(P_T^τ, P_S^τ), no τ²
+  soft = np_ce(np_softmax(t / tau), np_softmax(s / tau))  # H(P_T^τ, P_S^τ), no τ²
   total, parts = losses.fitnets_kd_loss(S, T, Y, lam, tau)
   np.testing.assert_allclose(parts["ce"], hard, rtol=1e-5)
   np.testing.assert_allclose(parts["soft_ce"], soft, rtol=1e-5)
@@ -85,10 +85,11 @@ def test_hint_loss_is_half_squared_error_summed_over_map_mean_over_batch():
 
 
 def test_hint_loss_gradient_flows_only_to_the_student():
-  u = jnp.ones((2, 3)); r = jnp.zeros((2, 3))
+  u = jnp.ones((2, 3))
+  r = jnp.zeros((2, 3))
   gu, gr = jax.grad(losses.hint_loss, argnums=(0, 1))(u, r)
   assert not np.any(np.asarray(gu))
-  np.testing.assert_allclose(gr, -np.ones((2, 3)) / 2)   # d/dr ½Σ(u−r)²/B = −(u−r)/B
+  np.testing.assert_allclose(gr, -np.ones((2, 3)) / 2)  # d/dr ½Σ(u−r)²/B = −(u−r)/B
 
 
 def test_losses_reduce_in_float32_from_bfloat16():
@@ -97,7 +98,9 @@ def test_losses_reduce_in_float32_from_bfloat16():
 
 
 def test_accuracy():
-  assert float(losses.accuracy(np.array([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0]]), np.array([1, 1, 1]))) == pytest.approx(2 / 3)
+  assert float(losses.accuracy(np.array([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0]]), np.array([1, 1, 1]))) == pytest.approx(
+    2 / 3
+  )
 
 
 # ---------------------------------------------------------------------------- FSP, attention, several teachers
@@ -122,7 +125,7 @@ def test_fsp_matrix_matches_numpy_with_and_without_pooling():
   a = RNG.normal(size=(2, 4, 4, 3))
   b = RNG.normal(size=(2, 4, 4, 5))
   np.testing.assert_allclose(losses.fsp_matrix(a, b), np_fsp(a, b), rtol=1e-5, atol=1e-6)
-  small = RNG.normal(size=(2, 2, 2, 5))     # the 4×4 map is max-pooled 2×2 first, whichever side it is on
+  small = RNG.normal(size=(2, 2, 2, 5))  # the 4×4 map is max-pooled 2×2 first, whichever side it is on
   np.testing.assert_allclose(losses.fsp_matrix(a, small), np_fsp(np_max_pool(a, 2), small), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(losses.fsp_matrix(small, a), np_fsp(small, np_max_pool(a, 2)), rtol=1e-5, atol=1e-6)
   assert losses.fsp_matrix(a.astype(np.float16), b.astype(np.float16)).dtype == jnp.float32
@@ -141,11 +144,11 @@ def test_fsp_loss_matches_numpy():
   expected = sum(w * np.mean(np.sum((t - s) ** 2, axis=(1, 2))) for t, s, w in zip(g_t, g_s, weights))
   np.testing.assert_allclose(losses.fsp_loss(g_t, g_s, weights), expected, rtol=1e-5)
   grads = jax.grad(lambda t: losses.fsp_loss([t], [g_s[0]], [1.0]))(jnp.asarray(g_t[0], jnp.float32))
-  assert not np.any(grads)                  # the teacher's matrices are targets
+  assert not np.any(grads)  # the teacher's matrices are targets
 
 
 def np_attention(x, f=1):
-  a = (x ** 2).mean(-1)
+  a = (x**2).mean(-1)
   if f > 1:
     b, h, w = a.shape
     a = a.reshape(b, h // f, f, w // f, f).mean(axis=(2, 4))
@@ -155,11 +158,11 @@ def np_attention(x, f=1):
 
 def test_attention_map_and_loss_match_numpy():
   t = RNG.normal(size=(3, 4, 4, 8))
-  s = RNG.normal(size=(3, 4, 4, 2))          # channel counts may differ
+  s = RNG.normal(size=(3, 4, 4, 2))  # channel counts may differ
   np.testing.assert_allclose(losses.attention_map(t), np_attention(t), rtol=1e-5)
   expected = 1000 / 2 * np.mean((np_attention(s) - np_attention(t)) ** 2)
   np.testing.assert_allclose(losses.attention_loss(t, s, 1000.0), expected, rtol=1e-5)
-  big = RNG.normal(size=(3, 8, 8, 2))        # a 2× larger student map: its attention is average-pooled
+  big = RNG.normal(size=(3, 8, 8, 2))  # a 2× larger student map: its attention is average-pooled
   expected = 1000 / 2 * np.mean((np_attention(big, 2) - np_attention(t)) ** 2)
   np.testing.assert_allclose(losses.attention_loss(t, big, 1000.0), expected, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(losses.attention_map(t), axis=1), 1.0, rtol=1e-6)
@@ -168,7 +171,8 @@ def test_attention_map_and_loss_match_numpy():
 def test_attention_loss_by_hand():
   # A map with all attention on one position vs a uniform one over 4 positions:
   # Q_T = (1,0,0,0), Q_S = (½,½,½,½); mean square difference = (¼ + 3·¼)/4 = ¼; β/2·¼ = β/8.
-  t = np.zeros((1, 2, 2, 1)); t[0, 0, 0, 0] = 3.0
+  t = np.zeros((1, 2, 2, 1))
+  t[0, 0, 0, 0] = 3.0
   np.testing.assert_allclose(losses.attention_loss(t, np.ones((1, 2, 2, 1)), 8.0), 1.0, rtol=1e-6)
 
 
@@ -177,8 +181,9 @@ def test_weighted_soft_target_matches_numpy():
   mu = np.array([0.2, 0.0, 0.6])
   expected = sum(m * np_softmax(t / 3.0) for m, t in zip(mu, (t1, t2, t3))) / mu.sum()
   np.testing.assert_allclose(losses.soft_target([t1, t2, t3], 3.0, mu), expected, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(losses.soft_target([t1, t2], 2.0), (np_softmax(t1 / 2) + np_softmax(t2 / 2)) / 2,
-                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    losses.soft_target([t1, t2], 2.0), (np_softmax(t1 / 2) + np_softmax(t2 / 2)) / 2, rtol=1e-5, atol=1e-7
+  )
   np.testing.assert_allclose(losses.soft_target(t1, 3.0), np_softmax(t1 / 3.0), rtol=1e-5, atol=1e-7)
   # The KD losses with several teachers use that target.
   target = expected
@@ -198,7 +203,7 @@ def test_mutual_learning_loss_matches_numpy(k, tau):
   for i in range(k):
     mine, peers = cohort[i].astype(np.float64), [c.astype(np.float64) for j, c in enumerate(cohort) if j != i]
     ce = np_ce(np.eye(7)[Y], np_softmax(mine))
-    kl = sum(np_kl(np_softmax(p / tau), np_softmax(mine / tau)) for p in peers) / (k - 1)   # 1/(K−1) Σ_l KL(p_l ‖ p_k)
+    kl = sum(np_kl(np_softmax(p / tau), np_softmax(mine / tau)) for p in peers) / (k - 1)  # 1/(K−1) Σ_l KL(p_l ‖ p_k)
     total, parts = losses.mutual_learning_loss(cohort[i], [c for j, c in enumerate(cohort) if j != i], Y, tau)
     np.testing.assert_allclose(parts["ce"], ce, rtol=1e-5)
     np.testing.assert_allclose(parts["kl"], kl, rtol=1e-5)
@@ -209,13 +214,15 @@ def test_mutual_learning_loss_treats_peers_as_targets():
   peer_grad = jax.grad(lambda p: losses.mutual_learning_loss(jnp.asarray(S), [p], jnp.asarray(Y))[0])(jnp.asarray(T))
   assert float(jnp.max(jnp.abs(peer_grad))) == 0.0
   own_grad = jax.grad(lambda s: losses.mutual_learning_loss(s, [jnp.asarray(T)], jnp.asarray(Y))[0])(jnp.asarray(S))
-  expected = 2 * np_softmax(S.astype(np.float64)) - np.eye(7)[Y] - np_softmax(T.astype(np.float64))   # CE + KL at τ = 1
+  expected = 2 * np_softmax(S.astype(np.float64)) - np.eye(7)[Y] - np_softmax(T.astype(np.float64))  # CE + KL at τ = 1
   np.testing.assert_allclose(own_grad, expected / 5, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind,alpha,tau,lam", [("l2", 0.3, 3.0, 0.03), ("squared", 0.5, 2.0, 0.1), ("off", 0.3, 3.0, 0.03)])
+@pytest.mark.parametrize(
+  "kind,alpha,tau,lam", [("l2", 0.3, 3.0, 0.03), ("squared", 0.5, 2.0, 0.1), ("off", 0.3, 3.0, 0.03)]
+)
 def test_self_distillation_loss_matches_numpy(kind, alpha, tau, lam):
-  exits = [RNG.normal(size=(5, 7)) * s for s in (1.0, 2.0, 3.0)]            # shallow → deep
+  exits = [RNG.normal(size=(5, 7)) * s for s in (1.0, 2.0, 3.0)]  # shallow → deep
   feats = [RNG.normal(size=(5, 4)) for _ in range(3)]
   deep, deep_feat = exits[-1], feats[-1]
   expected = np_ce(np.eye(7)[Y], np_softmax(deep))
@@ -224,8 +231,9 @@ def test_self_distillation_loss_matches_numpy(kind, alpha, tau, lam):
     expected += alpha * np_kl(np_softmax(deep / tau), np_softmax(z / tau))
     distance = np.sum((f - deep_feat) ** 2, axis=-1)
     expected += {"l2": lam * np.mean(np.sqrt(distance)), "squared": lam * np.mean(distance), "off": 0.0}[kind]
-  total, parts = losses.self_distillation_loss([np.float32(z) for z in exits], [np.float32(f) for f in feats], Y,
-                                               alpha, tau, lam, kind)
+  total, parts = losses.self_distillation_loss(
+    [np.float32(z) for z in exits], [np.float32(f) for f in feats], Y, alpha, tau, lam, kind
+  )
   np.testing.assert_allclose(total, expected, rtol=1e-5)
   assert set(parts) == {"ce", "kl", "feature"}
 
@@ -233,10 +241,11 @@ def test_self_distillation_loss_matches_numpy(kind, alpha, tau, lam):
 def test_self_distillation_targets_are_the_deepest_exit():
   exits = [jnp.asarray(S), jnp.asarray(T)]
   feats = [jnp.ones((5, 3)), jnp.zeros((5, 3))]
-  grads = jax.grad(lambda e, f: losses.self_distillation_loss(e, f, jnp.asarray(Y), 0.3, 3.0, 0.03, "l2")[0],
-                   argnums=(0, 1))(exits, feats)
+  grads = jax.grad(
+    lambda e, f: losses.self_distillation_loss(e, f, jnp.asarray(Y), 0.3, 3.0, 0.03, "l2")[0], argnums=(0, 1)
+  )(exits, feats)
   ce_only = jax.grad(lambda z: losses.cross_entropy(z, jnp.asarray(Y)))(jnp.asarray(T))
-  np.testing.assert_allclose(grads[0][1], ce_only, rtol=1e-5)   # the deepest exit learns from the labels only
-  assert float(jnp.max(jnp.abs(grads[1][1]))) == 0.0             # F_C is a target
+  np.testing.assert_allclose(grads[0][1], ce_only, rtol=1e-5)  # the deepest exit learns from the labels only
+  assert float(jnp.max(jnp.abs(grads[1][1]))) == 0.0  # F_C is a target
   # ‖F_1 − F_C‖ = √3 per example; its gradient is λ·(F_1 − F_C)/√3 / batch
   np.testing.assert_allclose(grads[1][0], np.full((5, 3), 0.03 / np.sqrt(3) / 5), rtol=1e-5)

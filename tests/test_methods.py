@@ -2,16 +2,18 @@
 
 import os
 import shutil
+import sys
+import textwrap
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import load_config, with_overrides
-from fitnets_jax import experiment, train
-from helpers import final_state, lower_every_stage, read_metrics, without_timing
-from test_stages import run_steps
+from fitnets_jax import config, experiment, layers, methods, train
+
+from conftest import load_config, tiny_digits, with_overrides
+from helpers import final_state, lower_every_stage, read_metrics, run_steps, without_timing
 
 
 def tiny(name, teacher=8, hint=4, student=8, **overrides):
@@ -29,15 +31,16 @@ def test_progressive_hints_train_each_phase_only_up_to_its_guided_layer(tmp_path
   exp = experiment.prepare(tiny("multi_hint_digits"), str(tmp_path))
   assert [s.name for s in exp.stages] == ["teacher", "hint1", "hint2", "kd"]
   params, stats = exp.teacher.init(jax.random.PRNGKey(7))
-  teacher = jax.device_put({"teacher": {"params": params, "batch_stats": stats}, "mu": np.ones(1, np.float32)},
-                           train.replicated(exp.mesh))
+  teacher = jax.device_put(
+    {"teacher": {"params": params, "batch_stats": stats}, "mu": np.ones(1, np.float32)}, train.replicated(exp.mesh)
+  )
   for stage, guided in zip(exp.stages[1:3], (3, 5)):
     before, after, _ = run_steps(exp, stage, teacher, 3)
-    assert set(after.params) == {"student", "regressor0"}          # one regressor per phase
+    assert set(after.params) == {"student", "regressor0"}  # one regressor per phase
     for name, leaf in before.params["student"].items():
       same = jax.tree.all(jax.tree.map(np.array_equal, leaf, after.params["student"][name]))
       trained = name.startswith("conv") and int(name[4:]) <= guided
-      assert same != trained, (stage.name, name)                   # later layers untouched, bit for bit
+      assert same != trained, (stage.name, name)  # later layers untouched, bit for bit
 
 
 def test_joint_hints_train_one_stage_on_the_weighted_sum(tmp_path):
@@ -54,20 +57,26 @@ def test_fsp_with_kd_swaps_the_second_stage(tmp_path):
 
 # The digits ResNet-14 teacher stands in for the configs' ResNet-20 here: same sections and
 # channels, less compile time.
-@pytest.mark.parametrize("name,stages,overrides", [
+@pytest.mark.parametrize(
+  "name,stages,overrides",
+  [
     ("fsp_digits", ["teacher", "fsp", "ce"], {"teacher.model": "digits_resnet14"}),
     ("at_digits", ["teacher", "at"], {"teacher.model": "digits_resnet14"}),
     ("multi_hint_digits", ["teacher", "hint1", "hint2", "kd"], {}),
-    ("digits", ["teacher", "hint", "kd"], {"hint.kind": "attention", "hint.student_layer": "conv5",
-                                           "kd.attention": True}),
-])
+    (
+      "digits",
+      ["teacher", "hint", "kd"],
+      {"hint.kind": "attention", "hint.student_layer": "conv5", "kd.attention": True},
+    ),
+  ],
+)
 def test_method_configs_run_data_parallel_on_digits(name, stages, overrides, tmp_path):
   summary = train.run(tiny(name, **overrides), str(tmp_path))
   assert list(summary["stages"]) == stages and summary["devices"] == 4
   assert summary["method"] == load_config(name).method
   assert np.isfinite(summary["stages"][stages[-1]]["final_train_loss"])
   records = read_metrics(str(tmp_path))
-  assert {"fsp", "attention", "hint"} & set().union(*records)        # the method's own loss term is logged
+  assert {"fsp", "attention", "hint"} & set().union(*records)  # the method's own loss term is logged
 
 
 def test_multi_teacher_weighs_by_validation_accuracy_and_names_every_teacher(tmp_path):
@@ -92,15 +101,21 @@ def test_multi_teacher_hint_stage_takes_its_hint_from_the_named_teacher(tmp_path
   params, stats = exp.teachers["teacher2"].init(jax.random.PRNGKey(7))
   teachers = {"teacher2": {"params": params, "batch_stats": stats}, "mu": np.ones(2, np.float32)}
   before, after, _ = run_steps(exp, exp.stages[2], jax.device_put(teachers, train.replicated(exp.mesh)), 2)
-  assert after.params["regressor0"]["conv"]["kernel"].shape == (1, 1, 6, 16)   # 4×4×6 → section2's 4×4×16
-  assert not np.array_equal(before.params["student"]["conv5"]["conv"]["kernel"],
-                            after.params["student"]["conv5"]["conv"]["kernel"])
+  assert after.params["regressor0"]["conv"]["kernel"].shape == (1, 1, 6, 16)  # 4×4×6 → section2's 4×4×16
+  assert not np.array_equal(
+    before.params["student"]["conv5"]["conv"]["kernel"], after.params["student"]["conv5"]["conv"]["kernel"]
+  )
 
 
 def test_multi_teacher_resumes_in_the_kd_stage_with_both_teachers_from_disk(tmp_path):
   def config():
-    c = tiny("multi_teacher_digits", teacher=8, student=12, num_devices=1,
-             **{"multi_teacher.weights": "explicit", "multi_teacher.mu": [3.0, 1.0]})
+    c = tiny(
+      "multi_teacher_digits",
+      teacher=8,
+      student=12,
+      num_devices=1,
+      **{"multi_teacher.weights": "explicit", "multi_teacher.mu": [3.0, 1.0]},
+    )
     c.teachers[1]["model"] = "digits_resnet8"
     return c
 
@@ -110,7 +125,7 @@ def test_multi_teacher_resumes_in_the_kd_stage_with_both_teachers_from_disk(tmp_
   work = str(tmp_path / "resumed")
   shutil.copytree(full, work)
   for d in os.listdir(os.path.join(work, "checkpoints")):
-    if d.isdigit() and int(d) > 20:                               # keep kd step 4 (global 16 + 4)
+    if d.isdigit() and int(d) > 20:  # keep kd step 4 (global 16 + 4)
       shutil.rmtree(os.path.join(work, "checkpoints", d))
   os.remove(os.path.join(work, "summary.json"))
   resumed = train.run(config(), work)
@@ -121,16 +136,22 @@ def test_multi_teacher_resumes_in_the_kd_stage_with_both_teachers_from_disk(tmp_
   assert without_timing(read_metrics(work)) == without_timing(read_metrics(full))
 
 
-PAPER_METHOD_STAGES = {"fsp_cifar10": ["teacher", "fsp", "ce"], "multi_teacher_svhn": ["teacher1", "teacher2", "kd"],
-                       "dml_cifar100": ["dml"], "byot_cifar100": ["byot"], "resnet_cifar": ["scratch"]}
+PAPER_METHOD_STAGES = {
+  "fsp_cifar10": ["teacher", "fsp", "ce"],
+  "multi_teacher_svhn": ["teacher1", "teacher2", "kd"],
+  "dml_cifar100": ["dml"],
+  "byot_cifar100": ["byot"],
+  "resnet_cifar": ["scratch"],
+}
 
 
 @pytest.mark.parametrize("name", list(PAPER_METHOD_STAGES))
 def test_paper_method_configs_build_and_lower_every_stage(name, tmp_path):
   """The papers' networks (ResNet-26 → ResNet-8, WRNs, ResNet-18 with BYOT's exits, …), recipes and
   data pipelines under mock data, every stage lowered (helpers.lower_every_stage says why)."""
-  config = tiny(name, teacher=2, hint=2, student=2, num_devices=1, batch_size=8, eval_batch_size=8,
-                **{"dataset.stats_examples": 16})
+  config = tiny(
+    name, teacher=2, hint=2, student=2, num_devices=1, batch_size=8, eval_batch_size=8, **{"dataset.stats_examples": 16}
+  )
   if name == "multi_teacher_svhn":
     config.dataset.validation_examples = 8
   with tfds.testing.mock_data(num_examples=24):
@@ -138,3 +159,46 @@ def test_paper_method_configs_build_and_lower_every_stage(name, tmp_path):
   assert list(outputs) == PAPER_METHOD_STAGES[name]
   for loss, metrics in outputs.values():
     assert loss.shape == () and loss.dtype == np.float32 and "accuracy" in metrics
+
+
+TOY_METHOD = """
+    import ml_collections
+    from fitnets_jax import losses
+    from fitnets_jax.methods.base import Method, Stage, forward, network_init
+
+    def defaults():
+      return {"toy": ml_collections.ConfigDict(dict(smoothing=0.1))}
+
+    def toy_stage(ctx):
+      net, eps = ctx.student, ctx.config.toy.smoothing
+
+      def loss(params, batch_stats, teacher, batch, rng, step):
+        logits, _, stats = forward(net, params["student"], batch_stats["student"], batch["image"], True, rng)
+        ce = (1 - eps) * losses.cross_entropy(logits, batch["label"]) - eps * jax.nn.log_softmax(logits).mean()
+        return ce, ({"ce": ce, "accuracy": losses.accuracy(logits, batch["label"])}, {"student": stats})
+
+      steps = ctx.steps("student")
+      return Stage(name="toy", trains="student", num_steps=steps, tx=ctx.optimizer("student", steps),
+                   init=network_init(net, "student"), loss=loss)
+
+    import jax
+    METHOD = Method(name="toy", stages=lambda ctx: [toy_stage(ctx)], defaults=defaults)
+"""
+
+
+def test_a_new_method_is_one_module_with_its_record(tmp_path, monkeypatch, request):
+  """A module in methods/ that defines METHOD is found, its config section joins base_config (so
+  --config.toy.smoothing works), and it trains from the command line's path with nothing else edited."""
+  folder = tmp_path / "more_methods"
+  folder.mkdir()
+  (folder / "toy.py").write_text(textwrap.dedent(TOY_METHOD))
+  monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
+  request.addfinalizer(lambda: sys.modules.pop("fitnets_jax.methods.toy", None))
+  monkeypatch.setattr(methods, "METHODS", methods._discover())
+  assert list(methods.METHODS) == ["at", "byot", "dml", "fitnets", "fsp", "kd", "multi_teacher", "scratch", "toy"]
+  assert config.base_config().toy.smoothing == 0.1
+  c = tiny_digits(method="toy", student=4)
+  assert "student: digits_student" in layers.report(c) and "hint" not in layers.report(c)
+  summary = train.run(c, str(tmp_path / "toy"))
+  assert list(summary["stages"]) == ["toy"] and summary["teacher"] is None
+  assert {r["stage"] for r in read_metrics(str(tmp_path / "toy"))} == {"toy"}

@@ -7,11 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_config, with_overrides
 from fitnets_jax import data, experiment, losses, models, train
 from fitnets_jax.methods import byot
 from fitnets_jax.methods.base import network
 from fitnets_jax.models.exits import ExitHead
+
+from conftest import load_config, with_overrides
 from helpers import final_state, read_metrics
 
 
@@ -28,9 +29,16 @@ def tiny(name, steps=12, **overrides):
 
 def one_step(order, tmp_path):
   """A DML cohort (thin maxout, no batch norm + digits ResNet-8) before and after one plain-SGD step."""
-  config = tiny("dml_digits", num_devices=1, **{"dml.order": order, "stages.student.optimizer.name": "sgd",
-                                                "stages.student.optimizer.learning_rate": 0.5,
-                                                "stages.student.optimizer.schedule": "constant"})
+  config = tiny(
+    "dml_digits",
+    num_devices=1,
+    **{
+      "dml.order": order,
+      "stages.student.optimizer.name": "sgd",
+      "stages.student.optimizer.learning_rate": 0.5,
+      "stages.student.optimizer.schedule": "constant",
+    },
+  )
   exp = experiment.prepare(config, str(tmp_path / order))
   stage = exp.stages[0]
   rng = jax.random.PRNGKey(0)
@@ -45,11 +53,13 @@ def one_step(order, tmp_path):
 
 def sgd_on_mutual_loss(net, params, stats, peer_logits, batch, lr):
   """Network params after one SGD step on its DML loss against `peer_logits` (written independently)."""
+
   def loss(p):
     variables = {"params": p, **({"batch_stats": stats} if stats else {})}
     logits = net.module.apply(variables, batch["image"], train=True, mutable=["batch_stats"] if stats else False)
     logits = logits[0] if stats else logits
     return losses.mutual_learning_loss(logits, [peer_logits], batch["label"])[0]
+
   return jax.tree.map(lambda p, g: p - lr * g, params, jax.grad(loss)(params))
 
 
@@ -66,13 +76,19 @@ def test_alternating_order_learns_from_the_updated_peer_and_simultaneous_does_no
   @jax.jit
   def expected(p, s, batch):
     """net1 after its step, and net2 after its step against net1's updated and its old predictions."""
-    net1 = sgd_on_mutual_loss(nets["net1"], p["net1"], s["net1"], logits_of(nets["net2"], p["net2"], s["net2"], batch),
-                              batch, lr)
-    return net1, {peer: sgd_on_mutual_loss(nets["net2"], p["net2"], s["net2"], logits_of(nets["net1"], q, s["net1"], batch),
-                                           batch, lr)
-                  for peer, q in (("updated", net1), ("old", p["net1"]))}
+    net1 = sgd_on_mutual_loss(
+      nets["net1"], p["net1"], s["net1"], logits_of(nets["net2"], p["net2"], s["net2"], batch), batch, lr
+    )
+    return net1, {
+      peer: sgd_on_mutual_loss(
+        nets["net2"], p["net2"], s["net2"], logits_of(nets["net1"], q, s["net1"], batch), batch, lr
+      )
+      for peer, q in (("updated", net1), ("old", p["net1"]))
+    }
 
-  close = lambda a, b: all(np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  close = lambda a, b: all(
+    np.allclose(x, y, rtol=1e-4, atol=1e-6) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
   for order in ("alternating", "simultaneous"):
     exp, before, after, batch = one_step(order, tmp_path)
     nets = {"net1": exp.student, "net2": network("digits_resnet8", models.get_model("digits_resnet8", 10), (8, 8, 1))}
@@ -80,7 +96,7 @@ def test_alternating_order_learns_from_the_updated_peer_and_simultaneous_does_no
     assert close(after.params["net1"], net1)
     want, other = ("updated", "old") if order == "alternating" else ("old", "updated")
     assert close(after.params["net2"], net2[want]), order
-    assert not close(after.params["net2"], net2[other]), order      # the two orders really differ
+    assert not close(after.params["net2"], net2[other]), order  # the two orders really differ
 
 
 def test_each_network_keeps_its_own_optimizer_state_and_schedule(tmp_path):
@@ -92,7 +108,7 @@ def test_each_network_keeps_its_own_optimizer_state_and_schedule(tmp_path):
   assert set(state.opt_state) == {"net1", "net2"}
   rmsprop = jax.tree.leaves(state.opt_state["net1"])
   sgd = jax.tree.leaves(state.opt_state["net2"])
-  assert len(rmsprop) != len(sgd)   # RMSProp keeps ν per weight, momentum SGD a trace per weight
+  assert len(rmsprop) != len(sgd)  # RMSProp keeps ν per weight, momentum SGD a trace per weight
 
 
 def test_byot_bottlenecks_reach_the_deepest_section_shape():
@@ -109,10 +125,13 @@ def test_byot_bottlenecks_reach_the_deepest_section_shape():
     assert logits.shape == (2, 100) and feature.shape == (2, 512)
 
 
-@pytest.mark.parametrize("name,overrides", [
+@pytest.mark.parametrize(
+  "name,overrides",
+  [
     ("dml_digits", {}),
-    ("byot_digits", {"student.model": "digits_resnet8"}),    # three sections, one block each: less compile time
-])
+    ("byot_digits", {"student.model": "digits_resnet8"}),  # three sections, one block each: less compile time
+  ],
+)
 def test_a_run_resumed_on_1_device_matches_the_4_device_run(name, overrides, tmp_path):
   """A 4-device run; a copy rolled back to its step-4 checkpoint (as a kill mid-epoch leaves it) and
   restarted on 1 device ends with the same metrics, parameters and summary, to float32 reduction-order

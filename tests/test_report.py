@@ -5,8 +5,9 @@ import json
 import matplotlib.image
 import pytest
 
-from conftest import tiny_digits
 from fitnets_jax import FitnetsError, main, plots, report
+
+from conftest import tiny_digits
 
 TEACHER = {"role": "teacher", "model": "big", "layers": 5, "params": 1_000_000, "macs": 40_000_000}
 STUDENT = {"model": "thin", "layers": 11, "params": 100_000, "macs": 10_000_000}
@@ -16,16 +17,28 @@ def make_run(path, method, seed, accuracy, teacher_accuracy=0.99, temperature=3.
   """A finished run's workdir: summary.json, config.json and a short metrics.jsonl."""
   path.mkdir(parents=True)
   teacher = {**TEACHER, "test_accuracy": teacher_accuracy, "checkpoint": checkpoint or f"{path}/teacher"}
-  summary = {"method": method, "dataset": "digits", "seed": seed, "student": {**STUDENT, "test_accuracy": accuracy},
-             "teacher": teacher if method != "scratch" else None,
-             "teachers": [teacher] if method != "scratch" else []}
-  config = {"method": method, "seed": seed, "log_every_steps": 10 + seed, "kd": {"temperature": temperature},
-            "teacher": {"model": "big", "checkpoint": checkpoint}}
-  records = [{"stage": "hint", "step": 4, "split": "train", "loss": 9.0, "hint": 9.0},
-             {"stage": "hint", "step": 8, "split": "train", "loss": 5.0, "hint": 5.0},
-             {"stage": "kd", "step": 4, "split": "train", "loss": 2.0, "accuracy": 0.5},
-             {"stage": "kd", "step": 8, "split": "train", "loss": 1.0, "accuracy": 0.8},
-             {"stage": "kd", "step": 8, "split": "test", "accuracy": accuracy}]
+  summary = {
+    "method": method,
+    "dataset": "digits",
+    "seed": seed,
+    "student": {**STUDENT, "test_accuracy": accuracy},
+    "teacher": teacher if method != "scratch" else None,
+    "teachers": [teacher] if method != "scratch" else [],
+  }
+  config = {
+    "method": method,
+    "seed": seed,
+    "log_every_steps": 10 + seed,
+    "kd": {"temperature": temperature},
+    "teacher": {"model": "big", "checkpoint": checkpoint},
+  }
+  records = [
+    {"stage": "hint", "step": 4, "split": "train", "loss": 9.0, "hint": 9.0},
+    {"stage": "hint", "step": 8, "split": "train", "loss": 5.0, "hint": 5.0},
+    {"stage": "kd", "step": 4, "split": "train", "loss": 2.0, "accuracy": 0.5},
+    {"stage": "kd", "step": 8, "split": "train", "loss": 1.0, "accuracy": 0.8},
+    {"stage": "kd", "step": 8, "split": "test", "accuracy": accuracy},
+  ]
   (path / "summary.json").write_text(json.dumps(summary))
   (path / "config.json").write_text(json.dumps(config))
   (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"stage": "kd", "st')
@@ -33,9 +46,11 @@ def make_run(path, method, seed, accuracy, teacher_accuracy=0.99, temperature=3.
 
 
 def test_report_groups_by_config_minus_seed_with_mean_and_sample_std(tmp_path):
-  runs = [make_run(tmp_path / "kd" / f"seed_{s}", "kd", s, acc, checkpoint=f"/teachers/seed_{s}")
-          for s, acc in enumerate((0.90, 0.92, 0.94))]
-  runs.append(make_run(tmp_path / "kd_t5", "kd", 0, 0.80, temperature=5.0))    # another experiment
+  runs = [
+    make_run(tmp_path / "kd" / f"seed_{s}", "kd", s, acc, checkpoint=f"/teachers/seed_{s}")
+    for s, acc in enumerate((0.90, 0.92, 0.94))
+  ]
+  runs.append(make_run(tmp_path / "kd_t5", "kd", 0, 0.80, temperature=5.0))  # another experiment
   runs.append(make_run(tmp_path / "scratch", "scratch", 0, 0.85))
   rows = report.write(runs, str(tmp_path / "out"))
   by = {(r["method"], r["runs"], r["mean"]): r for r in rows}
@@ -43,29 +58,39 @@ def test_report_groups_by_config_minus_seed_with_mean_and_sample_std(tmp_path):
   assert teacher["runs"] == 4 and teacher["mean"] == pytest.approx(0.99) and teacher["std"] == pytest.approx(0.0)
   kd = [r for r in rows if r["method"] == "kd"]
   assert [(r["runs"], r["seeds"]) for r in kd] == [(3, [0, 1, 2]), (1, [0])]
-  assert kd[0]["mean"] == pytest.approx(0.92) and kd[0]["std"] == pytest.approx(0.02)   # ddof=1
+  assert kd[0]["mean"] == pytest.approx(0.92) and kd[0]["std"] == pytest.approx(0.02)  # ddof=1
   assert kd[1]["std"] is None
   scratch = by["scratch", 1, 0.85]
-  assert scratch["speedup"] == pytest.approx(4.0) and scratch["compression"] == pytest.approx(10.0)  # the digits teacher
+  assert scratch["speedup"] == pytest.approx(4.0) and scratch["compression"] == pytest.approx(
+    10.0
+  )  # the digits teacher
   text = (tmp_path / "out" / "report.md").read_text()
   assert "| kd | digits | thin | 11 | 100.0K | 10.00M | 92.00 % ± 2.00 | 3 | 4.00× | 10.00× |" in text
   assert "| kd | digits | thin | 11 | 100.0K | 10.00M | 80.00 % | 1 | 4.00× | 10.00× |" in text
   assert "| teacher | digits | big | 5 | 1.00M | 40.00M | 99.00 % ± 0.00 | 4 | 1.00× | 1.00× |" in text
   pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
-  assert pngs == ["accuracy_vs_macs.png", "curves_kd_seed_0.png", "curves_kd_seed_1.png", "curves_kd_seed_2.png",
-                  "curves_kd_t5.png", "curves_scratch.png"]
+  assert pngs == [
+    "accuracy_vs_macs.png",
+    "curves_kd_seed_0.png",
+    "curves_kd_seed_1.png",
+    "curves_kd_seed_2.png",
+    "curves_kd_t5.png",
+    "curves_scratch.png",
+  ]
   for name in pngs:
     data = (tmp_path / "out" / name).read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     image = matplotlib.image.imread(tmp_path / "out" / name)
-    assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0   # something is drawn
+    assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0  # something is drawn
 
 
 def test_stage_curves_put_stages_end_to_end():
-  records = [{"stage": "hint", "step": 4, "split": "train", "loss": 9.0},
-             {"stage": "hint", "step": 8, "split": "train", "loss": 5.0},
-             {"stage": "kd", "step": 4, "split": "train", "loss": 2.0, "accuracy": 0.5},
-             {"stage": "kd", "step": 4, "split": "test", "accuracy": 0.6}]
+  records = [
+    {"stage": "hint", "step": 4, "split": "train", "loss": 9.0},
+    {"stage": "hint", "step": 8, "split": "train", "loss": 5.0},
+    {"stage": "kd", "step": 4, "split": "train", "loss": 2.0, "accuracy": 0.5},
+    {"stage": "kd", "step": 4, "split": "test", "accuracy": 0.6},
+  ]
   curves = plots.stage_curves(records)
   assert curves["hint"]["train"] == [(4, 9.0, None), (8, 5.0, None)]
   assert curves["kd"]["train"] == [(12, 2.0, 0.5)] and curves["kd"]["test"] == [(12, 0.6)]
@@ -82,6 +107,8 @@ def test_seeds_fill_in_each_seed_and_its_teacher():
   config = tiny_digits("kd", seed=5, **{"teacher.checkpoint": "runs/fitnets/seed_{seed}"})
   runs = main.seed_runs(config, "runs/kd", 3)
   assert [(c.seed, c.teacher.checkpoint, w) for c, w in runs] == [
-      (5, "runs/fitnets/seed_5", "runs/kd/seed_5"), (6, "runs/fitnets/seed_6", "runs/kd/seed_6"),
-      (7, "runs/fitnets/seed_7", "runs/kd/seed_7")]
-  assert config.seed == 5 and config.teacher.checkpoint == "runs/fitnets/seed_{seed}"   # the original is untouched
+    (5, "runs/fitnets/seed_5", "runs/kd/seed_5"),
+    (6, "runs/fitnets/seed_6", "runs/kd/seed_6"),
+    (7, "runs/fitnets/seed_7", "runs/kd/seed_7"),
+  ]
+  assert config.seed == 5 and config.teacher.checkpoint == "runs/fitnets/seed_{seed}"  # the original is untouched

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_digits
 from fitnets_jax import benchmark, compiler, data, experiment, teacher_cache, train
 from fitnets_jax.methods.base import forward, predict, variables
+
+from conftest import tiny_digits
 
 
 def fresh_teacher(exp):
@@ -40,8 +41,9 @@ def test_cached_logits_and_features_equal_the_live_teacher_on_shuffled_batches(f
   for batch in itertools.islice(data.train_batches(exp.data, 32, exp.steps_per_epoch, seed=3, stage_index=2), 3):
     live_logits, live_feats, _ = forward(net, t["params"], t["batch_stats"], batch["image"], False, capture=("conv2",))
     np.testing.assert_allclose(tables["teacher"]["logits"][batch["index"]], live_logits, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(tables["teacher"]["features"]["conv2"][batch["index"]], live_feats["conv2"],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      tables["teacher"]["features"]["conv2"][batch["index"]], live_feats["conv2"], rtol=1e-5, atol=1e-5
+    )
   # Under a zero budget only the logits are kept; the hint layer is computed live.
   _, info = teacher_cache.build(exp.teachers, teacher, layers, exp.data, 100, 0.0)
   assert info["layers"] == {"teacher": []} and info["left_out"] == ["teacher/conv2"]
@@ -79,14 +81,16 @@ def test_bfloat16_activations_keep_float32_parameters_and_close_losses(tmp_path)
       _, stage = stage_named(exp, name)
       params, stats = stage.init(rng, None)
       (loss, (scalars, _)), grads = jax.jit(jax.value_and_grad(stage.loss, has_aux=True))(
-          params, stats, teacher, batch, rng, 0)
+        params, stats, teacher, batch, rng, 0
+      )
       assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
       results[dtype, name] = float(loss)
     t = jax.device_get(teacher["teacher"])
-    logits, feats, new_stats = forward(exp.teacher, t["params"], t["batch_stats"], batch["image"], True,
-                                       capture=("conv2",))
-    assert feats["conv2"].dtype == jnp.dtype(dtype)              # activations in the compute dtype
-    assert logits.dtype == jnp.float32                            # logits back in float32 for the losses
+    logits, feats, new_stats = forward(
+      exp.teacher, t["params"], t["batch_stats"], batch["image"], True, capture=("conv2",)
+    )
+    assert feats["conv2"].dtype == jnp.dtype(dtype)  # activations in the compute dtype
+    assert logits.dtype == jnp.float32  # logits back in float32 for the losses
     assert all(s.dtype == jnp.float32 for s in jax.tree.leaves(new_stats))
     assert predict(exp.teacher, variables(t["params"], t["batch_stats"]), batch["image"]).dtype == jnp.float32
   for name in ("hint", "kd"):
@@ -119,7 +123,7 @@ def test_benchmark_writes_a_record_per_stage(tmp_path):
 
 def test_step_flops_count_every_device_and_come_from_the_cpu_where_the_backend_gives_none(monkeypatch, tmp_path):
   flops = {}
-  for devices in (1, 4):   # once compiled, XLA's analysis would cover one device's quarter
+  for devices in (1, 4):  # once compiled, XLA's analysis would cover one device's quarter
     exp = experiment.prepare(tiny_digits("kd", num_devices=devices), str(tmp_path / str(devices)))
     index, stage = stage_named(exp, "kd")
     rng = train.stage_rng(0, index)
@@ -135,6 +139,7 @@ def test_step_flops_count_every_device_and_come_from_the_cpu_where_the_backend_g
   class NoAnalysis:
     def cost_analysis(self):
       return None
+
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   step = train.make_step(stage, tx, labels)
   assert train.step_flops(NoAnalysis(), step, (state, batch, fresh_teacher(exp))) == pytest.approx(flops[1], rel=0.01)
@@ -151,14 +156,14 @@ def test_cpu_steps_are_compiled_without_library_fusions_unless_the_user_says_oth
   np.testing.assert_allclose(compiler.jit(conv)(x, w), jax.jit(conv)(x, w), rtol=1e-6)
   assert compiler.options() == compiler.CPU_OPTIONS
 
-  with monkeypatch.context() as m:   # XLA's defaults asked for
+  with monkeypatch.context() as m:  # XLA's defaults asked for
     m.setenv(compiler.DEFAULTS_VARIABLE, "1")
     assert compiler.options() is None and "__ynn_fusion" in compiler.jit(conv).lower(x, w).compile().as_text()
-  with monkeypatch.context() as m:   # the user's own setting of the option
+  with monkeypatch.context() as m:  # the user's own setting of the option
     m.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=individual_dot")
     assert compiler.options() is None
   assert compiler.options() == compiler.CPU_OPTIONS
-  monkeypatch.setattr(compiler, "CPU_OPTIONS", {"xla_cpu_no_such_option": "1"})   # an XLA without the option
+  monkeypatch.setattr(compiler, "CPU_OPTIONS", {"xla_cpu_no_such_option": "1"})  # an XLA without the option
   assert compiler.options() is None and float(compiler.jit(lambda a: a * 2)(1.0)) == 2.0
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(compiler, "CPU_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": ""})

@@ -7,16 +7,19 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import tiny_digits
 from fitnets_jax import FitnetsError, experiment, losses, optim, train
 from fitnets_jax.config import base_config
 from fitnets_jax.methods import kd
 from fitnets_jax.models import _SPECS
 from fitnets_jax.models.maxout import MaxoutConv
 
+from conftest import tiny_digits
+from helpers import run_steps
 
-STUDENTS = [("digits_student_bn", "conv4"),   # batch norm: statistics must freeze too
-            ("digits_student", "conv5")]      # the quick start's student
+STUDENTS = [
+  ("digits_student_bn", "conv4"),  # batch norm: statistics must freeze too
+  ("digits_student", "conv5"),
+]  # the quick start's student
 
 
 @pytest.fixture(scope="module", params=STUDENTS, ids=[s for s, _ in STUDENTS])
@@ -33,25 +36,9 @@ def stage_named(exp, name):
 def random_teacher(exp):
   """The step's teacher argument for one randomly initialised teacher: {"teacher": variables, "mu": [1]}."""
   params, stats = exp.teacher.init(jax.random.PRNGKey(7))
-  return jax.device_put({"teacher": {"params": params, "batch_stats": stats}, "mu": np.ones(1, np.float32)},
-                        train.replicated(exp.mesh))
-
-
-def run_steps(exp, stage, teacher, n):
-  """Initial and final host states after `n` steps of `stage` on real digits batches."""
-  from fitnets_jax import data
-  rng = jax.random.PRNGKey(0)
-  labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
-  tx = train.transformation(stage, labels)
-  state = train.init_state(stage, tx, rng, None, exp.mesh)
-  before = jax.device_get(state)
-  batches = train.prefetch_to_device(data.train_batches(exp.data, exp.local_batch, exp.steps_per_epoch, 0, 1), exp.mesh)
-  batch = next(batches)
-  step, _, flops = train.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)
-  for _ in range(n):
-    state, _ = step(state, batch, teacher)
-    batch = next(batches)
-  return before, jax.device_get(state), flops
+  return jax.device_put(
+    {"teacher": {"params": params, "batch_stats": stats}, "mu": np.ones(1, np.float32)}, train.replicated(exp.mesh)
+  )
 
 
 def layers_around(exp):
@@ -69,16 +56,22 @@ def test_hint_stage_freezes_everything_after_the_guided_layer_bit_for_bit(digits
   for layer in frozen:
     for a, b in zip(jax.tree.leaves(before.params["student"][layer]), jax.tree.leaves(after.params["student"][layer])):
       np.testing.assert_array_equal(a, b)
-    for a, b in zip(jax.tree.leaves(before.batch_stats["student"].get(layer, {})),
-                    jax.tree.leaves(after.batch_stats["student"].get(layer, {}))):
+    for a, b in zip(
+      jax.tree.leaves(before.batch_stats["student"].get(layer, {})),
+      jax.tree.leaves(after.batch_stats["student"].get(layer, {})),
+    ):
       np.testing.assert_array_equal(a, b)
   batch_norm = bool(before.batch_stats["student"])
   for layer in trained:
-    kernel_b, kernel_a = before.params["student"][layer]["conv"]["kernel"], after.params["student"][layer]["conv"]["kernel"]
+    kernel_b, kernel_a = (
+      before.params["student"][layer]["conv"]["kernel"],
+      after.params["student"][layer]["conv"]["kernel"],
+    )
     assert not np.array_equal(kernel_b, kernel_a), layer
     if batch_norm:
-      assert not np.array_equal(before.batch_stats["student"][layer]["bn"]["mean"],
-                                after.batch_stats["student"][layer]["bn"]["mean"]), layer
+      assert not np.array_equal(
+        before.batch_stats["student"][layer]["bn"]["mean"], after.batch_stats["student"][layer]["bn"]["mean"]
+      ), layer
   assert batch_norm == (digits_exp.student.name == "digits_student_bn")
   assert not np.array_equal(before.params["regressor0"]["conv"]["kernel"], after.params["regressor0"]["conv"]["kernel"])
   # Frozen leaves carry no optimizer state (set_to_zero), trained ones do.
@@ -105,7 +98,7 @@ def test_hint_stage_pays_only_for_the_two_prefixes(digits_exp):
         x = MaxoutConv(spec, batch_norm=self.batch_norm, name=f"conv{i}")(x, train)
       return x
 
-  s_prefix_net = Prefix(s_spec["convs"][:len(trained)], s_spec.get("batch_norm", False))
+  s_prefix_net = Prefix(s_spec["convs"][: len(trained)], s_spec.get("batch_norm", False))
   t_prefix_net = Prefix(t_spec["convs"][:2], True)
   s_params, s_stats = exp.student.init(jax.random.PRNGKey(0))
   s_prefix = {k: s_params[k] for k in trained}
@@ -117,31 +110,40 @@ def test_hint_stage_pays_only_for_the_two_prefixes(digits_exp):
   def reference_loss(params, x, full):
     s = s_prefix_net.apply({"params": params["s"], "batch_stats": s_prefix_stats}, x, True, mutable=["batch_stats"])[0]
     t = t_prefix_net.apply({"params": t_prefix, "batch_stats": t_prefix_stats}, x, False)
-    r = jax.lax.conv_general_dilated(s, params["r"]["conv"]["kernel"], (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["r"]["conv"]["bias"]
+    r = (
+      jax.lax.conv_general_dilated(
+        s, params["r"]["conv"]["kernel"], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+      + params["r"]["conv"]["bias"]
+    )
     r = r.reshape(r.shape[:-1] + (r.shape[-1] // 2, 2)).max(-1)
     value = losses.hint_loss(t, r)
     if full:  # Also run both whole networks: what the hint stage must *not* pay for.
       student_vars = {"params": params["s_all"], **({"batch_stats": s_stats} if s_stats else {})}
-      value += 1e-9 * (jnp.sum(exp.student.module.apply(student_vars, x, True, mutable=["batch_stats"])[0])
-                       + jnp.sum(exp.teacher.module.apply(teacher["teacher"], x, False)))
+      value += 1e-9 * (
+        jnp.sum(exp.student.module.apply(student_vars, x, True, mutable=["batch_stats"])[0])
+        + jnp.sum(exp.teacher.module.apply(teacher["teacher"], x, False))
+      )
     return value
 
   def flops(full):
     params = {"s": s_prefix, "r": reg, **({"s_all": s_params} if full else {})}
     tx = optax.rmsprop(1e-3, decay=0.9)
 
-    def step(params, opt_state, x):   # x is an argument: a constant input would be folded away
+    def step(params, opt_state, x):  # x is an argument: a constant input would be folded away
       grads = jax.grad(reference_loss)(params, x, full)
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
+
     args = (params, tx.init(params), x)
     return train.step_flops(jax.jit(step).lower(*args), step, args)
 
   prefixes, whole = flops(False), flops(True)
-  print(f"hint step FLOPs: ours {ours:.4g}, two prefixes {prefixes:.4g} ({ours / prefixes:.3f}×), "
-        f"whole networks {whole:.4g}")
-  assert prefixes < 0.85 * whole          # the test can tell the two apart
+  print(
+    f"hint step FLOPs: ours {ours:.4g}, two prefixes {prefixes:.4g} ({ours / prefixes:.3f}×), "
+    f"whole networks {whole:.4g}"
+  )
+  assert prefixes < 0.85 * whole  # the test can tell the two apart
   assert ours <= 1.15 * prefixes, (ours, prefixes, whole)
 
 
@@ -172,13 +174,19 @@ def test_lambda_schedule_must_not_increase():
 
 def test_max_norm_projects_columns_above_the_limit():
   tx = optim.max_norm(conv=1.0, dense=2.0, logits=0.0)
-  params = {"c": {"kernel": jnp.zeros((1, 1, 2, 2))}, "d": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)},
-            "logits": {"kernel": jnp.zeros((2, 2))}}
-  updates = {"c": {"kernel": jnp.array([[[[3.0, 0.1], [4.0, 0.1]]]])}, "d": {"kernel": jnp.array([[3.0, 1.0], [4.0, 0.0]]),
-             "bias": jnp.array([9.0, 9.0])}, "logits": {"kernel": jnp.full((2, 2), 5.0)}}
+  params = {
+    "c": {"kernel": jnp.zeros((1, 1, 2, 2))},
+    "d": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)},
+    "logits": {"kernel": jnp.zeros((2, 2))},
+  }
+  updates = {
+    "c": {"kernel": jnp.array([[[[3.0, 0.1], [4.0, 0.1]]]])},
+    "d": {"kernel": jnp.array([[3.0, 1.0], [4.0, 0.0]]), "bias": jnp.array([9.0, 9.0])},
+    "logits": {"kernel": jnp.full((2, 2), 5.0)},
+  }
   new = optax.apply_updates(params, tx.update(updates, tx.init(params), params)[0])
-  np.testing.assert_allclose(new["c"]["kernel"][0, 0, :, 0], [0.6, 0.8], rtol=1e-6)   # norm 5 → 1
-  np.testing.assert_allclose(new["c"]["kernel"][0, 0, :, 1], [0.1, 0.1])              # under the limit
-  np.testing.assert_allclose(new["d"]["kernel"][:, 0], [1.2, 1.6], rtol=1e-6)         # norm 5 → 2
-  np.testing.assert_allclose(new["d"]["bias"], [9.0, 9.0])                            # biases untouched
-  np.testing.assert_allclose(new["logits"]["kernel"], 5.0)                            # limit 0: off
+  np.testing.assert_allclose(new["c"]["kernel"][0, 0, :, 0], [0.6, 0.8], rtol=1e-6)  # norm 5 → 1
+  np.testing.assert_allclose(new["c"]["kernel"][0, 0, :, 1], [0.1, 0.1])  # under the limit
+  np.testing.assert_allclose(new["d"]["kernel"][:, 0], [1.2, 1.6], rtol=1e-6)  # norm 5 → 2
+  np.testing.assert_allclose(new["d"]["bias"], [9.0, 9.0])  # biases untouched
+  np.testing.assert_allclose(new["logits"]["kernel"], 5.0)  # limit 0: off

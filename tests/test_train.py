@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import ROOT, load_config, tiny_digits
 from fitnets_jax import train
+
+from conftest import ROOT, load_config, tiny_digits
 from helpers import assert_same_numbers, final_state, lower_every_stage, read_metrics, without_timing
 
 
@@ -21,8 +22,10 @@ def test_one_two_and_four_devices_give_the_same_numbers(tmp_path):
   """Teacher, hint and KD stages on 1, 2 and 4 devices (batch and BatchNorm statistics sharded)."""
   runs = {}
   for n in (1, 2, 4):
-    train.run(tiny_digits(teacher=12, hint=4, student=8, num_devices=n, log_every_steps=1,
-                          **{"dataset.flip": True}), str(tmp_path / f"d{n}"))
+    train.run(
+      tiny_digits(teacher=12, hint=4, student=8, num_devices=n, log_every_steps=1, **{"dataset.flip": True}),
+      str(tmp_path / f"d{n}"),
+    )
     runs[n] = read_metrics(str(tmp_path / f"d{n}"))
   for n in (2, 4):
     assert_same_numbers(runs[1], runs[n])
@@ -35,14 +38,14 @@ def test_resume_reaches_the_same_parameters_as_an_uninterrupted_run(tmp_path):
   full = str(tmp_path / "full")
   expected = train.run(config(), full)
   step, want = final_state(full)
-  for stop in (12, 28, 40):          # global steps inside teacher (24), hint (8) and KD (16)
+  for stop in (12, 28, 40):  # global steps inside teacher (24), hint (8) and KD (16)
     work = str(tmp_path / f"stop{stop}")
     shutil.copytree(full, work)
     for d in os.listdir(os.path.join(work, "checkpoints")):
       if d.isdigit() and int(d) > stop:
         shutil.rmtree(os.path.join(work, "checkpoints", d))
     if stop < 24:
-      shutil.rmtree(os.path.join(work, "teacher"))               # not written until the teacher stage ends
+      shutil.rmtree(os.path.join(work, "teacher"))  # not written until the teacher stage ends
     os.remove(os.path.join(work, "summary.json"))
     resumed = train.run(config(), work)
     got_step, got = final_state(work)
@@ -81,11 +84,14 @@ def test_the_mnist_paper_config_runs_a_few_steps_under_mock_data(tmp_path):
   assert np.isfinite(summary["stages"]["kd"]["final_train_loss"])
 
 
-@pytest.mark.parametrize("name,arg,overrides", [
+@pytest.mark.parametrize(
+  "name,arg,overrides",
+  [
     ("svhn", None, {}),
-    ("cifar10", None, {}),   # the real FitNet 4 / maxout teacher, GCN + ZCA, flips and shifts
-    ("cifar100", "fitnet1", {"method": "scratch"}),   # 100 classes; the CIFAR teacher is built by cifar10
-])
+    ("cifar10", None, {}),  # the real FitNet 4 / maxout teacher, GCN + ZCA, flips and shifts
+    ("cifar100", "fitnet1", {"method": "scratch"}),  # 100 classes; the CIFAR teacher is built by cifar10
+  ],
+)
 def test_paper_configs_build_and_lower_every_stage(name, arg, overrides, tmp_path):
   """The paper-sized networks through their own data pipelines (under mock data), every stage's step
   and evaluation traced and lowered (helpers.lower_every_stage says why not compiled)."""
@@ -102,10 +108,17 @@ def test_paper_configs_build_and_lower_every_stage(name, arg, overrides, tmp_pat
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
   from fitnets_jax.errors import NonFiniteLoss
+
   work = str(tmp_path / "nan")
-  config = tiny_digits("scratch", student=12, checkpoint_every_steps=1,
-                       **{"stages.student.optimizer.name": "sgd", "stages.student.optimizer.learning_rate": 1e38})
-  with pytest.raises(NonFiniteLoss, match=r"Stage 'scratch', step \d+: non-finite .*holds the last good parameters, from before step"):
+  config = tiny_digits(
+    "scratch",
+    student=12,
+    checkpoint_every_steps=1,
+    **{"stages.student.optimizer.name": "sgd", "stages.student.optimizer.learning_rate": 1e38},
+  )
+  with pytest.raises(
+    NonFiniteLoss, match=r"Stage 'scratch', step \d+: non-finite .*holds the last good parameters, from before step"
+  ):
     train.run(config, work)
   assert not os.path.exists(os.path.join(work, "summary.json"))
   _, state = final_state(work)
@@ -113,8 +126,12 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
 
 
 def test_skip_step_skips_non_finite_updates_and_counts_them(tmp_path):
-  config = tiny_digits("scratch", student=12, on_nan="skip_step", **{"stages.student.optimizer.name": "sgd",
-                                                                   "stages.student.optimizer.learning_rate": 1e38})
+  config = tiny_digits(
+    "scratch",
+    student=12,
+    on_nan="skip_step",
+    **{"stages.student.optimizer.name": "sgd", "stages.student.optimizer.learning_rate": 1e38},
+  )
   summary = train.run(config, str(tmp_path))
   assert 0 < summary["stages"]["scratch"]["skipped_steps"] <= 12
   _, state = final_state(str(tmp_path))
@@ -150,8 +167,14 @@ print("RESULT", json.dumps(out))
 def test_any_device_count_evaluates_every_test_example_once(tmp_path):
   """16 forced CPU devices in a fresh process; evaluation on 1, 3, 8 and 16 of them with
   eval_batch_size=100, which none of 3, 8, 16 divides: batches are padded and the padding masked."""
-  result = subprocess.run([sys.executable, "-c", ANY_DEVICE_COUNT, str(tmp_path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600, env=dict(os.environ, XLA_FLAGS=""))
+  result = subprocess.run(
+    [sys.executable, "-c", ANY_DEVICE_COUNT, str(tmp_path)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, XLA_FLAGS=""),
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads(result.stdout.split("RESULT ", 1)[1])
   for n in ("1", "3", "8", "16"):

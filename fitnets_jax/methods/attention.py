@@ -6,40 +6,62 @@ Stage `at`: L = H(y, P_S) + Σ_pairs w·β/2·mean((Q_S − Q_T)²) over the con
 to a KD or FitNets student instead, set `kd.attention=True`.
 """
 
+import ml_collections
+
 from fitnets_jax import hints, losses
 from fitnets_jax.errors import check
-from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, hint_captures, teacher_features
+from fitnets_jax.methods.base import Method, Stage, forward, hint_captures, network_init, teacher_features
 
-USES_TEACHER = True
+
+def defaults():
+  return {
+    "attention": ml_collections.ConfigDict(
+      dict(
+        beta=1000.0,  # β of the attention-transfer loss β/2·mean((Q_S − Q_T)²)
+      )
+    )
+  }
 
 
 def at_stage(ctx):
   pairs = hints.pairs(ctx.config, ctx.student, ctx.teachers)
   wrong = [p.key for p in pairs if p.kind != "attention"]
-  check(not wrong, f"method='at' trains on attention pairs, but {', '.join(wrong)} has kind 'regression'; set "
-                   "hint.kind=attention (or kind in each `hints` entry).")
+  check(
+    not wrong,
+    f"method='at' trains on attention pairs, but {', '.join(wrong)} has kind 'regression'; set "
+    "hint.kind=attention (or kind in each `hints` entry).",
+  )
   by_teacher, guided_names = hint_captures(pairs)
   student, beta = ctx.student, ctx.config.attention.beta
   num_steps = ctx.steps("student")
 
-  def init(rng, carry):
-    params, stats = fresh_or_carried(student, rng, carry)
-    return {"student": params}, {"student": stats}
-
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
     x, y = batch["image"], batch["label"]
-    logits, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng,
-                                     capture=guided_names)
+    logits, s_feats, stats = forward(
+      student, params["student"], batch_stats["student"], x, True, rng, capture=guided_names
+    )
     t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
-    attention = sum(hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, beta)
-                    for p in pairs)
+    attention = sum(
+      hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, beta) for p in pairs
+    )
     ce = losses.cross_entropy(logits, y)
-    return ce + attention, ({"ce": ce, "attention": attention, "accuracy": losses.accuracy(logits, y)},
-                            {"student": stats})
+    return ce + attention, (
+      {"ce": ce, "attention": attention, "accuracy": losses.accuracy(logits, y)},
+      {"student": stats},
+    )
 
-  return Stage("at", "student", num_steps, ctx.optimizer("student", num_steps), init, loss, uses_teacher=True,
-               teacher_layers=by_teacher)
+  return Stage(
+    name="at",
+    trains="student",
+    num_steps=num_steps,
+    tx=ctx.optimizer("student", num_steps),
+    init=network_init(student, "student"),
+    loss=loss,
+    uses_teacher=True,
+    teacher_layers=by_teacher,
+  )
 
 
-def stages(ctx):
-  return [at_stage(ctx)]
+METHOD = Method(
+  name="at", stages=lambda ctx: [at_stage(ctx)], teachers="one", defaults=defaults, uses_hint_pairs=lambda config: True
+)

@@ -18,14 +18,27 @@ plain network (the deepest exit); the heads stay in the stage's checkpoint.
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from fitnets_jax import losses
 from fitnets_jax.errors import check, one_of
-from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, network
+from fitnets_jax.methods.base import Method, Stage, forward, fresh_or_carried, network
 from fitnets_jax.models.exits import ExitHead
 
-USES_TEACHER = False
 FEATURE_TERMS = ("l2", "squared", "off")
+
+
+def defaults():
+  return {
+    "byot": ml_collections.ConfigDict(
+      dict(
+        alpha=0.3,  # (1−α)·CE + α·KL(q_C^τ ‖ q_i^τ) per shallow exit (authors' code: 0.3)
+        temperature=3.0,  # authors' code: 3
+        feature="l2",  # feature term d(F_i, F_C): l2 (code, not squared) | squared (paper) | off
+        feature_weight=0.03,  # λ (authors' code: 0.03)
+      )
+    )
+  }
 
 
 def exit_blocks(shapes, outputs, i):
@@ -33,11 +46,13 @@ def exit_blocks(shapes, outputs, i):
   deepest section's shape: one block per later section, with that section's channels and
   resolution."""
   blocks = []
-  for before, after in zip(outputs[i:-1], outputs[i + 1:]):
+  for before, after in zip(outputs[i:-1], outputs[i + 1 :]):
     ratio = shapes[before][0] // shapes[after][0]
-    check(ratio >= 1 and shapes[before][0] == ratio * shapes[after][0] and shapes[before][1] == ratio * shapes[after][1],
-          f"BYOT needs each section to shrink the map by an integer factor; {before} {shapes[before]} → "
-          f"{after} {shapes[after]} does not.")
+    check(
+      ratio >= 1 and shapes[before][0] == ratio * shapes[after][0] and shapes[before][1] == ratio * shapes[after][1],
+      f"BYOT needs each section to shrink the map by an integer factor; {before} {shapes[before]} → "
+      f"{after} {shapes[after]} does not.",
+    )
     blocks.append((shapes[after][-1], ratio))
   return tuple(blocks)
 
@@ -51,9 +66,12 @@ def exit_heads(student, num_classes):
   """{"exit1": Network, …}: the head after each section of `student` but the last."""
   outputs = section_outputs(student)
   shapes = {l.name: l.shape for l in student.layers}
-  return {f"exit{i + 1}": network(f"exit head after {name}", ExitHead(exit_blocks(shapes, outputs, i), num_classes),
-                                   shapes[name], student.dtype)
-          for i, name in enumerate(outputs[:-1])}
+  return {
+    f"exit{i + 1}": network(
+      f"exit head after {name}", ExitHead(exit_blocks(shapes, outputs, i), num_classes), shapes[name], student.dtype
+    )
+    for i, name in enumerate(outputs[:-1])
+  }
 
 
 def cost_to_exit(student, heads, outputs, i):
@@ -61,16 +79,18 @@ def cost_to_exit(student, heads, outputs, i):
   if i == len(outputs) - 1:
     return student.params, student.macs
   top = {l.name: l for l in student.layers if len(l.path) == 1}
-  prefix = [top[name] for name in [student.sections[0][0]] + outputs[:i + 1]]   # stem, section1 … section i
+  prefix = [top[name] for name in [student.sections[0][0]] + outputs[: i + 1]]  # stem, section1 … section i
   head = heads[f"exit{i + 1}"]
   return sum(l.params for l in prefix) + head.params, sum(l.macs for l in prefix) + head.macs
 
 
 def byot_stage(ctx):
   cfg, student = ctx.config.byot, ctx.student
-  check(len(student.sections) >= 2,
-        f"method='byot' puts an exit after each section of the student, but student.model={student.name!r} has no "
-        "named sections; use a ResNet (e.g. resnet18, resnet32, digits_resnet18, digits_resnet10).")
+  check(
+    len(student.sections) >= 2,
+    f"method='byot' puts an exit after each section of the student, but student.model={student.name!r} has no "
+    "named sections; use a ResNet (e.g. resnet18, resnet32, digits_resnet18, digits_resnet10).",
+  )
   check(0.0 <= cfg.alpha <= 1.0, f"byot.alpha={cfg.alpha!r} must be in [0, 1].")
   check(cfg.temperature > 0, f"byot.temperature={cfg.temperature!r} must be > 0.")
   one_of("byot.feature", cfg.feature, FEATURE_TERMS)
@@ -82,13 +102,16 @@ def byot_stage(ctx):
   def init(rng, carry):
     params, stats = fresh_or_carried(student, rng, carry)
     fresh = {name: head.init(jax.random.fold_in(rng, i + 1)) for i, (name, head) in enumerate(heads.items())}
-    return ({"student": params, **{n: p for n, (p, _) in fresh.items()}},
-            {"student": stats, **{n: s for n, (_, s) in fresh.items()}})
+    return (
+      {"student": params, **{n: p for n, (p, _) in fresh.items()}},
+      {"student": stats, **{n: s for n, (_, s) in fresh.items()}},
+    )
 
   def exits(params, batch_stats, x, train, rng=None):
     """([logits per exit, shallow → deep], [pooled feature per exit], batch_stats after the call)."""
-    logits, feats, stats = forward(student, params["student"], batch_stats["student"], x, train, rng,
-                                   capture=tuple(outputs))
+    logits, feats, stats = forward(
+      student, params["student"], batch_stats["student"], x, train, rng, capture=tuple(outputs)
+    )
     all_logits, all_features, new_stats = [], [], {"student": stats}
     for name, output in zip(heads, outputs):
       (z, f), _, new_stats[name] = forward(heads[name], params[name], batch_stats[name], feats[output], train)
@@ -99,8 +122,9 @@ def byot_stage(ctx):
   def loss(params, batch_stats, teacher, batch, rng, step):
     y = batch["label"]
     all_logits, all_features, stats = exits(params, batch_stats, batch["image"], True, rng)
-    total, parts = losses.self_distillation_loss(all_logits, all_features, y, cfg.alpha, cfg.temperature,
-                                                 cfg.feature_weight, cfg.feature)
+    total, parts = losses.self_distillation_loss(
+      all_logits, all_features, y, cfg.alpha, cfg.temperature, cfg.feature_weight, cfg.feature
+    )
     parts.update({f"exit{i + 1}_accuracy": losses.accuracy(z, y) for i, z in enumerate(all_logits)})
     parts["accuracy"] = parts[f"exit{len(all_logits)}_accuracy"]
     return total, (parts, stats)
@@ -109,20 +133,42 @@ def byot_stage(ctx):
     all_logits, _, _ = exits(state_vars["params"], state_vars["batch_stats"], images, False)
     values = {f"exit{i + 1}_accuracy": jnp.argmax(z, -1) == labels for i, z in enumerate(all_logits)}
     ensemble = jnp.mean(jnp.stack([z.astype(jnp.float32) for z in all_logits]), axis=0)
-    return {"accuracy": values[f"exit{len(all_logits)}_accuracy"], **values,
-            "ensemble_accuracy": jnp.argmax(ensemble, -1) == labels}
+    return {
+      "accuracy": values[f"exit{len(all_logits)}_accuracy"],
+      **values,
+      "ensemble_accuracy": jnp.argmax(ensemble, -1) == labels,
+    }
 
   def summarize(test):
     rows = []
     for i, output in enumerate(outputs):
       params, macs = cost_to_exit(student, heads, outputs, i)
-      rows.append({"exit": f"exit{i + 1}", "after": output, "params": params, "macs": macs,
-                   "test_accuracy": test.get(f"exit{i + 1}_accuracy")})
+      rows.append(
+        {
+          "exit": f"exit{i + 1}",
+          "after": output,
+          "params": params,
+          "macs": macs,
+          "test_accuracy": test.get(f"exit{i + 1}_accuracy"),
+        }
+      )
     return {"exits": rows, "ensemble_accuracy": test.get("ensemble_accuracy")}
 
-  return Stage("byot", "student", num_steps, ctx.optimizer("student", num_steps), init, loss,
-               evaluation=evaluation, summarize=summarize)
+  return Stage(
+    name="byot",
+    trains="student",
+    num_steps=num_steps,
+    tx=ctx.optimizer("student", num_steps),
+    init=init,
+    loss=loss,
+    evaluation=evaluation,
+    summarize=summarize,
+  )
 
 
-def stages(ctx):
-  return [byot_stage(ctx)]
+def report_heads(student, num_classes):
+  """The exit heads the layers report lists (none for a student without sections: setup refuses it)."""
+  return exit_heads(student, num_classes) if len(student.sections) > 1 else {}
+
+
+METHOD = Method(name="byot", stages=lambda ctx: [byot_stage(ctx)], defaults=defaults, extra_networks=report_heads)

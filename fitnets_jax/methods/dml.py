@@ -23,20 +23,35 @@ import optax
 
 from fitnets_jax import losses, optim
 from fitnets_jax.errors import check, one_of
-from fitnets_jax.methods.base import Stage, build_network, forward, network_entry, predict, variables
+from fitnets_jax.methods.base import Method, Stage, Update, build_network, forward, network_entry, predict, variables
 
-USES_TEACHER = False
 ORDERS = ("alternating", "simultaneous")
 COHORT_KEYS = ("model", "dropout", "optimizer")
+
+
+def defaults():
+  return {
+    # The cohort: a list of K ≥ 2 dicts {model, dropout, optimizer}; each network trains for
+    # stages.student's length with its own optimizer (stages.student.optimizer with `optimizer` overrides).
+    "cohort": [],
+    "dml": ml_collections.ConfigDict(
+      dict(
+        temperature=1.0,  # τ of the peers' KL terms (the paper: 1)
+        order="alternating",  # alternating: update net 1, recompute, update net 2, … | simultaneous
+      )
+    ),
+  }
 
 
 def cohort(config):
   """[(name, config key, {model, dropout}, stage config)] of the cohort's networks net1…netK."""
   entries = list(config.cohort)
-  check(len(entries) >= 2,
-        f"method='dml' trains a cohort of K ≥ 2 networks, but config.cohort lists {len(entries)}; give at least "
-        f"two dicts with keys {', '.join(COHORT_KEYS)} (model required), e.g. "
-        "[{'model': 'resnet32'}, {'model': 'resnet32'}].")
+  check(
+    len(entries) >= 2,
+    f"method='dml' trains a cohort of K ≥ 2 networks, but config.cohort lists {len(entries)}; give at least "
+    f"two dicts with keys {', '.join(COHORT_KEYS)} (model required), e.g. "
+    "[{'model': 'resnet32'}, {'model': 'resnet32'}].",
+  )
   specs = []
   for i, entry in enumerate(entries):
     entry, stage = network_entry(entry, f"cohort[{i}]", COHORT_KEYS, config.stages.student)
@@ -59,8 +74,10 @@ def dml_stage(ctx):
   build = lambda key, net_cfg: build_network(key, net_cfg, ctx.num_classes, ctx.student.input_shape, ctx.student.dtype)
   nets = {name: ctx.student if i == 0 else build(key, net_cfg) for i, (name, key, net_cfg, _) in enumerate(specs)}
   num_steps = ctx.steps("student")
-  txs = {name: optim.optimizer(stage.optimizer, num_steps, ctx.steps_per_epoch, f"{key}.optimizer")
-         for name, key, _, stage in specs}
+  txs = {
+    name: optim.optimizer(stage.optimizer, num_steps, ctx.steps_per_epoch, f"{key}.optimizer")
+    for name, key, _, stage in specs
+  }
   alternating = cfg.order == "alternating"
 
   def init(rng, carry):
@@ -87,33 +104,45 @@ def dml_stage(ctx):
       (loss, (parts, stats, logits)), grads[name] = jax.value_and_grad(loss_fn, has_aux=True)(params[name])
       updates, opt_state[name] = txs[name].update(grads[name], opt_state[name], params[name])
       params[name], batch_stats[name] = optax.apply_updates(params[name], updates), stats
-      if alternating and name != names[-1]:   # the next networks learn from the updated predictions
+      if alternating and name != names[-1]:  # the next networks learn from the updated predictions
         logits = run(name, params[name], batch_stats[name], x, rng)[0]
       targets[name] = logits
       total = total + loss
       scalars.update({f"{name}_{k}": v for k, v in parts.items()})
       scalars[f"{name}_accuracy"] = losses.accuracy(logits, y)
     scalars["accuracy"] = scalars[f"{names[0]}_accuracy"]
-    return params, batch_stats, opt_state, total, scalars, grads
+    return Update(params, batch_stats, opt_state, total, scalars, grads)
 
   def evaluation(state_vars, images, labels):
-    logits = [predict(nets[n], variables(state_vars["params"][n], state_vars["batch_stats"][n]), images)
-              for n in names]
+    logits = [predict(nets[n], variables(state_vars["params"][n], state_vars["batch_stats"][n]), images) for n in names]
     predictions = [jnp.argmax(z, -1) for z in logits]
     values = {f"{n}_accuracy": p == labels for n, p in zip(names, predictions)}
     ensemble = jnp.mean(jnp.stack([jax.nn.softmax(z.astype(jnp.float32)) for z in logits]), axis=0)
     pairs = list(itertools.combinations(predictions, 2))
-    return {"accuracy": values[f"{names[0]}_accuracy"], **values,
-            "ensemble_accuracy": jnp.argmax(ensemble, -1) == labels,
-            "agreement": sum((a == b).astype(jnp.float32) for a, b in pairs) / len(pairs)}
+    return {
+      "accuracy": values[f"{names[0]}_accuracy"],
+      **values,
+      "ensemble_accuracy": jnp.argmax(ensemble, -1) == labels,
+      "agreement": sum((a == b).astype(jnp.float32) for a, b in pairs) / len(pairs),
+    }
 
   def summarize(test):
-    return {"cohort": [{"role": n, **nets[n].describe(), "test_accuracy": test.get(f"{n}_accuracy")} for n in names],
-            "ensemble_accuracy": test.get("ensemble_accuracy"), "agreement": test.get("agreement")}
+    return {
+      "cohort": [{"role": n, **nets[n].describe(), "test_accuracy": test.get(f"{n}_accuracy")} for n in names],
+      "ensemble_accuracy": test.get("ensemble_accuracy"),
+      "agreement": test.get("agreement"),
+    }
 
-  return Stage("dml", names[0], num_steps, optim.per_network(txs), init, None,
-               update=update, evaluation=evaluation, summarize=summarize)
+  return Stage(
+    name="dml",
+    trains=names[0],
+    num_steps=num_steps,
+    tx=optim.per_network(txs),
+    init=init,
+    update=update,
+    evaluation=evaluation,
+    summarize=summarize,
+  )
 
 
-def stages(ctx):
-  return [dml_stage(ctx)]
+METHOD = Method(name="dml", stages=lambda ctx: [dml_stage(ctx)], networks=networks, defaults=defaults)

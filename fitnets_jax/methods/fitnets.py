@@ -13,12 +13,30 @@ hint stages' weights (`fitnets_jax.methods.kd`).
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from fitnets_jax import features, hints
 from fitnets_jax.methods import kd
-from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, hint_captures, teacher_features
+from fitnets_jax.methods.base import Method, Stage, forward, fresh_or_carried, hint_captures, teacher_features
 
-USES_TEACHER = True
+
+def defaults():
+  """The hint pairs (`hint`, or the list `hints`), read by every method that uses hints or attention."""
+  return {
+    "hint": ml_collections.ConfigDict(
+      dict(
+        teacher_layer="conv2",  # hint layer (python -m fitnets_jax.layers lists them)
+        student_layer="conv5",  # guided layer
+        kind="regression",  # regression: FitNets' regressor + L2 | attention: attention transfer
+        weight=1.0,  # this pair's weight in the loss
+        regressor_init=0.05,  # U(±r) initialisation of the regressor; 0: lecun normal
+        order="progressive",  # several pairs (`hints`): progressive (one phase per pair) | joint
+      )
+    ),
+    # Several hint pairs: a list of dicts with teacher_layer, student_layer and optionally kind,
+    # weight and teacher (index into `teachers`); empty: the one pair in `hint`.
+    "hints": [],
+  }
 
 
 def hint_stage(ctx, name, pairs):
@@ -32,22 +50,27 @@ def hint_stage(ctx, name, pairs):
 
   def init(rng, carry):
     params, stats = fresh_or_carried(student, rng, carry)
-    regressors = {f"regressor{i}": p.regressor.init(jax.random.fold_in(rng, i + 1),
-                                                     jnp.zeros((1,) + p.guided.shape))["params"]
-                  for i, p in enumerate(pairs) if p.regressor is not None}
+    regressors = {
+      f"regressor{i}": p.regressor.init(jax.random.fold_in(rng, i + 1), jnp.zeros((1,) + p.guided.shape))["params"]
+      for i, p in enumerate(pairs)
+      if p.regressor is not None
+    }
     return {"student": params, **regressors}, {"student": stats}
 
   def labels(params):
-    return {k: features.prefix_labels(v, trained) if k == "student" else jax.tree.map(lambda _: "train", v)
-            for k, v in params.items()}
+    return {
+      k: features.prefix_labels(v, trained) if k == "student" else jax.tree.map(lambda _: "train", v)
+      for k, v in params.items()
+    }
 
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
     x = batch["image"]
-    _, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng,
-                                capture=guided_names)
+    _, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng, capture=guided_names)
     t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
-    terms = [hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name],
-                             params.get(f"regressor{i}"), beta) for i, p in enumerate(pairs)]
+    terms = [
+      hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], params.get(f"regressor{i}"), beta)
+      for i, p in enumerate(pairs)
+    ]
     value = sum(terms)
     scalars = {"hint": value}
     if len(pairs) > 1:
@@ -55,8 +78,18 @@ def hint_stage(ctx, name, pairs):
     stats = features.merge_prefix(stats, batch_stats["student"], trained)
     return value, (scalars, {"student": stats})
 
-  return Stage(name, "student", num_steps, ctx.optimizer("hint", num_steps), init, loss, labels,
-               uses_teacher=True, evaluate=False, teacher_layers=by_teacher)
+  return Stage(
+    name=name,
+    trains="student",
+    num_steps=num_steps,
+    tx=ctx.optimizer("hint", num_steps),
+    init=init,
+    loss=loss,
+    labels=labels,
+    uses_teacher=True,
+    evaluate=False,
+    teacher_layers=by_teacher,
+  )
 
 
 def hint_stages(ctx):
@@ -68,5 +101,10 @@ def hint_stages(ctx):
   return [hint_stage(ctx, f"hint{i + 1}", [p]) for i, p in enumerate(pairs)]
 
 
-def stages(ctx):
-  return hint_stages(ctx) + [kd.kd_stage(ctx)]
+METHOD = Method(
+  name="fitnets",
+  stages=lambda ctx: hint_stages(ctx) + [kd.kd_stage(ctx)],
+  teachers="one",
+  defaults=defaults,
+  uses_hint_pairs=lambda config: True,
+)

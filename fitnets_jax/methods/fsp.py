@@ -9,37 +9,57 @@ Stage `ce`: the whole student trains on cross-entropy from the stage-1 weights �
 loss with `fsp.kd=True` (stage `kd`).
 """
 
+import ml_collections
+
 from fitnets_jax import features, losses
 from fitnets_jax.errors import check
 from fitnets_jax.methods import kd
-from fitnets_jax.methods.base import Stage, forward, fresh_or_carried, supervised_stage, teacher_features
+from fitnets_jax.methods.base import Method, Stage, forward, network_init, supervised_stage, teacher_features
 
-USES_TEACHER = True
+
+def defaults():
+  return {
+    "fsp": ml_collections.ConfigDict(
+      dict(
+        weight=1.0,  # λ_i, equal for every section (Yim et al.)
+        kd=False,  # stage 2: the KD loss (kd.*) instead of plain cross-entropy
+      )
+    )
+  }
 
 
 def section_points(net, role):
   """[(input Layer, output Layer)] of every section of `net`."""
-  check(net.sections, f"{role}.model={net.name!r} has no sections; FSP compares section inputs and outputs, "
-                      "so use a model with named sections (resnetD, resnetDxW, wrn_D_K, digits_resnetD).")
+  check(
+    net.sections,
+    f"{role}.model={net.name!r} has no sections; FSP compares section inputs and outputs, "
+    "so use a model with named sections (resnetD, resnetDxW, wrn_D_K, digits_resnetD).",
+  )
   by_name = {l.name: l for l in net.layers}
   return [(by_name[a], by_name[b]) for a, b in net.sections]
 
 
 def check_pairable(teacher_points, student_points, teacher, student):
-  check(len(teacher_points) == len(student_points),
-        f"FSP pairs sections one to one, but teacher.model={teacher.name!r} has {len(teacher_points)} sections and "
-        f"student.model={student.name!r} has {len(student_points)}.")
+  check(
+    len(teacher_points) == len(student_points),
+    f"FSP pairs sections one to one, but teacher.model={teacher.name!r} has {len(teacher_points)} sections and "
+    f"student.model={student.name!r} has {len(student_points)}.",
+  )
   for i, ((t_in, t_out), (s_in, s_out)) in enumerate(zip(teacher_points, student_points), start=1):
     t_shape, s_shape = (t_in.shape[-1], t_out.shape[-1]), (s_in.shape[-1], s_out.shape[-1])
-    check(t_shape == s_shape,
-          f"FSP section {i} ({s_in.name} → {s_out.name}) gives {s_shape[0]}×{s_shape[1]} matrices in the student "
-          f"but {t_shape[0]}×{t_shape[1]} in the teacher ({t_in.name} → {t_out.name}); FSP needs equal channel "
-          "counts at each section's input and output. Use models of the same width (e.g. resnet26 → resnet8).")
+    check(
+      t_shape == s_shape,
+      f"FSP section {i} ({s_in.name} → {s_out.name}) gives {s_shape[0]}×{s_shape[1]} matrices in the student "
+      f"but {t_shape[0]}×{t_shape[1]} in the teacher ({t_in.name} → {t_out.name}); FSP needs equal channel "
+      "counts at each section's input and output. Use models of the same width (e.g. resnet26 → resnet8).",
+    )
     for a, b in ((t_in, t_out), (s_in, s_out)):
       big, small = (a, b) if a.shape[0] >= b.shape[0] else (b, a)
-      check(big.shape[0] % small.shape[0] == 0 and big.shape[1] % small.shape[1] == 0,
-            f"FSP section {i}: {big.name!r} ({big.shape[0]}×{big.shape[1]}) cannot be max-pooled onto "
-            f"{small.name!r} ({small.shape[0]}×{small.shape[1]}); the sizes must divide.")
+      check(
+        big.shape[0] % small.shape[0] == 0 and big.shape[1] % small.shape[1] == 0,
+        f"FSP section {i}: {big.name!r} ({big.shape[0]}×{big.shape[1]}) cannot be max-pooled onto "
+        f"{small.name!r} ({small.shape[0]}×{small.shape[1]}); the sizes must divide.",
+      )
 
 
 def fsp_stage(ctx):
@@ -52,10 +72,6 @@ def fsp_stage(ctx):
   t_names = tuple(dict.fromkeys(l.name for point in t_points for l in point))
   trained = features.prefix_paths(student.layers, s_points[-1][1].name)
   num_steps = ctx.steps("hint")
-
-  def init(rng, carry):
-    params, stats = fresh_or_carried(student, rng, carry)
-    return {"student": params}, {"student": stats}
 
   def labels(params):
     return {"student": features.prefix_labels(params["student"], trained)}
@@ -70,10 +86,29 @@ def fsp_stage(ctx):
     stats = features.merge_prefix(stats, batch_stats["student"], trained)
     return value, ({"fsp": value}, {"student": stats})
 
-  return Stage("fsp", "student", num_steps, ctx.optimizer("hint", num_steps), init, loss, labels,
-               uses_teacher=True, evaluate=False, teacher_layers={"teacher": t_names})
+  return Stage(
+    name="fsp",
+    trains="student",
+    num_steps=num_steps,
+    tx=ctx.optimizer("hint", num_steps),
+    init=network_init(student, "student"),
+    loss=loss,
+    labels=labels,
+    uses_teacher=True,
+    evaluate=False,
+    teacher_layers={"teacher": t_names},
+  )
 
 
 def stages(ctx):
   second = kd.kd_stage(ctx) if ctx.config.fsp.kd else supervised_stage(ctx, "ce", ctx.student, "student", "student")
   return [fsp_stage(ctx), second]
+
+
+METHOD = Method(
+  name="fsp",
+  stages=stages,
+  teachers="one",
+  defaults=defaults,
+  uses_hint_pairs=lambda config: bool(config.fsp.kd and config.kd.attention),
+)

@@ -1,4 +1,4 @@
-"""`multi_teacher`: KD from several teachers (SPEC §4).
+"""`multi_teacher`: KD from several teachers (docs/methods.md, *Multi-teacher KD*).
 
 The soft target is the μ-weighted average of the teachers' softened outputs,
 q^τ = Σ_i μ_i·p_i^τ / Σ_i μ_i, used in the configured KD loss (`kd.loss`, λ schedule, τ). Teachers
@@ -11,14 +11,29 @@ first; each hint pair names its teacher by index (`teacher` in a `hints` entry, 
 do the attention pairs of `kd.attention`.
 """
 
+import ml_collections
 import numpy as np
 
 from fitnets_jax.errors import check, one_of
 from fitnets_jax.methods import fitnets, kd
+from fitnets_jax.methods.base import Method
 
-USES_TEACHER = True
-USES_TEACHER_LIST = True
 WEIGHTS = ("uniform", "explicit", "accuracy")
+
+
+def defaults():
+  return {
+    # A list of dicts, each {model, checkpoint, dropout, epochs, steps, optimizer}; the training recipe
+    # defaults to stages.teacher (optimizer: overrides of its keys).
+    "teachers": [],
+    "multi_teacher": ml_collections.ConfigDict(
+      dict(
+        weights="uniform",  # uniform | explicit (mu) | accuracy (validation accuracy, normalised)
+        mu=[],  # explicit: one weight ≥ 0 per teacher, not all zero
+        hint_stage=False,  # run the FitNets hint stage(s) first (pairs name their teacher)
+      )
+    ),
+  }
 
 
 def check_weights(config, num_teachers):
@@ -28,12 +43,16 @@ def check_weights(config, num_teachers):
   if cfg.weights == "explicit":
     mu = list(cfg.mu)
     check(len(mu) == num_teachers, f"multi_teacher.mu={mu} must hold one weight per teacher ({num_teachers}).")
-    check(all(isinstance(m, (int, float)) and m >= 0 for m in mu) and sum(mu) > 0,
-          f"multi_teacher.mu={mu}: weights must be ≥ 0 and not all zero (they are normalised to sum to 1).")
+    check(
+      all(isinstance(m, (int, float)) and m >= 0 for m in mu) and sum(mu) > 0,
+      f"multi_teacher.mu={mu}: weights must be ≥ 0 and not all zero (they are normalised to sum to 1).",
+    )
   if cfg.weights == "accuracy":
-    check(config.dataset.validation_examples > 0,
-          "multi_teacher.weights='accuracy' weighs teachers by their validation accuracy, which needs a validation "
-          "split held out of training: set dataset.validation_examples (e.g. 200).")
+    check(
+      config.dataset.validation_examples > 0,
+      "multi_teacher.weights='accuracy' weighs teachers by their validation accuracy, which needs a validation "
+      "split held out of training: set dataset.validation_examples (e.g. 200).",
+    )
 
 
 def teacher_weights(config, roles, validation_accuracy):
@@ -47,8 +66,11 @@ def teacher_weights(config, roles, validation_accuracy):
   else:
     accuracies = {r: validation_accuracy(r) for r in roles}
     mu = np.asarray([accuracies[r] for r in roles], np.float64)
-    check(mu.sum() > 0, f"multi_teacher.weights='accuracy': every teacher scored 0 on the validation split "
-                        f"({accuracies}); train them longer or use weights='uniform'.")
+    check(
+      mu.sum() > 0,
+      f"multi_teacher.weights='accuracy': every teacher scored 0 on the validation split "
+      f"({accuracies}); train them longer or use weights='uniform'.",
+    )
   return (mu / mu.sum()).tolist(), accuracies
 
 
@@ -56,3 +78,13 @@ def stages(ctx):
   check_weights(ctx.config, len(ctx.teachers))
   hint_stages = fitnets.hint_stages(ctx) if ctx.config.multi_teacher.hint_stage else []
   return hint_stages + [kd.kd_stage(ctx)]
+
+
+METHOD = Method(
+  name="multi_teacher",
+  stages=stages,
+  teachers="list",
+  teacher_weights=teacher_weights,
+  defaults=defaults,
+  uses_hint_pairs=lambda config: bool(config.multi_teacher.hint_stage or config.kd.attention),
+)

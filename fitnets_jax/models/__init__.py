@@ -32,8 +32,7 @@ def _plain(channels, pool_after=(), global_pool_last=False, pieces=2):
   specs = []
   for i, c in enumerate(channels, start=1):
     last = i == len(channels)
-    specs.append(ConvSpec(c, pieces, 3, 1, pool=2 if i in pool_after else 0,
-                          global_pool=global_pool_last and last))
+    specs.append(ConvSpec(c, pieces, 3, 1, pool=2 if i in pool_after else 0, global_pool=global_pool_last and last))
   return tuple(specs)
 
 
@@ -47,40 +46,49 @@ def _fitnet(blocks):
 
 
 _FITNET_BLOCKS = {
-    "fitnet1": ((16, 16, 16), (32, 32, 32), (48, 48, 64)),
-    "fitnet2": ((16, 32, 32), (48, 64, 80), (96, 96, 128)),
-    "fitnet3": ((32, 48, 64, 64), (80,) * 4, (128,) * 3),
-    "fitnet4": ((32, 32, 32, 48, 48), (80,) * 6, (128,) * 6),
+  "fitnet1": ((16, 16, 16), (32, 32, 32), (48, 48, 64)),
+  "fitnet2": ((16, 32, 32), (48, 64, 80), (96, 96, 128)),
+  "fitnet3": ((32, 48, 64, 64), (80,) * 4, (128,) * 3),
+  "fitnet4": ((32, 32, 32, 48, 48), (80,) * 6, (128,) * 6),
 }
 
 _SPECS = {
-    "maxout_cifar_teacher": dict(
-        convs=(ConvSpec(96, 2, 8, 4, 4, 2), ConvSpec(192, 2, 8, 3, 4, 2), ConvSpec(192, 2, 5, 3, 2, 2)),
-        dense_units=500, dense_pieces=5, init_range=PAPER_INIT),
-    **{name: dict(convs=_fitnet(blocks), dense_units=500, dense_pieces=5, init_range=PAPER_INIT)
-       for name, blocks in _FITNET_BLOCKS.items()},
-    "maxout_mnist_teacher": dict(
-        convs=(ConvSpec(48, 2, 8, 0, 4, 2), ConvSpec(48, 2, 8, 3, 4, 2), ConvSpec(24, 4, 5, 3, 2, 2)),
-        init_range=PAPER_INIT),
-    "fitnet_mnist": dict(convs=_plain((16, 16, 16, 16, 12, 12), pool_after=(2, 4)), init_range=PAPER_INIT),
-    "maxout_svhn_teacher": dict(
-        convs=(ConvSpec(64, 2, 8, 4, 4, 2), ConvSpec(128, 2, 8, 3, 4, 2), ConvSpec(128, 2, 5, 3, 2, 2)),
-        dense_units=200, dense_pieces=5, init_range=PAPER_INIT),
-    "fitnet_svhn": dict(convs=_fitnet(_FITNET_BLOCKS["fitnet3"]), dense_units=500, dense_pieces=5,
-                        init_range=PAPER_INIT),
-    "digits_teacher": dict(
-        convs=_plain((32, 64, 64), pool_after=(2, 3)), dense_units=128, dense_pieces=2, batch_norm=True),
-    # Thin and deep, no batch norm: the regime FitNets addresses (plain backprop struggles there).
-    "digits_student": dict(
-        convs=_plain((6,) * 5 + (12,) * 5, pool_after=(5, 10)), dense_units=32, dense_pieces=2),
-    "digits_student_bn": dict(
-        convs=_plain((8, 8, 16, 16, 16, 16), pool_after=(3, 6)), dense_units=32, dense_pieces=2,
-        batch_norm=True),
+  "maxout_cifar_teacher": dict(
+    convs=(ConvSpec(96, 2, 8, 4, 4, 2), ConvSpec(192, 2, 8, 3, 4, 2), ConvSpec(192, 2, 5, 3, 2, 2)),
+    dense_units=500,
+    dense_pieces=5,
+    init_range=PAPER_INIT,
+  ),
+  **{
+    name: dict(convs=_fitnet(blocks), dense_units=500, dense_pieces=5, init_range=PAPER_INIT)
+    for name, blocks in _FITNET_BLOCKS.items()
+  },
+  "maxout_mnist_teacher": dict(
+    convs=(ConvSpec(48, 2, 8, 0, 4, 2), ConvSpec(48, 2, 8, 3, 4, 2), ConvSpec(24, 4, 5, 3, 2, 2)), init_range=PAPER_INIT
+  ),
+  "fitnet_mnist": dict(convs=_plain((16, 16, 16, 16, 12, 12), pool_after=(2, 4)), init_range=PAPER_INIT),
+  "maxout_svhn_teacher": dict(
+    convs=(ConvSpec(64, 2, 8, 4, 4, 2), ConvSpec(128, 2, 8, 3, 4, 2), ConvSpec(128, 2, 5, 3, 2, 2)),
+    dense_units=200,
+    dense_pieces=5,
+    init_range=PAPER_INIT,
+  ),
+  "fitnet_svhn": dict(convs=_fitnet(_FITNET_BLOCKS["fitnet3"]), dense_units=500, dense_pieces=5, init_range=PAPER_INIT),
+  "digits_teacher": dict(
+    convs=_plain((32, 64, 64), pool_after=(2, 3)), dense_units=128, dense_pieces=2, batch_norm=True
+  ),
+  # Thin and deep, no batch norm: the regime FitNets addresses (plain backprop struggles there).
+  "digits_student": dict(convs=_plain((6,) * 5 + (12,) * 5, pool_after=(5, 10)), dense_units=32, dense_pieces=2),
+  "digits_student_bn": dict(
+    convs=_plain((8, 8, 16, 16, 16, 16), pool_after=(3, 6)), dense_units=32, dense_pieces=2, batch_norm=True
+  ),
 }
 
 MODEL_NAMES = tuple(_SPECS)
-FAMILIES = ("resnetD or resnetDxW (D = 6n+2, e.g. resnet8, resnet26, resnet32x4), resnet10/18/34 (four sections), "
-            "wrn_D_K (D = 6n+4, e.g. wrn_16_2), digits_resnetD")
+FAMILIES = (
+  "resnetD or resnetDxW (D = 6n+2, e.g. resnet8, resnet26, resnet32x4), resnet10/18/34 (four sections), "
+  "wrn_D_K (D = 6n+4, e.g. wrn_16_2), digits_resnetD"
+)
 
 
 def _resnet(name, num_classes, dropout, key):
@@ -95,12 +103,16 @@ def _resnet(name, num_classes, dropout, key):
     return wide_resnet(int(wrn_depth), int(k), num_classes, dropout)
   four_section = int(depth) in FOUR_SECTION_BLOCKS and width is None
   if not four_section and ((int(depth) - 2) % 6 or int(depth) < 8 or (width is not None and int(width) < 1)):
-    raise FitnetsError(f"{key}={name!r}: a CIFAR ResNet needs depth 6n+2 ≥ 8 (8, 14, 20, 26, 32, 56, 110) "
-                       "and a width multiplier ≥ 1 (e.g. resnet32x4), or depth 10, 18 or 34 for the four-section "
-                       "ResNet.")
+    raise FitnetsError(
+      f"{key}={name!r}: a CIFAR ResNet needs depth 6n+2 ≥ 8 (8, 14, 20, 26, 32, 56, 110) "
+      "and a width multiplier ≥ 1 (e.g. resnet32x4), or depth 10, 18 or 34 for the four-section "
+      "ResNet."
+    )
   if dropout:
-    raise FitnetsError(f"{key.rsplit('.', 1)[0]}.dropout={dropout!r}: {name} has no dropout (as in He et al.); "
-                       "use 0, or a wide ResNet (wrn_D_K), whose blocks take dropout.")
+    raise FitnetsError(
+      f"{key.rsplit('.', 1)[0]}.dropout={dropout!r}: {name} has no dropout (as in He et al.); "
+      "use 0, or a wide ResNet (wrn_D_K), whose blocks take dropout."
+    )
   if four_section:
     return four_section_resnet(int(depth), num_classes, base=8 if digits else 64)
   return resnet(int(depth), num_classes, int(width or 1), base=8 if digits else 16)
@@ -119,6 +131,5 @@ def get_model(name, num_classes, dropout=0.0, key="model"):
   if model is not None:
     return model
   if name not in _SPECS:
-    raise FitnetsError(f"{key}={name!r} is not a known model; choose one of: {', '.join(MODEL_NAMES)}, "
-                       f"or {FAMILIES}.")
+    raise FitnetsError(f"{key}={name!r} is not a known model; choose one of: {', '.join(MODEL_NAMES)}, or {FAMILIES}.")
   return MaxoutNet(num_classes=num_classes, dropout=dropout, **_SPECS[name])

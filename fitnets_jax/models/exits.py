@@ -20,8 +20,9 @@ class SeparableBlock(nn.Module):
   def __call__(self, x, train=False):
     bn = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
     channels = x.shape[-1]
-    depthwise = lambda stride, name: nn.Conv(channels, (3, 3), (stride, stride), padding=[(1, 1)] * 2,
-                                             feature_group_count=channels, use_bias=False, name=name)
+    depthwise = lambda stride, name: nn.Conv(
+      channels, (3, 3), (stride, stride), padding=[(1, 1)] * 2, feature_group_count=channels, use_bias=False, name=name
+    )
     pointwise = lambda features, name: nn.Conv(features, (1, 1), use_bias=False, name=name)
     x = jax.nn.relu(bn("bn1")(pointwise(channels, "pointwise1")(depthwise(self.stride, "depthwise1")(x))))
     return jax.nn.relu(bn("bn2")(pointwise(self.features, "pointwise2")(depthwise(1, "depthwise2")(x))))
@@ -32,6 +33,7 @@ class ExitHead(nn.Module):
 
   Returns (logits, feature): the feature is the pooled bottleneck output, compared with the
   deepest section's pooled output in BYOT's feature term."""
+
   blocks: tuple
   num_classes: int
 

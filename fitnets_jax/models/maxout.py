@@ -3,7 +3,7 @@
 Every layer is named (`conv1` … `convN`, `fc`, `logits`) so a config can point at it. As in
 pylearn2's MaxoutConvC01B, a conv layer's output (what a hint captures) is taken *after* its
 maxout and its pooling. Pooling uses cuda-convnet's rule, out = ceil((n − size)/stride) + 1,
-which reproduces the paper's 725M multiplications for the CIFAR-10 teacher (SPEC §2).
+which reproduces the paper's 725M multiplications for the CIFAR-10 teacher (Romero et al. 2015, Table 5).
 """
 
 import dataclasses
@@ -49,8 +49,14 @@ def max_pool_ceil(x, size, stride):
     return nn.max_pool(x, (size, size), strides=(stride, stride), padding=pads)
   x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
   rows, cols = ((n - size) // stride + 1 for n in x.shape[1:3])
-  return functools.reduce(jnp.maximum, [x[:, i:i + (rows - 1) * stride + 1:stride, j:j + (cols - 1) * stride + 1:stride]
-                                        for i in range(size) for j in range(size)])
+  return functools.reduce(
+    jnp.maximum,
+    [
+      x[:, i : i + (rows - 1) * stride + 1 : stride, j : j + (cols - 1) * stride + 1 : stride]
+      for i in range(size)
+      for j in range(size)
+    ],
+  )
 
 
 def kernel_init(init_range):
@@ -67,17 +73,19 @@ def kernel_init(init_range):
 @dataclasses.dataclass(frozen=True)
 class ConvSpec:
   """One maxout conv layer: channels, pieces, square kernel, zero padding, then pooling."""
+
   features: int
   pieces: int = 2
   kernel: int = 3
   padding: int = 1
-  pool: int = 0             # 0: no pooling
-  pool_stride: int = 0      # 0: same as pool
+  pool: int = 0  # 0: no pooling
+  pool_stride: int = 0  # 0: same as pool
   global_pool: bool = False  # max over the whole remaining map (FitNets' final 8×8 pool)
 
 
 class MaxoutConv(nn.Module):
   """conv → (batch norm) → maxout → (max pool). Captured output: after the pooling."""
+
   spec: ConvSpec
   batch_norm: bool = False
   init_range: float = 0.0
@@ -97,8 +105,14 @@ class MaxoutConv(nn.Module):
       # barrier keeps XLA from folding the padding back into the convolution. Same values.
       x = jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), *padding, (0, 0))))
       padding = "VALID"
-    x = nn.Conv(s.features * s.pieces, (s.kernel, s.kernel), padding=padding,
-                use_bias=not self.batch_norm, kernel_init=kernel_init(self.init_range), name="conv")(x)
+    x = nn.Conv(
+      s.features * s.pieces,
+      (s.kernel, s.kernel),
+      padding=padding,
+      use_bias=not self.batch_norm,
+      kernel_init=kernel_init(self.init_range),
+      name="conv",
+    )(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x)
     x = maxout(x, s.pieces)
@@ -111,6 +125,7 @@ class MaxoutConv(nn.Module):
 
 class MaxoutDense(nn.Module):
   """Dense → (batch norm) → maxout."""
+
   units: int
   pieces: int
   batch_norm: bool = False
@@ -119,8 +134,9 @@ class MaxoutDense(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    x = nn.Dense(self.units * self.pieces, use_bias=not self.batch_norm,
-                 kernel_init=kernel_init(self.init_range), name="dense")(x)
+    x = nn.Dense(
+      self.units * self.pieces, use_bias=not self.batch_norm, kernel_init=kernel_init(self.init_range), name="dense"
+    )(x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x)
     return maxout(x, self.pieces)
@@ -131,6 +147,7 @@ class MaxoutNet(nn.Module):
 
   Dropout (rate `dropout`, only when > 0) is applied before `fc` and before `logits`.
   """
+
   convs: tuple
   num_classes: int
   dense_units: int = 0

@@ -15,15 +15,14 @@ from fitnets_jax.models.maxout import kernel_init, maxout
 class Regressor(nn.Module):
   features: int
   kernel: tuple
-  nonlinearity: str = "linear"   # maxout | relu | linear
+  nonlinearity: str = "linear"  # maxout | relu | linear
   pieces: int = 1
   init_range: float = 0.05
 
   @nn.compact
   def __call__(self, x):
     width = self.features * (self.pieces if self.nonlinearity == "maxout" else 1)
-    x = nn.Conv(width, tuple(self.kernel), padding="VALID", kernel_init=kernel_init(self.init_range),
-                name="conv")(x)
+    x = nn.Conv(width, tuple(self.kernel), padding="VALID", kernel_init=kernel_init(self.init_range), name="conv")(x)
     if self.nonlinearity == "maxout":
       return maxout(x, self.pieces)
     if self.nonlinearity == "relu":

@@ -5,8 +5,8 @@ ResNet-(6n+2): a 3×3 `stem` conv, three sections `section1..3` of n basic block
 16w/32w/64w channels, strides 1/2/2), global average pooling and `logits`. Blocks are
 post-activation (conv-BN-ReLU-conv-BN, add, ReLU); where the shape changes the shortcut is a 1×1
 conv + BN (He et al.'s option B). WRN-d-k: n = (d−4)/6 pre-activation blocks per section of
-16k/32k/64k channels after a 16-channel stem, BN-ReLU before pooling. ResNet-10/18/34: a 64-channel stem and four sections of 1/2/(3,4,6,3)
-basic blocks with 64/128/256/512 channels, strides 1/2/2/2.
+16k/32k/64k channels after a 16-channel stem, BN-ReLU before pooling. ResNet-10/18/34: a 64-channel
+stem and four sections of 1/2/(3,4,6,3) basic blocks with 64/128/256/512 channels, strides 1/2/2/2.
 
 Sections are named modules, so a section's output is captured by name like any hint layer, and
 `sections` lists each section's (input layer, output layer): the input of `section1` is `stem`,
@@ -23,12 +23,20 @@ def _bn(train, name):
 
 
 def _conv(features, stride, name, kernel=3):
-  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=[(kernel // 2, kernel // 2)] * 2,
-                 use_bias=False, kernel_init=nn.initializers.he_normal(), name=name)
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    (stride, stride),
+    padding=[(kernel // 2, kernel // 2)] * 2,
+    use_bias=False,
+    kernel_init=nn.initializers.he_normal(),
+    name=name,
+  )
 
 
 class BasicBlock(nn.Module):
   """Post-activation basic block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))."""
+
   features: int
   stride: int
 
@@ -43,6 +51,7 @@ class BasicBlock(nn.Module):
 
 class PreActBlock(nn.Module):
   """Wide-ResNet block: conv(relu(bn(conv(relu(bn(x)))))) + shortcut, dropout between the convs."""
+
   features: int
   stride: int
   dropout: float = 0.0
@@ -62,6 +71,7 @@ class PreActBlock(nn.Module):
 
 class Section(nn.Module):
   """`blocks` blocks; the first one changes the resolution by `stride`."""
+
   features: int
   blocks: int
   stride: int
@@ -76,8 +86,11 @@ class Section(nn.Module):
   def __call__(self, x, train=False):
     for i in range(self.blocks):
       stride = self.stride if i == 0 else 1
-      block = (PreActBlock(self.features, stride, self.dropout, name=f"block{i + 1}") if self.preact
-               else BasicBlock(self.features, stride, name=f"block{i + 1}"))
+      block = (
+        PreActBlock(self.features, stride, self.dropout, name=f"block{i + 1}")
+        if self.preact
+        else BasicBlock(self.features, stride, name=f"block{i + 1}")
+      )
       x = block(x, train)
     return x
 
@@ -98,12 +111,13 @@ class Stem(nn.Module):
 
 class ResNet(nn.Module):
   """stem → section1..S → (BN-ReLU for pre-activation) → global average pool → logits."""
+
   num_classes: int
-  blocks: int | tuple          # n blocks per section, or one count per section
+  blocks: int | tuple  # n blocks per section, or one count per section
   widths: tuple = (16, 32, 64)
   stem_width: int = 16
   preact: bool = False
-  dropout: float = 0.0         # wide ResNets: between the two convs of each block
+  dropout: float = 0.0  # wide ResNets: between the two convs of each block
 
   @property
   def sections(self):
@@ -115,8 +129,7 @@ class ResNet(nn.Module):
     x = Stem(self.stem_width, self.preact, name="stem")(x, train)
     counts = self.blocks if isinstance(self.blocks, tuple) else (self.blocks,) * len(self.widths)
     for i, (width, count) in enumerate(zip(self.widths, counts)):
-      x = Section(width, count, 1 if i == 0 else 2, self.preact, self.dropout,
-                  name=f"section{i + 1}")(x, train)
+      x = Section(width, count, 1 if i == 0 else 2, self.preact, self.dropout, name=f"section{i + 1}")(x, train)
     if self.preact:
       x = jax.nn.relu(_bn(train, "final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
@@ -125,8 +138,9 @@ class ResNet(nn.Module):
 
 def resnet(depth, num_classes, width=1, base=16, dropout=0.0):
   """ResNet-depth (depth = 6n+2) with sections of base·w, 2·base·w, 4·base·w channels."""
-  return ResNet(num_classes, (depth - 2) // 6, tuple(base * width * m for m in (1, 2, 4)), base * width,
-                dropout=dropout)
+  return ResNet(
+    num_classes, (depth - 2) // 6, tuple(base * width * m for m in (1, 2, 4)), base * width, dropout=dropout
+  )
 
 
 FOUR_SECTION_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
