@@ -7,7 +7,7 @@ Per stage: compile time; the step time (median, 10th–90th percentile) over tim
 warm-up, each ended by `block_until_ready`; images/s overall and per device; images/s of the
 training loop itself (steps dispatched back to back, batches prefetched, no per-step sync), which
 equals the step rate when the host never makes the device wait; XLA's FLOPs per step on all
-devices together (`train.step_flops`), the achieved FLOP/s and the utilisation against the devices'
+devices together (`train_step.step_flops`), the achieved FLOP/s and the utilisation against the devices'
 peak (a measured dense matmul on CPU, the vendor's figure for known GPUs/TPUs); XLA's compiled
 memory (arguments, outputs, temporaries) and the peak bytes in use where the backend reports them.
 
@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-from fitnets_jax import compiler, data, experiment, files, teacher_cache, train
+from fitnets_jax import compiler, data, experiment, files, parallel, teacher_cache, train_step
 from fitnets_jax import config as config_lib
 from fitnets_jax.errors import FitnetsError, or_exit
 from fitnets_jax.methods.base import cast_floats
@@ -121,7 +121,7 @@ def reference_step(exp, stage, tx):
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), batch_stats, opt_state, loss
 
-  rep, shard = train.replicated(exp.mesh), train.batch_sharding(exp.mesh)
+  rep, shard = parallel.replicated(exp.mesh), parallel.batch_sharding(exp.mesh)
   return compiler.jit(
     step, in_shardings=(rep, rep, rep, rep, shard, shard, rep), out_shardings=rep, donate_argnums=(0, 1, 2)
   ), step
@@ -137,7 +137,7 @@ def stage_teacher(exp, rng):
       v = {"params": params, "batch_stats": stats}
     variables[role] = {"params": v["params"], "batch_stats": v.get("batch_stats", {})}
   variables["mu"] = np.full(len(exp.teachers), 1.0 / max(1, len(exp.teachers)), np.float32)
-  return train.replicate(variables, exp.mesh)
+  return parallel.replicate(variables, exp.mesh)
 
 
 def _percentiles(seconds):
@@ -148,27 +148,27 @@ def _percentiles(seconds):
 def measure_stage(exp, index, teacher, warmup, timed, peak):
   """One stage's record (see the module docstring)."""
   cfg = exp.config
-  stage, rng, labels, tx = train.stage_setup(exp, index)
-  state = train.init_state(stage, tx, rng, None, exp.mesh)
+  stage, rng, labels, tx = train_step.stage_setup(exp, index)
+  state = train_step.init_state(stage, tx, rng, None, exp.mesh)
   teacher = teacher if stage.uses_teacher else {}
-  batches = train.prefetch_to_device(
+  batches = parallel.prefetch_to_device(
     data.train_batches(exp.data, exp.local_batch, exp.steps_per_epoch, cfg.seed, index, 0, cfg.dataset.shuffle_buffer),
     exp.mesh,
   )
   batch = next(batches)
-  step, compile_s, flops = train.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)
+  step, compile_s, flops = train_step.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)
   memory = step.memory_analysis()
 
   reference, reference_fn = reference_step(exp, stage, stage.tx)
   if reference is not None:
     net = exp.teachers.get(stage.trains, exp.student)
     params, stats = net.init(rng)
-    ref_state = train.replicate((params, stats, stage.tx.init(params)), exp.mesh)
+    ref_state = parallel.replicate((params, stats, stage.tx.init(params)), exp.mesh)
     ref_teachers = [teacher[r] for r in exp.teachers] if stage.uses_teacher else []
     ref_args = lambda b: (ref_teachers, b["image"], b["label"], rng)
     ref_lowered = reference.lower(*ref_state, *ref_args(batch))
     ref_compiled = ref_lowered.compile()
-    ref_flops = train.step_flops(ref_lowered, reference_fn, (*ref_state, *ref_args(batch)))
+    ref_flops = train_step.step_flops(ref_lowered, reference_fn, (*ref_state, *ref_args(batch)))
 
   times = {"ours": [], "ref": []}
 
@@ -247,7 +247,7 @@ def cached_step_ms(exp, index, teacher, warmup, timed):
     exp.config.eval_batch_size,
     exp.config.teacher.cache_budget_mb,
   )
-  with_cache = dict(teacher, cache=train.replicate(tables, exp.mesh))
+  with_cache = dict(teacher, cache=parallel.replicate(tables, exp.mesh))
   return measure_stage(exp, index, with_cache, warmup, timed, 1.0)["step_ms"]
 
 

@@ -2,13 +2,17 @@
 
 Layout in the workdir:
   checkpoints/<global step>/{state, meta}   the current stage's TrainState and JSON metadata
-  checkpoints_damaged/<global step>         checkpoints found unreadable at a restart, kept for inspection
+  checkpoints_damaged/<global step>         checkpoints found unreadable at a restart (`resume`), kept
+                                            for inspection
   teacher/variables, teacher/teacher.json   the teacher, saved once when its stage ends (teacher1/, … for
                                             several teachers)
 """
 
 import hashlib
 import json
+import sys
+import time
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -129,6 +133,75 @@ class RunCheckpoints:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class Resumed(NamedTuple):
+  """Where a restarted run goes on: the newest readable checkpoint's global step, stage and state."""
+
+  step: int  # global
+  stage_index: int
+  stage_step: int
+  state: Any
+  meta: dict  # results so far, the step metrics not yet logged, the metrics.jsonl record count
+
+
+def resume(checkpoints, workdir, stages, abstract_state_of):
+  """The newest readable checkpoint of a run of `stages` (a Resumed), or None when there is none.
+
+  `abstract_state_of(stage index)` is the restore target. A checkpoint that cannot be read
+  (truncated, partly deleted, or with values that differ from its digest) is moved to
+  checkpoints_damaged/ with a warning and the next older one is tried; if none is readable the run
+  refuses to start rather than silently begin again from step 0.
+  """
+  names = [s.name for s in stages]
+  damaged = []
+  for step in reversed(checkpoints.steps()):
+    started = time.perf_counter()
+    try:
+      meta = checkpoints.meta(step)
+    except Exception as e:  # noqa: BLE001  (orbax/tensorstore/json all raise their own types)
+      damaged.append(_set_aside(checkpoints, step, e))
+      continue
+    if meta.get("stages") != names:
+      raise FitnetsError(
+        f"--workdir={workdir!r} holds a run with stages {meta.get('stages')}, but this config runs "
+        f"{names}; use a new workdir, or the config that made it (saved in its config.json)."
+      )
+    index = meta["stage_index"]
+    try:
+      state = checkpoints.restore(step, abstract_state_of(index), meta)
+    except Exception as e:  # noqa: BLE001  (DamagedCheckpoint, or orbax's own errors)
+      damaged.append(_set_aside(checkpoints, step, e))
+      continue
+    stage = stages[index]
+    done = meta["stage_step"] == stage.num_steps
+    print(
+      f"Resuming from {workdir}: stage {stage.name!r} "
+      + ("finished" if done else f"at step {meta['stage_step']}/{stage.num_steps}")
+      + f" (checkpoint restored in {time.perf_counter() - started:.2f} s)",
+      flush=True,
+    )
+    return Resumed(step, index, meta["stage_step"], state, meta)
+  quarantine = files.join(workdir, "checkpoints_damaged")
+  if damaged or files.isdir(quarantine):
+    raise FitnetsError(
+      f"--workdir={workdir!r} has no readable checkpoint left: the unreadable ones are in {quarantine}. "
+      "Starting again from step 0 would silently discard the run, so nothing else was changed; to start "
+      f"over in this workdir delete {quarantine}, or use a new --workdir."
+    )
+  return None
+
+
+def _set_aside(checkpoints, step, error):
+  where = checkpoints.set_aside(step)
+  reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+  print(
+    f"warning: the checkpoint at global step {step} is unreadable ({type(error).__name__}: {reason}); "
+    f"moved it to {where} and trying the previous one.",
+    file=sys.stderr,
+    flush=True,
+  )
+  return where
 
 
 def saved_config(workdir):

@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fitnets_jax import checkpoint, data, experiment, files, hints, losses, metrics, report, train
+from fitnets_jax import checkpoint, data, experiment, files, hints, losses, metrics, report, train_step
 from fitnets_jax import features as features_lib  # `features` below is this module's own function
 from fitnets_jax.errors import check
 from fitnets_jax.methods import base, fsp, kd
@@ -72,7 +72,7 @@ def stage_variables(run, stage, when="end"):
 
 def _stage_variables(run, stage, when):
   exp, index = run.experiment, run.stage_index(stage)
-  st, rng, labels, tx = train.stage_setup(exp, index)
+  st, rng, labels, tx = train_step.stage_setup(exp, index)
   if when == "start":
     previous = exp.stages[index - 1] if index else None
     carry = None
@@ -81,8 +81,8 @@ def _stage_variables(run, stage, when):
       carry = previous.output(v["params"], v["batch_stats"])
     params, stats = st.init(rng, carry)
     return jax.device_get({"params": params, "batch_stats": stats})
-  abstract = train.abstract_state(st, tx, rng, exp.mesh)
-  end_step = sum(s.num_steps for s in exp.stages[: index + 1])
+  abstract = train_step.abstract_state(st, tx, rng, exp.mesh)
+  end_step = train_step.stage_offsets(exp.stages)[index + 1]
   state = checkpoint.read_state(run.workdir, end_step, abstract)
   return jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
 

@@ -1,8 +1,9 @@
-"""Run outputs: `metrics.jsonl` (one JSON object per logged event), TensorBoard scalars, and the
-progress line. Only process 0 writes."""
+"""Run outputs: `metrics.jsonl` (one JSON object per logged event), TensorBoard scalars, the
+progress line, and `summary.json`. Only process 0 writes."""
 
 import datetime
 import json
+import sys
 
 import jax
 
@@ -55,6 +56,19 @@ class Writer:
     self.records = len(kept)
     return self.records
 
+  def resume_at(self, step, offsets, names, expected):
+    """Keeps the records up to global `step`, the checkpoint a run resumes from, and warns when fewer
+    are left than the `expected` count that checkpoint recorded."""
+    kept = self.truncate(lambda r: offsets[names.index(r["stage"])] + r["step"] <= step)
+    if self.enabled and expected is not None and kept < expected:
+      print(
+        f"warning: {self.path} holds {kept} of the {expected} records written up to global step {step}; "
+        f"{expected - kept} are lost (the file was truncated or edited). The run goes on and logs from here; "
+        "the checkpoints and summary.json are unaffected.",
+        file=sys.stderr,
+        flush=True,
+      )
+
   def progress(self, stage, step, total, scalars, images_per_s, seconds_left):
     if not self.enabled:
       return
@@ -65,6 +79,41 @@ class Writer:
   def close(self):
     if self._tb is not None:
       self._tb.close()
+
+
+def summary(exp, results, workdir):
+  """summary.json (written by process 0) and its dict: the method, data and devices, each teacher's
+  model, sizes, accuracy and source, the student's, and every stage's record in `results`."""
+  cfg = exp.config
+  last = [s for s in exp.stages if s.trains not in exp.teachers and s.evaluate][-1]  # the student's
+  stages = {name: {k: v for k, v in r.items() if k != "train_time_s"} for name, r in results["stages"].items()}
+  teachers = [
+    {
+      "role": role,
+      **net.describe(),
+      **results["teachers"].get(role, {}),
+      "checkpoint": exp.teacher_sources.get(role) or files.join(files.absolute(workdir), role),
+    }
+    for role, net in exp.teachers.items()
+  ]
+  summary = {
+    "method": cfg.method,
+    "dataset": exp.data.name,
+    "seed": cfg.seed,
+    "devices": int(exp.mesh.size),
+    "processes": jax.process_count(),
+    "teacher": teachers[0] if teachers else None,  # the (first) teacher
+    "teachers": teachers,
+    "student": {**exp.student.describe(), "test_accuracy": results["stages"][last.name].get("test_accuracy")},
+    "stages": stages,
+  }
+  if last.summarize:
+    summary.update(last.summarize(results["stages"][last.name].get("test", {})))
+  if "teacher_cache" in results:
+    summary["teacher_cache"] = results["teacher_cache"]
+  if jax.process_index() == 0:
+    files.write_atomically(files.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+  return summary
 
 
 def global_steps(records):

@@ -109,48 +109,50 @@ def lower_every_stage(config, workdir):
   test batch: what a paper-sized config is checked with, since XLA's CPU compile of its networks takes
   minutes here while the code they run is the same the digits configs run for real. Returns
   {stage: (loss, {metric: sum}) as ShapeDtypeStructs}."""
-  from fitnets_jax import data, experiment, train
+  from fitnets_jax import data, evaluation, experiment, parallel, train_step
 
   exp = experiment.prepare(config, workdir)
-  rep = train.replicated(exp.mesh)
+  rep = parallel.replicated(exp.mesh)
   abstract = lambda tree: jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), tree)
   teachers = {
     role: abstract({"params": v["params"], "batch_stats": v.get("batch_stats", {})})
     for role, v in ((r, n.abstract_variables()) for r, n in exp.teachers.items())
   }
   teachers["mu"] = jax.ShapeDtypeStruct((len(exp.teachers),), jnp.float32, sharding=rep)
-  evaluator = train.Evaluator(exp)
-  test_batch = next(train.prefetch_to_device(data.eval_batches(exp.data, exp.local_eval_batch), exp.mesh))
+  evaluator = evaluation.Evaluator(exp)
+  test_batch = next(parallel.prefetch_to_device(data.eval_batches(exp.data, exp.local_eval_batch), exp.mesh))
   outputs = {}
   for index, stage in enumerate(exp.stages):
-    rng = train.stage_rng(config.seed, index)
-    labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
-    tx = train.transformation(stage, labels)
-    state = train.abstract_state(stage, tx, rng, exp.mesh)
+    _, rng, labels, tx = train_step.stage_setup(exp, index)
+    state = train_step.abstract_state(stage, tx, rng, exp.mesh)
     batch = next(
-      train.prefetch_to_device(
+      parallel.prefetch_to_device(
         data.train_batches(exp.data, exp.local_batch, exp.steps_per_epoch, config.seed, index), exp.mesh
       )
     )
-    lowered, _ = train.lower_step(stage, tx, labels, exp.mesh, state, batch, teachers if stage.uses_teacher else {})
-    key, evaluation, variables = train.stage_evaluation(exp, stage, state.params, state.batch_stats)
-    evaluated = evaluator.step(key, evaluation).lower(variables, test_batch)
+    lowered, _ = train_step.lower_step(
+      stage, tx, labels, exp.mesh, state, batch, teachers if stage.uses_teacher else {}
+    )
+    key, evaluate, variables = evaluation.stage_evaluation(exp, stage, state.params, state.batch_stats)
+    evaluated = evaluator.step(key, evaluate).lower(variables, test_batch)
     outputs[stage.name] = (lowered.out_info[1]["loss"], evaluated.out_info[0])
   return outputs
 
 
 def run_steps(exp, stage, teacher, n):
   """Initial and final host states after `n` steps of `stage` on real digits batches."""
-  from fitnets_jax import data, train
+  from fitnets_jax import data, parallel, train_step
 
   rng = jax.random.PRNGKey(0)
   labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
-  tx = train.transformation(stage, labels)
-  state = train.init_state(stage, tx, rng, None, exp.mesh)
+  tx = train_step.transformation(stage, labels)
+  state = train_step.init_state(stage, tx, rng, None, exp.mesh)
   before = jax.device_get(state)
-  batches = train.prefetch_to_device(data.train_batches(exp.data, exp.local_batch, exp.steps_per_epoch, 0, 1), exp.mesh)
+  batches = parallel.prefetch_to_device(
+    data.train_batches(exp.data, exp.local_batch, exp.steps_per_epoch, 0, 1), exp.mesh
+  )
   batch = next(batches)
-  step, _, flops = train.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)
+  step, _, flops = train_step.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)
   for _ in range(n):
     state, _ = step(state, batch, teacher)
     batch = next(batches)

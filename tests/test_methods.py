@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fitnets_jax import config, experiment, layers, methods, train
+from fitnets_jax import config, experiment, layers, methods, parallel, train
 
 from conftest import load_config, tiny_digits, with_overrides
 from helpers import final_state, lower_every_stage, read_metrics, run_steps, without_timing
@@ -32,7 +32,7 @@ def test_progressive_hints_train_each_phase_only_up_to_its_guided_layer(tmp_path
   assert [s.name for s in exp.stages] == ["teacher", "hint1", "hint2", "kd"]
   params, stats = exp.teacher.init(jax.random.PRNGKey(7))
   teacher = jax.device_put(
-    {"teacher": {"params": params, "batch_stats": stats}, "mu": np.ones(1, np.float32)}, train.replicated(exp.mesh)
+    {"teacher": {"params": params, "batch_stats": stats}, "mu": np.ones(1, np.float32)}, parallel.replicated(exp.mesh)
   )
   for stage, guided in zip(exp.stages[1:3], (3, 5)):
     before, after, _ = run_steps(exp, stage, teacher, 3)
@@ -100,7 +100,7 @@ def test_multi_teacher_hint_stage_takes_its_hint_from_the_named_teacher(tmp_path
   assert [s.name for s in exp.stages] == ["teacher1", "teacher2", "hint", "kd"]
   params, stats = exp.teachers["teacher2"].init(jax.random.PRNGKey(7))
   teachers = {"teacher2": {"params": params, "batch_stats": stats}, "mu": np.ones(2, np.float32)}
-  before, after, _ = run_steps(exp, exp.stages[2], jax.device_put(teachers, train.replicated(exp.mesh)), 2)
+  before, after, _ = run_steps(exp, exp.stages[2], jax.device_put(teachers, parallel.replicated(exp.mesh)), 2)
   assert after.params["regressor0"]["conv"]["kernel"].shape == (1, 1, 6, 16)  # 4×4×6 → section2's 4×4×16
   assert not np.array_equal(
     before.params["student"]["conv5"]["conv"]["kernel"], after.params["student"]["conv5"]["conv"]["kernel"]

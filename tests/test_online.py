@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from fitnets_jax import data, experiment, losses, models, train
+from fitnets_jax import data, experiment, losses, models, parallel, train, train_step
 from fitnets_jax.methods import byot
 from fitnets_jax.methods.base import network
 from fitnets_jax.models.exits import ExitHead
@@ -42,11 +42,11 @@ def one_step(order, tmp_path):
   exp = experiment.prepare(config, str(tmp_path / order))
   stage = exp.stages[0]
   rng = jax.random.PRNGKey(0)
-  tx = train.transformation(stage, None)
-  state = train.init_state(stage, tx, rng, None, exp.mesh)
+  tx = train_step.transformation(stage, None)
+  state = train_step.init_state(stage, tx, rng, None, exp.mesh)
   before = jax.device_get(state)
-  batch = next(train.prefetch_to_device(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, 0), exp.mesh))
-  step = jax.jit(train.make_step(stage, tx, None))
+  batch = next(parallel.prefetch_to_device(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, 0), exp.mesh))
+  step = jax.jit(train_step.make_step(stage, tx, None))
   after, _ = step(state, batch, {})
   return exp, before, jax.device_get(after), jax.device_get(batch)
 
@@ -104,7 +104,7 @@ def test_each_network_keeps_its_own_optimizer_state_and_schedule(tmp_path):
   config.cohort[1]["optimizer"] = {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9}
   exp = experiment.prepare(config, str(tmp_path))
   stage = exp.stages[0]
-  state = train.initial_state(stage, train.transformation(stage, None), jax.random.PRNGKey(0))
+  state = train_step.initial_state(stage, train_step.transformation(stage, None), jax.random.PRNGKey(0))
   assert set(state.opt_state) == {"net1", "net2"}
   rmsprop = jax.tree.leaves(state.opt_state["net1"])
   sgd = jax.tree.leaves(state.opt_state["net2"])

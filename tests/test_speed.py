@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fitnets_jax import benchmark, compiler, data, experiment, teacher_cache, train
+from fitnets_jax import benchmark, compiler, data, experiment, parallel, teacher_cache, train_step
 from fitnets_jax.methods.base import forward, predict, variables
 
 from conftest import tiny_digits
@@ -53,19 +53,19 @@ def test_the_cached_kd_step_gives_the_live_loss_without_running_the_teacher(fitn
   exp = fitnets_exp
   teacher = fresh_teacher(exp)
   tables, _ = teacher_cache.build(exp.teachers, teacher, teacher_cache.needed_layers(exp.stages), exp.data, 100, 1024.0)
-  cached = dict(teacher, cache=jax.device_put(tables, train.replicated(exp.mesh)))
+  cached = dict(teacher, cache=jax.device_put(tables, parallel.replicated(exp.mesh)))
   index, stage = stage_named(exp, "kd")
   rng = jax.random.PRNGKey(0)
   params, stats = stage.init(rng, None)
-  batch = next(train.prefetch_to_device(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, index), exp.mesh))
+  batch = next(parallel.prefetch_to_device(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, index), exp.mesh))
   live_loss = jax.jit(stage.loss)(params, stats, teacher, batch, rng, 0)[0]
   cached_loss = jax.jit(stage.loss)(params, stats, cached, batch, rng, 0)[0]
   np.testing.assert_allclose(cached_loss, live_loss, rtol=1e-5)
   labels = stage.param_labels(params)
-  tx = train.transformation(stage, labels)
-  state = train.init_state(stage, tx, rng, None, exp.mesh)
-  live_flops = train.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)[2]
-  cached_flops = train.compile_step(stage, tx, labels, exp.mesh, state, batch, cached)[2]
+  tx = train_step.transformation(stage, labels)
+  state = train_step.init_state(stage, tx, rng, None, exp.mesh)
+  live_flops = train_step.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)[2]
+  cached_flops = train_step.compile_step(stage, tx, labels, exp.mesh, state, batch, cached)[2]
   # The digits teacher's forward pass is about 3/4 of the live KD step's FLOPs.
   assert cached_flops < 0.5 * live_flops, (cached_flops, live_flops)
 
@@ -126,12 +126,12 @@ def test_step_flops_count_every_device_and_come_from_the_cpu_where_the_backend_g
   for devices in (1, 4):  # once compiled, XLA's analysis would cover one device's quarter
     exp = experiment.prepare(tiny_digits("kd", num_devices=devices), str(tmp_path / str(devices)))
     index, stage = stage_named(exp, "kd")
-    rng = train.stage_rng(0, index)
+    rng = train_step.stage_rng(0, index)
     labels = stage.param_labels(jax.eval_shape(lambda: stage.init(rng, None))[0])
-    tx = train.transformation(stage, labels)
-    state = train.init_state(stage, tx, rng, None, exp.mesh)
-    batch = next(train.prefetch_to_device(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, index), exp.mesh))
-    compiled, _, flops[devices] = train.compile_step(stage, tx, labels, exp.mesh, state, batch, fresh_teacher(exp))
+    tx = train_step.transformation(stage, labels)
+    state = train_step.init_state(stage, tx, rng, None, exp.mesh)
+    batch = next(parallel.prefetch_to_device(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, index), exp.mesh))
+    compiled, _, flops[devices] = train_step.compile_step(stage, tx, labels, exp.mesh, state, batch, fresh_teacher(exp))
   assert flops[1] > 0 and flops[4] == pytest.approx(flops[1], rel=0.01)
   assert compiled.cost_analysis()["flops"] == pytest.approx(flops[4] / 4, rel=0.05)
 
@@ -141,8 +141,10 @@ def test_step_flops_count_every_device_and_come_from_the_cpu_where_the_backend_g
       return None
 
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  step = train.make_step(stage, tx, labels)
-  assert train.step_flops(NoAnalysis(), step, (state, batch, fresh_teacher(exp))) == pytest.approx(flops[1], rel=0.01)
+  step = train_step.make_step(stage, tx, labels)
+  assert train_step.step_flops(NoAnalysis(), step, (state, batch, fresh_teacher(exp))) == pytest.approx(
+    flops[1], rel=0.01
+  )
 
 
 def conv(x, w):

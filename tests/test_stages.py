@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from fitnets_jax import FitnetsError, experiment, losses, optim, train
+from fitnets_jax import FitnetsError, experiment, losses, optim, parallel, train_step
 from fitnets_jax.config import base_config
 from fitnets_jax.methods import kd
 from fitnets_jax.models import _SPECS
@@ -37,7 +37,7 @@ def random_teacher(exp):
   """The step's teacher argument for one randomly initialised teacher: {"teacher": variables, "mu": [1]}."""
   params, stats = exp.teacher.init(jax.random.PRNGKey(7))
   return jax.device_put(
-    {"teacher": {"params": params, "batch_stats": stats}, "mu": np.ones(1, np.float32)}, train.replicated(exp.mesh)
+    {"teacher": {"params": params, "batch_stats": stats}, "mu": np.ones(1, np.float32)}, parallel.replicated(exp.mesh)
   )
 
 
@@ -136,7 +136,7 @@ def test_hint_stage_pays_only_for_the_two_prefixes(digits_exp):
       return optax.apply_updates(params, updates), opt_state
 
     args = (params, tx.init(params), x)
-    return train.step_flops(jax.jit(step).lower(*args), step, args)
+    return train_step.step_flops(jax.jit(step).lower(*args), step, args)
 
   prefixes, whole = flops(False), flops(True)
   print(

@@ -142,7 +142,7 @@ ANY_DEVICE_COUNT = """
 import dataclasses, json, os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=16"
 import jax, numpy as np
-from fitnets_jax import config, data, experiment, train
+from fitnets_jax import config, data, evaluation, experiment, train
 from fitnets_jax.errors import FitnetsError
 c = config.load("configs/digits.py", {"batch_size": 48, "eval_batch_size": 100})
 exp = experiment.prepare(c, sys.argv[1])
@@ -151,7 +151,7 @@ out = {"test_label_mean": float(np.mean(data.digits_arrays()[3]))}
 for n in (1, 3, 8, 16):
   c.num_devices = n
   on_n = dataclasses.replace(exp, mesh=experiment.make_mesh(c))
-  evaluator = train.Evaluator(on_n)
+  evaluator = evaluation.Evaluator(on_n)
   labels = evaluator.metrics("labels", lambda v, x, y: {"label": y, "one": y * 0 + 1}, variables)
   accuracy = evaluator.accuracy(exp.student, variables["params"], variables["batch_stats"])
   out[n] = dict(labels, accuracy=accuracy, local_eval_batch=on_n.local_eval_batch)
