@@ -15,7 +15,7 @@ def get_config():
   c.method = "multi_teacher"
   c.dataset.validation_examples = 6000
   c.teachers = [
-    dict(model="maxout_svhn_teacher", dropout=0.5),
+    dict(model="maxout_svhn_teacher", input_dropout=[0.8, 0.5, 0.5, 0.5, 0.5]),  # svhn.py's teacher recipe
     dict(
       model="wrn_16_4",
       dropout=0.4,
@@ -29,6 +29,9 @@ def get_config():
         max_norm_conv=0.0,
         max_norm_dense=0.0,
         max_norm_logits=0.0,
+        max_norm_layers={},  # not the maxout teacher's recipe (stages.teacher)
+        momentum_final=0.0,
+        conv_lr_scale=1.0,
         schedule="piecewise",
         boundaries_epochs=[16.0, 24.0, 32.0],
         decay_factor=0.1,

@@ -28,13 +28,17 @@ def optimizer_config(name="rmsprop", learning_rate=0.005, **overrides):
     dict(
       name=name,  # rmsprop | sgd | adam | adamw
       learning_rate=learning_rate,
-      schedule="constant",  # constant | cosine | piecewise
-      boundaries_epochs=[0.0],  # piecewise: epochs at which lr is multiplied by decay_factor
-      decay_factor=0.1,
+      schedule="constant",  # constant | cosine | piecewise | linear | exponential
+      boundaries_epochs=[0.0],  # piecewise: epochs at which lr is multiplied by decay_factor; linear: [begin, end]
+      decay_factor=0.1,  # piecewise: per boundary; linear: the final fraction; exponential: per step
+      min_learning_rate=0.0,  # exponential: the floor
       warmup_epochs=0.0,
       decay=0.9,  # rmsprop: moving-average decay of squared gradients
       eps=1e-8,
       momentum=0.0,  # rmsprop / sgd momentum
+      momentum_final=0.0,  # sgd: ramp momentum linearly to this (pylearn2's MomentumAdjustor); 0: constant
+      momentum_ramp_epochs=[1.0, 250.0],  # the ramp's [begin, end] epochs
+      conv_lr_scale=1.0,  # learning-rate multiplier of every convolution (pylearn2's W_lr_scale: 0.05)
       nesterov=False,
       weight_decay=0.0,  # decoupled, applied to trained parameters only
       grad_clip_norm=0.0,  # 0: off
@@ -42,10 +46,33 @@ def optimizer_config(name="rmsprop", learning_rate=0.005, **overrides):
       max_norm_conv=0.0,
       max_norm_dense=0.0,
       max_norm_logits=0.0,
+      max_norm_layers={},  # per layer, overriding the three above: {"conv1": 0.9, "fc": 1.9, …}
     )
   )
   cfg.update(overrides)
   return cfg
+
+
+# Max-norm per layer of Goodfellow et al.'s maxout yamls (max_kernel_norm / max_col_norm): conv1 0.9, the
+# other convs and the softmax 1.9365, the maxout dense layer 1.9.
+MAXOUT_MAX_NORMS = {"conv1": 0.9, "conv2": 1.9365, "conv3": 1.9365, "fc": 1.9, "logits": 1.9365}
+
+
+def maxout_teacher_stage(epochs, learning_rate, momentum_final, conv_lr_scale=0.05, **schedule):
+  """A maxout teacher's stage as Goodfellow et al.'s pylearn2 yamls train it (maxout/{mnist,cifar10,svhn}.yaml):
+  SGD with momentum 0.5 ramped to `momentum_final` over epochs 1 → 250, the convolutions' learning
+  rate scaled by `conv_lr_scale`, max-norm per layer; `schedule` sets the learning-rate decay."""
+  return stage_config(
+    epochs,
+    name="sgd",
+    learning_rate=learning_rate,
+    momentum=0.5,
+    momentum_final=momentum_final,
+    momentum_ramp_epochs=[1.0, 250.0],
+    conv_lr_scale=conv_lr_scale,
+    max_norm_layers=MAXOUT_MAX_NORMS,
+    **schedule,
+  )
 
 
 def stage_config(epochs, steps=0, **optimizer):
@@ -88,10 +115,11 @@ def base_config():
       download=False,  # TFDS: never download unless asked
       train_split="train",  # e.g. "train+extra" for SVHN
       test_split="test",
-      preprocess="standardize",  # standardize | gcn_zca | none
+      preprocess="standardize",  # standardize | gcn_zca | gcn_lcn | none
       stats_examples=10000,  # training examples used to fit mean/std or ZCA
       gcn_scale=55.0,
       zca_epsilon=0.1,
+      lcn_all_channels=False,  # gcn_lcn: local contrast normalisation of every channel (pylearn2: the first)
       flip=False,  # random horizontal flips
       shift=0,  # random shifts of up to this many pixels (pad, then crop)
       pad_mode="constant",  # shift padding: constant (zeros) | reflect
@@ -104,11 +132,12 @@ def base_config():
       model="digits_teacher",
       checkpoint="",  # a run's workdir (or its teacher/ folder) to reuse
       dropout=0.0,
+      input_dropout=[],  # maxout models: include probability of each weight layer's input (pylearn2's Dropout)
       cache=False,  # compute every teacher's outputs on the training set once (no augmentation)
       cache_budget_mb=1024.0,  # cache: memory for hint features (logits are always cached)
     )
   )
-  c.student = ml_collections.ConfigDict(dict(model="digits_student", dropout=0.0))
+  c.student = ml_collections.ConfigDict(dict(model="digits_student", dropout=0.0, input_dropout=[]))
   c.stages = ml_collections.ConfigDict(
     dict(
       teacher=stage_config(epochs=100),  # trains the teacher unless teacher.checkpoint is set
@@ -149,10 +178,10 @@ SAFE_TO_CHANGE = (
 
 
 def flatten(tree, prefix=""):
-  """{'a': {'b': 1}} → {'a.b': 1} for nested dicts (a ConfigDict's to_dict())."""
+  """{'a': {'b': 1}} → {'a.b': 1} for nested dicts (a ConfigDict's to_dict()); an empty dict is a leaf."""
   flat = {}
   for key, value in tree.items():
-    if isinstance(value, dict):
+    if isinstance(value, dict) and value:
       flat.update(flatten(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = value
@@ -160,7 +189,9 @@ def flatten(tree, prefix=""):
 
 
 def _type_name(value):
-  return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}[type(value)]
+  return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a dict"}[
+    type(value)
+  ]
 
 
 def check_types(config):

@@ -33,7 +33,7 @@ from fitnets_jax.errors import FitnetsError, check, one_of
 
 TFDS_NAMES = ("svhn_cropped", "cifar10", "cifar100", "mnist")
 SOURCES = ("digits", "npz") + TFDS_NAMES
-PREPROCESS = ("standardize", "gcn_zca", "none")
+PREPROCESS = ("standardize", "gcn_zca", "gcn_lcn", "none")
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 EPOCHS_PER_PIPELINE = 1000  # epochs one training pipeline runs before the next is built
 DIGITS_TRAIN = 1437  # of 1,797; the rest (360) is the test split
@@ -275,6 +275,31 @@ def gcn(x, scale, eps=1e-8):
   return x / np.where(norms < eps, 1.0, norms)
 
 
+def gaussian_kernel(size=7, sigma=2.0):
+  """pylearn2's `gaussian_filter`: a size×size Gaussian of std `sigma` around the centre, summing to 1."""
+  r = np.arange(size) - size // 2
+  g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
+  return (g / g.sum()).astype(np.float32)
+
+
+def lecun_lcn(batch, channels, size=7, threshold=1e-4):
+  """LeCun's local contrast normalisation, as pylearn2's `lecun_lcn` (Goodfellow et al.'s SVHN
+  preprocessing), on the listed channels of a (b, h, w, c) tf batch: x − G∗x, divided by
+  max(√(G∗x²), its mean over the image, `threshold`), G the 7×7 Gaussian (σ = 2) with zero padding."""
+  tf = _tf()
+  g = tf.constant(gaussian_kernel(size)[:, :, None, None])
+  out = []
+  for i in range(batch.shape[-1]):
+    x = batch[..., i : i + 1]
+    if i in channels:
+      centred = x - tf.nn.conv2d(x, g, 1, "SAME")
+      denom = tf.sqrt(tf.nn.conv2d(x * x, g, 1, "SAME"))
+      divisor = tf.maximum(tf.maximum(tf.reduce_mean(denom, axis=[1, 2], keepdims=True), denom), threshold)
+      x = centred / divisor
+    out.append(x)
+  return tf.concat(out, axis=-1)
+
+
 def zca_fit(x, epsilon):
   """ZCA whitening (x − μ)·W with W = U·diag(1/√(λ+ε))·Uᵀ fitted on rows of `x` (float64)."""
   mean = x.mean(axis=0)
@@ -295,21 +320,28 @@ def fit_normalizer(cfg, sample):
     mean = x.mean(axis=(0, 1, 2)).astype(np.float32)
     std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3).astype(np.float32)
     return lambda batch: (batch - mean) / std
+  if cfg.preprocess == "gcn_lcn":
+    # pylearn2's LeCunLCN.transform returns inside its channel loop, so the maxout paper's SVHN data
+    # has only its first channel locally normalised; dataset.lcn_all_channels normalises all three.
+    channels = range(sample.shape[-1]) if cfg.lcn_all_channels else (0,)
+
+    return lambda batch: lecun_lcn(tf.reshape(gcn_rows(batch, cfg.gcn_scale), tf.shape(batch)), tuple(channels))
   flat = gcn(x.reshape(len(x), -1), cfg.gcn_scale)
   # Eager tensors, made once: every dataset's map captures them by reference. NumPy arrays would be
   # embedded in each new dataset graph as constants (37.7 MB for CIFAR's 3072×3072 W), costing
   # seconds per epoch's iterator.
   mean, w = (tf.constant(a) for a in zca_fit(flat, cfg.zca_epsilon))
 
-  def whiten(batch):
-    shape = tf.shape(batch)
-    v = tf.reshape(batch, [shape[0], -1])
-    v = v - tf.reduce_mean(v, axis=1, keepdims=True)
-    norms = tf.sqrt(tf.reduce_sum(v * v, axis=1, keepdims=True)) / cfg.gcn_scale
-    v = v / tf.where(norms < 1e-8, tf.ones_like(norms), norms)
-    return tf.reshape(tf.matmul(v - mean, w), shape)
+  return lambda batch: tf.reshape(tf.matmul(gcn_rows(batch, cfg.gcn_scale) - mean, w), tf.shape(batch))
 
-  return whiten
+
+def gcn_rows(batch, scale):
+  """`gcn` of a tf batch: (b, …) images → (b, pixels) rows."""
+  tf = _tf()
+  v = tf.reshape(batch, [tf.shape(batch)[0], -1])
+  v = v - tf.reduce_mean(v, axis=1, keepdims=True)
+  norms = tf.sqrt(tf.reduce_sum(v * v, axis=1, keepdims=True)) / scale
+  return v / tf.where(norms < 1e-8, tf.ones_like(norms), norms)
 
 
 # --------------------------------------------------------------------------- public API

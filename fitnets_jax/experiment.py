@@ -130,7 +130,7 @@ def check_same_experiment(config, workdir):
     )
 
 
-TEACHER_ENTRY_KEYS = ("model", "checkpoint", "dropout", "epochs", "steps", "optimizer")
+TEACHER_ENTRY_KEYS = ("model", "checkpoint", "dropout", "input_dropout", "epochs", "steps", "optimizer")
 
 
 def teacher_specs(config, method):
@@ -155,7 +155,12 @@ def teacher_specs(config, method):
   for i, entry in enumerate(config.teachers):
     entry, stage = network_entry(entry, f"teachers[{i}]", TEACHER_ENTRY_KEYS, config.stages.teacher)
     role_cfg = ml_collections.ConfigDict(
-      dict(model=entry["model"], checkpoint=entry.get("checkpoint", ""), dropout=float(entry.get("dropout", 0.0)))
+      dict(
+        model=entry["model"],
+        checkpoint=entry.get("checkpoint", ""),
+        dropout=float(entry.get("dropout", 0.0)),
+        input_dropout=list(entry.get("input_dropout", [])),
+      )
     )
     specs.append((f"teacher{i + 1}", f"teachers[{i}]", role_cfg, stage))
   return specs

@@ -41,6 +41,23 @@ def count_params(tree):
   return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
 
 
+def paper_params(layers, params):
+  """Parameters as the FitNets paper counts them (Romero et al. 2015, Tables 1–4; the authors'
+  scripts/computeNumberParams.py): weights only, no biases or batch-norm scales, and every maxout
+  layer counted with 2 pieces whatever its own count. This is the rule that reproduces the published
+  figures (teacher 9M, FitNet 1/2/4 250K/862K/2.5M, MNIST teacher 361K)."""
+  pieces = {l.path: l.pieces for l in layers if l.nonlinearity == "maxout" and l.pieces > 1}
+  total = 0
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    keys = tuple(getattr(k, "key", k) for k in path)
+    if keys[-1] != "kernel":
+      continue
+    n = math.prod(leaf.shape)
+    owner = next((keys[:i] for i in range(len(keys) - 1, 0, -1) if keys[:i] in pieces), None)
+    total += n // pieces[owner] * 2 if owner else n
+  return int(total)
+
+
 def describe(module, variables, input_shape):
   """Every capturable layer of `module`, in the order its outputs are produced."""
   records = []

@@ -38,7 +38,8 @@ def report(config):
   heads = method.extra_networks(student, classes) if method.extra_networks else {}
   for role, net in [*teachers.items(), *trained.items(), *heads.items()]:
     lines += [
-      f"{role}: {net.name} — {net.params:,} params, {net.macs:,} MACs per example, input {shape}",
+      f"{role}: {net.name} — {net.params:,} params ({net.paper_params:,} as the FitNets paper counts), "
+      f"{net.macs:,} MACs per example, input {shape}",
       features.layer_table(net.layers),
     ]
     if net.sections:

@@ -132,7 +132,14 @@ def attention_map(features, size=None):
     fh, fw = a.shape[1] // size[0], a.shape[2] // size[1]
     a = a.reshape(a.shape[0], size[0], fh, size[1], fw).mean(axis=(2, 4))
   q = a.reshape(a.shape[0], -1)
-  return q / jnp.maximum(jnp.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+  return normalize(q)
+
+
+def normalize(x, eps=1e-12):
+  """x / max(‖x‖₂, eps) along the last axis, as PyTorch's `F.normalize`, with a finite gradient at
+  x = 0: the norm is √max(Σx², eps²), the same value, while `jnp.linalg.norm`'s gradient at 0 is NaN
+  (one all-zero map would make the whole step non-finite)."""
+  return x / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
 
 
 def attention_loss(teacher_features, student_features, beta):
@@ -168,12 +175,14 @@ def mutual_learning_loss(logits, peer_logits, labels, temperature=1.0):
 
 
 def feature_distance(features, target, kind):
-  """BYOT's feature term between a shallow exit's feature and the deepest one's (a target):
-  `l2` — ‖F_i − F_C‖₂ per example (the authors' code, not squared), `squared` — ‖F_i − F_C‖²₂
-  per example (the paper's eq. 3); mean over the batch."""
+  """BYOT's feature term between a shallow exit's (adapted) feature and the deepest one's (a target):
+  `l2` — one Frobenius norm ‖F_i − F_C‖ over the whole batch (the authors' code, `torch.dist`: not
+  squared, not averaged), `squared` — ‖F_i − F_C‖²₂ per example, mean over the batch (the paper's eq. 3).
+  The norm's gradient at 0 is kept finite (√max(Σ, 1e-24))."""
   diff = _f32(features) - jax.lax.stop_gradient(_f32(target))
-  squared = jnp.sum(jnp.square(diff.reshape(diff.shape[0], -1)), axis=-1)
-  return jnp.mean(jnp.sqrt(squared + 1e-12) if kind == "l2" else squared)
+  if kind == "l2":
+    return jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(diff)), 1e-24))
+  return jnp.mean(jnp.sum(jnp.square(diff.reshape(diff.shape[0], -1)), axis=-1))
 
 
 def self_distillation_loss(exit_logits, exit_features, labels, alpha, temperature, feature_weight, feature_kind="l2"):
@@ -181,8 +190,10 @@ def self_distillation_loss(exit_logits, exit_features, labels, alpha, temperatur
 
   `exit_logits` / `exit_features` list the exits shallow → deep; the last is the teacher q_C, F_C
   (stop_gradient). Loss: H(y, q_C) + Σ_{i<C} [(1−α)·H(y, q_i) + α·KL(q_C^τ ‖ q_i^τ)
-  + λ·d(F_i, F_C)], d from `feature_distance` (λ = 0 or kind "off": no feature term); no τ².
-  Means over the batch. Returns (loss, {"ce", "kl", "feature"}) with the terms summed over exits.
+  + λ·d(F_i, F_C)], d from `feature_distance` (λ = 0, kind "off", or a shallow feature given as
+  None: no feature term for that exit); no τ². KL rather than the authors' soft cross-entropy: the
+  two differ by the target's entropy, a constant, so their gradients are equal. Means over the
+  batch. Returns (loss, {"ce", "kl", "feature"}) with the terms summed over exits.
   """
   deep_logits, deep_feature = exit_logits[-1], exit_features[-1]
   target = softened(jax.lax.stop_gradient(deep_logits), temperature)
@@ -191,7 +202,7 @@ def self_distillation_loss(exit_logits, exit_features, labels, alpha, temperatur
   for logits, feat in zip(exit_logits[:-1], exit_features[:-1]):
     ce = ce + cross_entropy(logits, labels)
     kl = kl + kl_divergence(target, _f32(logits) / temperature)
-    if feature_kind != "off" and feature_weight:
+    if feature_kind != "off" and feature_weight and feat is not None:
       feature = feature + feature_distance(feat, deep_feature, feature_kind)
   total = ce_deep + (1.0 - alpha) * ce + alpha * kl + feature_weight * feature
   return total, {"ce": ce_deep + ce, "kl": kl, "feature": feature}

@@ -11,7 +11,7 @@ import optax
 from fitnets_jax.errors import check, one_of
 
 OPTIMIZERS = ("rmsprop", "sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "piecewise")
+SCHEDULES = ("constant", "cosine", "piecewise", "linear", "exponential")
 
 
 def learning_rate(cfg, num_steps, steps_per_epoch, key):
@@ -25,6 +25,18 @@ def learning_rate(cfg, num_steps, steps_per_epoch, key):
     main = optax.constant_schedule(lr)
   elif cfg.schedule == "cosine":
     main = optax.cosine_decay_schedule(lr, max(1, num_steps - warmup))
+  elif cfg.schedule == "linear":  # pylearn2's LinearDecayOverEpoch (per step here, per epoch there)
+    check(
+      len(cfg.boundaries_epochs) == 2 and 0 <= cfg.boundaries_epochs[0] < cfg.boundaries_epochs[1],
+      f"{key}.boundaries_epochs={list(cfg.boundaries_epochs)!r}: schedule='linear' takes [begin, end] epochs, "
+      "0 ≤ begin < end (lr falls linearly to learning_rate × decay_factor between them).",
+    )
+    begin, end = (int(round(b * steps_per_epoch)) - warmup for b in cfg.boundaries_epochs)
+    main = optax.linear_schedule(lr, lr * cfg.decay_factor, max(1, end - max(begin, 0)), max(begin, 0))
+  elif cfg.schedule == "exponential":  # pylearn2's ExponentialDecay: lr × decay_factor per step, floored
+    check(0 < cfg.decay_factor <= 1, f"{key}.decay_factor={cfg.decay_factor!r} must be in (0, 1] for 'exponential'.")
+    floor = cfg.min_learning_rate
+    main = lambda step: jnp.maximum(lr * cfg.decay_factor ** jnp.asarray(step, jnp.float32), floor)
   else:
     check(cfg.decay_factor > 0, f"{key}.decay_factor={cfg.decay_factor!r} must be > 0.")
     bounds = [int(round(b * steps_per_epoch)) - warmup for b in cfg.boundaries_epochs if b > 0]
@@ -34,16 +46,53 @@ def learning_rate(cfg, num_steps, steps_per_epoch, key):
   return main
 
 
-def max_norm(conv, dense, logits):
+def momentum_schedule(cfg, steps_per_epoch, key):
+  """Momentum ramped linearly from `momentum` to `momentum_final` between `momentum_ramp_epochs`
+  (pylearn2's MomentumAdjustor, per step here, per epoch there)."""
+  begin, end = cfg.momentum_ramp_epochs
+  check(
+    0 < cfg.momentum_final < 1 and 0 <= begin < end,
+    f"{key}.momentum_final={cfg.momentum_final!r} with momentum_ramp_epochs={list(cfg.momentum_ramp_epochs)!r}: "
+    "momentum_final must be in (0, 1) and the ramp [begin, end] epochs with 0 ≤ begin < end.",
+  )
+  first = int(round(begin * steps_per_epoch))
+  return optax.linear_schedule(
+    cfg.momentum, cfg.momentum_final, max(1, int(round(end * steps_per_epoch)) - first), first
+  )
+
+
+def _module_of(path):
+  return tuple(getattr(k, "key", "") for k in path[:-1])
+
+
+def conv_lr_scale(scale):
+  """Multiplies the updates of every convolution (the kernel, 4-D, and its bias) by `scale`: pylearn2's
+  W_lr_scale / b_lr_scale of the maxout yamls' conv layers (0.05)."""
+
+  def update(updates, state, params):
+    convs = {_module_of(p) for p, leaf in jax.tree_util.tree_leaves_with_path(params) if leaf.ndim == 4}
+    scaled = jax.tree_util.tree_map_with_path(lambda p, u: u * scale if _module_of(p) in convs else u, updates)
+    return scaled, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def max_norm(conv, dense, logits, layers=None):
   """Max-norm constraint (maxout/FitNets): after each update, rescale every kernel column
   (one output unit's incoming weights) whose L2 norm exceeds the limit. 0 turns a limit off.
-  `logits` applies to the layer named 'logits', `conv` to 4-D kernels, `dense` to other 2-D ones.
+  `logits` applies to the layer named 'logits', `conv` to 4-D kernels, `dense` to other 2-D ones;
+  `layers` ({top-level layer name: limit}, e.g. {"conv1": 0.9}) overrides them per layer, as the
+  pylearn2 yamls set `max_kernel_norm` / `max_col_norm` per layer.
   """
+  layers = dict(layers or {})
 
   def limit_for(path, leaf):
     names = [getattr(k, "key", "") for k in path]
     if names[-1] != "kernel":
       return 0.0
+    named = next((layers[n] for n in names if n in layers), None)
+    if named is not None:
+      return named
     if "logits" in names:
       return logits
     return conv if leaf.ndim == 4 else dense
@@ -75,14 +124,29 @@ def optimizer(cfg, num_steps, steps_per_epoch, key):
     chain.append(optax.add_decayed_weights(cfg.weight_decay))
   if cfg.name == "rmsprop":
     chain.append(optax.rmsprop(lr, decay=cfg.decay, eps=cfg.eps, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+  elif cfg.name == "sgd" and cfg.momentum_final:
+    momentum = momentum_schedule(cfg, steps_per_epoch, key)
+    chain.append(optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum, nesterov=cfg.nesterov))
   elif cfg.name == "sgd":
     chain.append(optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
   elif cfg.name == "adam":
     chain.append(optax.adam(lr, eps=cfg.eps))
   else:
     chain.append(optax.adamw(lr, eps=cfg.eps, weight_decay=cfg.weight_decay))
-  if cfg.max_norm_conv or cfg.max_norm_dense or cfg.max_norm_logits:
-    chain.append(max_norm(cfg.max_norm_conv, cfg.max_norm_dense, cfg.max_norm_logits))
+  check(
+    not cfg.momentum_final or cfg.name == "sgd",
+    f"{key}.momentum_final={cfg.momentum_final!r}: the momentum ramp is for name='sgd' (got {cfg.name!r}).",
+  )
+  check(cfg.conv_lr_scale > 0, f"{key}.conv_lr_scale={cfg.conv_lr_scale!r} must be > 0.")
+  if cfg.conv_lr_scale != 1.0:
+    chain.append(conv_lr_scale(cfg.conv_lr_scale))
+  layers = dict(cfg.max_norm_layers)
+  check(
+    all(isinstance(v, (int, float)) and v >= 0 for v in layers.values()),
+    f"{key}.max_norm_layers={layers!r}: each limit must be a number ≥ 0 (0: none for that layer).",
+  )
+  if cfg.max_norm_conv or cfg.max_norm_dense or cfg.max_norm_logits or layers:
+    chain.append(max_norm(cfg.max_norm_conv, cfg.max_norm_dense, cfg.max_norm_logits, layers))
   return optax.chain(*chain)
 
 

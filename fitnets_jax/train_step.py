@@ -89,10 +89,9 @@ def make_step(stage, tx, labels):
   stage's own `update`), with non-finite updates discarded."""
 
   def gradient_update(params, batch_stats, opt_state, teacher, batch, rng, step):
-    def loss_fn(p):
-      return stage.loss(p, batch_stats, teacher, batch, rng, step)
-
-    (loss, (scalars, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    (loss, (scalars, new_stats)), grads = jax.value_and_grad(stage.loss, has_aux=True)(
+      params, batch_stats, teacher, batch, rng, step
+    )
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     new_params = jax.tree.map(lambda label, new, old: new if label == "train" else old, labels, new_params, params)

@@ -52,7 +52,15 @@ CASES = [
   ({"student.model": "vgg16"}, r"student.model='vgg16' is not a known model"),
   ({"teacher.model": "vgg"}, r"teacher.model='vgg' is not a known model"),
   ({"stages.teacher.optimizer.name": "lion"}, r"stages.teacher.optimizer.name='lion' is not valid"),
-  ({"stages.student.optimizer.schedule": "linear"}, r"stages.student.optimizer.schedule='linear' is not valid"),
+  ({"stages.student.optimizer.schedule": "step"}, r"stages.student.optimizer.schedule='step' is not valid"),
+  (
+    {"stages.student.optimizer.schedule": "linear"},
+    r"boundaries_epochs=\[0.0\]: schedule='linear' takes \[begin, end\] epochs",
+  ),
+  (
+    {"stages.teacher.optimizer.momentum_final": 0.7},
+    r"the momentum ramp is for name='sgd' \(got 'adam'\)",
+  ),
   ({"kd.loss": "mse"}, r"kd.loss='mse' is not valid; choose one of: 'fitnets', 'hinton'"),
   ({"dataset.preprocess": "pca"}, r"dataset.preprocess='pca' is not valid"),
   ({"on_nan": "ignore"}, r"on_nan='ignore' is not valid; choose one of: 'stop', 'skip_step'"),

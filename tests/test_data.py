@@ -140,6 +140,47 @@ def test_gcn_zca_pipeline_matches_numpy(tmp_path):
   np.testing.assert_allclose(batch, expected, rtol=1e-3, atol=1e-3)
 
 
+def np_lecun_lcn(x, threshold=1e-4):
+  """pylearn2's lecun_lcn on (b, h, w) maps, written out: a 'full' 7×7 convolution with the σ = 2
+  Gaussian, cropped back by 3 on each side; x − mean, over max(√(G∗x²), its image mean, threshold)."""
+  r = np.arange(7) - 3
+  g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / 8.0)
+  g /= g.sum()
+
+  def conv_full_cropped(m):
+    b, h, w = m.shape
+    full = np.zeros((b, h + 6, w + 6))
+    for i in range(7):
+      for j in range(7):
+        full[:, i : i + h, j : j + w] += g[i, j] * m
+    return full[:, 3:-3, 3:-3]
+
+  centred = x - conv_full_cropped(x)
+  denom = np.sqrt(conv_full_cropped(x**2))
+  divisor = np.maximum(np.maximum(denom.mean(axis=(1, 2), keepdims=True), denom), threshold)
+  return centred / divisor
+
+
+@pytest.mark.parametrize("all_channels", [False, True])
+def test_gcn_lcn_pipeline_matches_numpy(tmp_path, all_channels):
+  # Goodfellow et al.'s SVHN preprocessing: GCN per image, then LeCun LCN; pylearn2 normalises only the
+  # first channel locally (its transform returns inside the channel loop), the default here too.
+  rng = np.random.default_rng(2)
+  images = rng.integers(0, 256, (12, 9, 9, 3), dtype=np.uint8)
+  path = tmp_path / "small.npz"
+  np.savez(
+    path, train_images=images, train_labels=np.arange(12) % 2, test_images=images[:4], test_labels=np.arange(4) % 2
+  )
+  config = dataset_config(
+    name="npz", path=str(path), preprocess="gcn_lcn", gcn_scale=1.0, lcn_all_channels=all_channels
+  )
+  batch = next(data.eval_batches(data.load(config), 4))["image"]
+  expected = data.gcn(images[:4].reshape(4, -1) / 255.0, 1.0).reshape(4, 9, 9, 3)
+  for c in range(3) if all_channels else (0,):
+    expected[..., c] = np_lecun_lcn(expected[..., c])
+  np.testing.assert_allclose(batch, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_epoch_order_is_a_shuffle_of_the_examples_with_the_epoch_seed():
   tf = data._tf()
   d = data.load(dataset_config(name="digits"))

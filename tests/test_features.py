@@ -124,6 +124,59 @@ def test_cifar_models_match_the_papers_multiplications(name, paper_macs):
   assert abs(net.macs - paper_macs) / paper_macs < 0.015
 
 
+# The FitNets paper's counts (Tables 1–4): weights only, every maxout layer at 2 pieces (features.paper_params).
+# By hand for the two models built from the authors' yamls:
+#   fitnet_mnist: 5·5·1·16·2 + 3·3·16·16·2 + 5·5·16·16·2 + 3·3·16·16·2 + 3·3·16·12·2 + 3·3·12·12·2 + 3·3·12·10
+#     = 800 + 4,608 + 12,800 + 4,608 + 3,456 + 2,592 + 1,080 = 29,944 (paper: 30K)
+#   maxout_svhn_teacher: 5·5·3·64·2 + 5·5·64·128·2 + 5·5·128·128·2 + 6·6·128·400·2 + 400·10
+#     = 9,600 + 409,600 + 819,200 + 3,686,400 + 4,000 = 4,928,800 (paper: 4.9M)
+@pytest.mark.parametrize(
+  "name,shape,paper_params,published",
+  [
+    ("maxout_cifar_teacher", (32, 32, 3), 9_044_360, 9.0e6),
+    ("fitnet1", (32, 32, 3), 249_576, 250e3),
+    ("fitnet2", (32, 32, 3), 861_928, 862e3),
+    ("fitnet4", (32, 32, 3), 2_544_712, 2.5e6),
+    ("maxout_mnist_teacher", (28, 28, 1), 360_816, 361e3),
+    ("fitnet_mnist", (28, 28, 1), 29_944, 30e3),
+    ("maxout_svhn_teacher", (32, 32, 3), 4_928_800, 4.9e6),
+  ],
+)
+def test_paper_params_reproduce_the_papers_counts(name, shape, paper_params, published):
+  net = network(name, models.get_model(name, 10), shape)
+  assert net.paper_params == paper_params
+  assert abs(paper_params - published) / published < 0.02
+  assert net.params > paper_params  # the real count: biases, and every maxout piece
+  assert net.describe()["paper_params"] == paper_params
+
+
+def test_fitnet3_is_1_50m_by_the_papers_rule_not_1_6m():
+  # Table 7's FitNet 3 layout, counted by the paper's rule, gives 1.50M; its Table 1 says 1.6M (see docs/models.md).
+  assert network("fitnet3", models.get_model("fitnet3", 10), (32, 32, 3)).paper_params == 1_503_304
+
+
+def test_the_authors_mnist_fitnet_and_svhn_teacher_layer_shapes():
+  # MNIST_fitnet_valid.yaml: 28 → 24 (5×5) → 22 (3×3) → pool 4 s2: ⌈18/2⌉+1 = 10 → 12 (5×5, pad 3) → 10 (3×3)
+  # → pool: 4 → 8 (3×3, pad 3) → 6 (3×3) → pool 2 s2: 3; the guided conv4 is 4×4×16 (teacher conv2 4×4×48: a 1×1
+  # regressor).
+  mnist = network("fitnet_mnist", models.get_model("fitnet_mnist", 10), (28, 28, 1))
+  top = {l.name: l for l in mnist.layers if "/" not in l.name}
+  assert [top[f"conv{i}"].shape for i in range(1, 7)] == [
+    (24, 24, 16),
+    (10, 10, 16),
+    (12, 12, 16),
+    (4, 4, 16),
+    (8, 8, 12),
+    (3, 3, 12),
+  ]
+  assert [top[f"conv{i}"].pieces for i in range(1, 7)] == [2, 2, 2, 2, 4, 4]
+  # svhn.yaml: 32 + 8 − 4 = 36 → pool 3 s2: 18 → 20 → 10 → 12 → 6; fc 400 (5 pieces)
+  svhn = network("maxout_svhn_teacher", models.get_model("maxout_svhn_teacher", 10), (32, 32, 3))
+  top = {l.name: l for l in svhn.layers if "/" not in l.name}
+  assert [top[n].shape for n in ("conv1", "conv2", "conv3", "fc")] == [(18, 18, 64), (10, 10, 128), (6, 6, 128), (400,)]
+  assert top["fc"].pieces == 5
+
+
 def test_describe_lists_layers_in_execution_order_with_shapes():
   net = network("digits_student", models.get_model("digits_student", 10), (8, 8, 1))
   top = [l for l in net.layers if "/" not in l.name]

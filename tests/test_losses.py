@@ -168,6 +168,22 @@ def test_attention_map_and_loss_match_numpy():
   np.testing.assert_allclose(np.linalg.norm(losses.attention_map(t), axis=1), 1.0, rtol=1e-6)
 
 
+def test_attention_of_an_all_zero_map_is_zero_with_a_finite_gradient():
+  # A dead ReLU block gives one example an all-zero student map: F.normalize's rule makes its Q zero,
+  # and the gradient must stay finite (‖·‖'s gradient at 0 is NaN), or the whole step is discarded.
+  t = RNG.normal(size=(2, 4, 4, 3)).astype(np.float32)
+  s = RNG.normal(size=(2, 4, 4, 3)).astype(np.float32)
+  s[1] = 0.0
+  np.testing.assert_array_equal(losses.attention_map(s)[1], np.zeros(16))
+  q_s = np.concatenate([np_attention(s[:1]), np.zeros((1, 16))])
+  expected = 1000 / 2 * np.mean((q_s - np_attention(t)) ** 2)
+  np.testing.assert_allclose(losses.attention_loss(t, s, 1000.0), expected, rtol=1e-5)
+  grads = jax.grad(lambda x: losses.attention_loss(t, x, 1000.0))(jnp.asarray(s))
+  assert np.all(np.isfinite(grads)) and np.any(grads[0]) and not np.any(grads[1])
+  naive = jax.grad(lambda x: jnp.sum(x / jnp.maximum(jnp.linalg.norm(x), 1e-12)))(jnp.zeros(4))
+  assert np.all(np.isnan(naive))  # what the test guards against
+
+
 def test_attention_loss_by_hand():
   # A map with all attention on one position vs a uniform one over 4 positions:
   # Q_T = (1,0,0,0), Q_S = (½,½,½,½); mean square difference = (¼ + 3·¼)/4 = ¼; β/2·¼ = β/8.
@@ -229,13 +245,24 @@ def test_self_distillation_loss_matches_numpy(kind, alpha, tau, lam):
   for z, f in zip(exits[:-1], feats[:-1]):
     expected += (1 - alpha) * np_ce(np.eye(7)[Y], np_softmax(z))
     expected += alpha * np_kl(np_softmax(deep / tau), np_softmax(z / tau))
-    distance = np.sum((f - deep_feat) ** 2, axis=-1)
-    expected += {"l2": lam * np.mean(np.sqrt(distance)), "squared": lam * np.mean(distance), "off": 0.0}[kind]
+    # l2: torch.dist, one norm over the whole batch; squared: eq. 3 per example, mean over the batch
+    distance = {"l2": np.sqrt(np.sum((f - deep_feat) ** 2)), "squared": np.mean(np.sum((f - deep_feat) ** 2, -1))}
+    expected += lam * distance[kind] if kind != "off" else 0.0
   total, parts = losses.self_distillation_loss(
     [np.float32(z) for z in exits], [np.float32(f) for f in feats], Y, alpha, tau, lam, kind
   )
   np.testing.assert_allclose(total, expected, rtol=1e-5)
   assert set(parts) == {"ce", "kl", "feature"}
+  # A shallow exit given no feature (the authors' code skips the one just before the deepest) has no term
+  skipped, _ = losses.self_distillation_loss(
+    [np.float32(z) for z in exits], [np.float32(feats[0]), None, np.float32(feats[2])], Y, alpha, tau, lam, kind
+  )
+  if kind != "off":
+    unskipped = {
+      "l2": np.sqrt(np.sum((feats[1] - deep_feat) ** 2)),
+      "squared": np.mean(np.sum((feats[1] - deep_feat) ** 2, -1)),
+    }
+    np.testing.assert_allclose(skipped, expected - lam * unskipped[kind], rtol=1e-5)
 
 
 def test_self_distillation_targets_are_the_deepest_exit():
@@ -247,5 +274,7 @@ def test_self_distillation_targets_are_the_deepest_exit():
   ce_only = jax.grad(lambda z: losses.cross_entropy(z, jnp.asarray(Y)))(jnp.asarray(T))
   np.testing.assert_allclose(grads[0][1], ce_only, rtol=1e-5)  # the deepest exit learns from the labels only
   assert float(jnp.max(jnp.abs(grads[1][1]))) == 0.0  # F_C is a target
-  # ‖F_1 − F_C‖ = √3 per example; its gradient is λ·(F_1 − F_C)/√3 / batch
-  np.testing.assert_allclose(grads[1][0], np.full((5, 3), 0.03 / np.sqrt(3) / 5), rtol=1e-5)
+  # ‖F_1 − F_C‖ over the batch = √15; its gradient is λ·(F_1 − F_C)/√15
+  np.testing.assert_allclose(grads[1][0], np.full((5, 3), 0.03 / np.sqrt(15)), rtol=1e-5)
+  same = jax.grad(lambda f: losses.feature_distance(f, f, "l2"))(jnp.ones((5, 3)))
+  assert np.all(np.isfinite(same)) and not np.any(same)  # zero distance: a finite (zero) gradient

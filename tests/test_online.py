@@ -9,7 +9,7 @@ import pytest
 
 from fitnets_jax import data, experiment, losses, models, parallel, train, train_step
 from fitnets_jax.methods import byot
-from fitnets_jax.methods.base import network
+from fitnets_jax.methods.base import forward, network
 from fitnets_jax.models.exits import ExitHead
 
 from conftest import load_config, with_overrides
@@ -123,6 +123,48 @@ def test_byot_bottlenecks_reach_the_deepest_section_shape():
     variables = jax.eval_shape(lambda: head.init(jax.random.PRNGKey(0), np.zeros((1,) + shapes[outputs[i]])))
     logits, feature = jax.eval_shape(lambda v: head.apply(v, np.zeros((2,) + shapes[outputs[i]])), variables)
     assert logits.shape == (2, 100) and feature.shape == (2, 512)
+
+
+def byot_feature_term(tmp_path, **overrides):
+  """(parameter tree, the stage's `feature` term, [F_1, F_2, F_C] recomputed outside the stage) on
+  one digits batch, for a three-section student."""
+  config = tiny("byot_digits", num_devices=1, **{"student.model": "digits_resnet8", **overrides})
+  exp = experiment.prepare(config, str(tmp_path))
+  stage, rng = exp.stages[0], jax.random.PRNGKey(1)
+  params, stats = stage.init(jax.random.PRNGKey(0), None)
+  batch = next(data.train_batches(exp.data, 32, exp.steps_per_epoch, 0, 0))
+  _, (parts, _) = stage.loss(params, stats, {}, batch, rng, 0)
+  outputs = byot.section_outputs(exp.student)
+  _, feats, _ = forward(exp.student, params["student"], stats["student"], batch["image"], True, rng, capture=outputs)
+  heads = byot.exit_heads(exp.student, exp.data.num_classes, config.byot.attention)
+  shallow = [
+    forward(heads[f"exit{i + 1}"], params[f"exit{i + 1}"], stats[f"exit{i + 1}"], feats[o], True)[0][1]
+    for i, o in enumerate(outputs[:-1])
+  ]
+  deep = np.mean(np.asarray(feats[outputs[-1]]), axis=(1, 2))
+  return params, float(parts["feature"]), [np.asarray(f, np.float64) for f in shallow] + [deep]
+
+
+def test_byot_follows_the_authors_code_and_offers_the_papers_form(tmp_path):
+  # The authors' code: attention masks in every head, a linear adapter A_i, one norm over the whole batch
+  # (torch.dist), and no feature term (hence no adapter) for the shallow exit just before the deepest.
+  params, feature, (f1, _, fc) = byot_feature_term(tmp_path / "code")
+  assert set(params) == {"student", "exit1", "exit2", "adapter1"}
+  assert "attention" in params["exit1"] and "attention" in params["exit2"]
+  a = params["adapter1"]
+  adapted = f1 @ np.asarray(a["kernel"], np.float64) + np.asarray(a["bias"], np.float64)
+  np.testing.assert_allclose(feature, np.sqrt(np.sum((adapted - fc) ** 2)), rtol=1e-4)
+  # The paper's eq. 3: every shallow exit, its own feature, squared distance per example, mean over the batch.
+  paper = {
+    "byot.feature": "squared",
+    "byot.adapter": False,
+    "byot.attention": False,
+    "byot.feature_on_last_shallow": True,
+  }
+  params, feature, (f1, f2, fc) = byot_feature_term(tmp_path / "paper", **paper)
+  assert set(params) == {"student", "exit1", "exit2"} and "attention" not in params["exit1"]
+  expected = sum(np.mean(np.sum((f - fc) ** 2, axis=-1)) for f in (f1, f2))
+  np.testing.assert_allclose(feature, expected, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

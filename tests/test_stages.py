@@ -190,3 +190,105 @@ def test_max_norm_projects_columns_above_the_limit():
   np.testing.assert_allclose(new["d"]["kernel"][:, 0], [1.2, 1.6], rtol=1e-6)  # norm 5 → 2
   np.testing.assert_allclose(new["d"]["bias"], [9.0, 9.0])  # biases untouched
   np.testing.assert_allclose(new["logits"]["kernel"], 5.0)  # limit 0: off
+
+
+def test_max_norm_per_layer_overrides_the_kind_limits():
+  tx = optim.max_norm(conv=1.0, dense=0.0, logits=0.0, layers={"conv1": 0.5, "logits": 2.0})
+  params = {n: {"conv": {"kernel": jnp.zeros((1, 1, 2, 1))}} for n in ("conv1", "conv2")}
+  params["logits"] = {"kernel": jnp.zeros((2, 1))}
+  column = jnp.array([3.0, 4.0]).reshape(1, 1, 2, 1)  # norm 5
+  updates = {"conv1": {"conv": {"kernel": column}}, "conv2": {"conv": {"kernel": column}}}
+  updates["logits"] = {"kernel": column.reshape(2, 1)}
+  new = optax.apply_updates(params, tx.update(updates, tx.init(params), params)[0])
+  np.testing.assert_allclose(new["conv1"]["conv"]["kernel"].ravel(), [0.3, 0.4], rtol=1e-6)  # its own 0.5
+  np.testing.assert_allclose(new["conv2"]["conv"]["kernel"].ravel(), [0.6, 0.8], rtol=1e-6)  # conv's 1.0
+  np.testing.assert_allclose(new["logits"]["kernel"].ravel(), [1.2, 1.6], rtol=1e-6)  # 2.0 though logits=0
+
+
+def test_the_maxout_teacher_recipe_matches_momentum_sgd_written_out():
+  # SGD, momentum 0.5 → 0.7 over epochs 1 → 3 (4 steps per epoch), lr 0.1 falling linearly to 10 % over
+  # epochs 1 → 3, conv learning rate × 0.05: trace t ← g + μ_s·t, update −lr_s·t (× 0.05 for the conv's
+  # kernel and bias), written out in NumPy from the yaml's numbers.
+  cfg = base_config().stages.teacher.optimizer
+  cfg.update(
+    dict(
+      name="sgd",
+      learning_rate=0.1,
+      momentum=0.5,
+      momentum_final=0.7,
+      momentum_ramp_epochs=[1.0, 3.0],
+      conv_lr_scale=0.05,
+      schedule="linear",
+      boundaries_epochs=[1.0, 3.0],
+      decay_factor=0.1,
+    )
+  )
+  tx = optim.optimizer(cfg, 20, 4, "stages.teacher.optimizer")
+  rng = np.random.default_rng(0)
+  params = {"conv1": {"kernel": jnp.zeros((1, 1, 1, 2)), "bias": jnp.zeros(2)}, "fc": {"kernel": jnp.zeros((2, 2))}}
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params) for _ in range(14)]
+  state = tx.init(params)
+  expected = jax.tree.map(np.asarray, params)
+  trace = jax.tree.map(np.zeros_like, expected)
+  p = params
+  for step, g in enumerate(grads):
+    updates, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, updates)
+    mu = 0.5 + 0.2 * min(max(step - 4, 0) / 8, 1.0)
+    lr = 0.1 * (1 - 0.9 * min(max(step - 4, 0) / 8, 1.0))
+    trace = jax.tree.map(lambda t, gg: np.asarray(gg) + mu * t, trace, g)
+    scale = {"conv1": 0.05, "fc": 1.0}
+    expected = {k: jax.tree.map(lambda e, t: e - lr * scale[k] * t, expected[k], trace[k]) for k in expected}
+  for k in expected:
+    for leaf in expected[k]:
+      np.testing.assert_allclose(p[k][leaf], expected[k][leaf], rtol=1e-5, atol=1e-7)
+
+
+def test_the_exponential_schedule_divides_the_rate_every_step_down_to_its_floor():
+  cfg = base_config().stages.teacher.optimizer
+  cfg.update(dict(schedule="exponential", learning_rate=0.05, decay_factor=1 / 1.00004, min_learning_rate=0.049))
+  lr = optim.learning_rate(cfg, 10_000, 100, "stages.teacher.optimizer")
+  np.testing.assert_allclose(float(lr(100)), 0.05 / 1.00004**100, rtol=1e-5)
+  assert float(lr(5000)) == pytest.approx(0.049)  # 0.05 / 1.00004^5000 = 0.0409: floored
+
+
+def test_input_dropout_keeps_the_image_unscaled_and_scales_hidden_inputs():
+  import types
+
+  from fitnets_jax.models.maxout import input_dropout
+
+  module = types.SimpleNamespace(make_rng=lambda name: jax.random.PRNGKey(3))
+  x = jnp.ones((200, 10, 10, 5))
+  image = np.asarray(input_dropout(module, x, 0.8, 1.0, True))
+  hidden = np.asarray(input_dropout(module, x, 0.5, 2.0, True))
+  assert set(np.unique(image)) == {0.0, 1.0} and abs(image.mean() - 0.8) < 0.01  # pylearn2: the image is not rescaled
+  assert set(np.unique(hidden)) == {0.0, 2.0} and abs(hidden.mean() - 1.0) < 0.02
+  assert np.all(np.asarray(input_dropout(module, x, 0.5, 2.0, False)) == 1.0)  # evaluation: untouched
+
+
+def test_input_dropout_needs_one_probability_per_weight_layer():
+  from fitnets_jax import models
+
+  net = models.get_model("maxout_cifar_teacher", 10, input_dropout=(0.8, 0.5, 0.5, 0.5, 0.5))
+  assert net.input_dropout == (0.8, 0.5, 0.5, 0.5, 0.5)
+  with pytest.raises(FitnetsError, match=r"teacher.input_dropout=\[0.8, 0.5\]: .*5 for 'maxout_cifar_teacher'"):
+    models.get_model("maxout_cifar_teacher", 10, key="teacher.model", input_dropout=(0.8, 0.5))
+  with pytest.raises(FitnetsError, match=r"'resnet8' is not one"):
+    models.get_model("resnet8", 10, key="teacher.model", input_dropout=(0.8,))
+
+
+@pytest.mark.parametrize("name,momentum,dropout", [("cifar10", 0.65, 5), ("svhn", 0.6, 5), ("mnist", 0.7, 4)])
+def test_the_paper_configs_train_their_maxout_teachers_the_yamls_way(name, momentum, dropout):
+  from conftest import load_config
+
+  c = load_config(name)
+  opt = c.stages.teacher.optimizer
+  assert (opt.name, opt.momentum, opt.momentum_final, list(opt.momentum_ramp_epochs)) == (
+    "sgd",
+    0.5,
+    momentum,
+    [1, 250],
+  )
+  assert dict(opt.max_norm_layers) == {"conv1": 0.9, "conv2": 1.9365, "conv3": 1.9365, "fc": 1.9, "logits": 1.9365}
+  assert opt.conv_lr_scale == (1.0 if name == "mnist" else 0.05)
+  assert list(c.teacher.input_dropout) == [0.8] + [0.5] * (dropout - 1) and c.teacher.dropout == 0.0

@@ -10,7 +10,7 @@ import ml_collections
 
 from fitnets_jax import hints, losses
 from fitnets_jax.errors import check
-from fitnets_jax.methods.base import Method, Stage, forward, hint_captures, network_init, teacher_features
+from fitnets_jax.methods.base import Method, forward, hint_captures, teacher_features
 
 
 def defaults():
@@ -33,7 +33,6 @@ def at_stage(ctx):
   )
   by_teacher, guided_names = hint_captures(pairs)
   student, beta = ctx.student, ctx.config.attention.beta
-  num_steps = ctx.steps("student")
 
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
     x, y = batch["image"], batch["label"]
@@ -50,16 +49,7 @@ def at_stage(ctx):
       {"student": stats},
     )
 
-  return Stage(
-    name="at",
-    trains="student",
-    num_steps=num_steps,
-    tx=ctx.optimizer("student", num_steps),
-    init=network_init(student, "student"),
-    loss=loss,
-    uses_teacher=True,
-    teacher_layers=by_teacher,
-  )
+  return ctx.student_stage("at", "student", loss, teacher_layers=by_teacher)
 
 
 METHOD = Method(

@@ -114,6 +114,7 @@ class Network:
   sections: tuple = ()  # ((input layer, output layer), …) of models with named sections
   dtype: str = "float32"  # activations' dtype (config.dtype); parameters stay float32
   depth: int = 0  # weight layers (conv and dense) on the main path, as papers count layers
+  paper_params: int = 0  # the FitNets paper's count (features.paper_params)
 
   def abstract_variables(self):
     """Shapes and dtypes of all variables (no computation)."""
@@ -132,7 +133,13 @@ class Network:
     return self.module.init({"params": rng, "dropout": rng}, jnp.zeros((1,) + self.input_shape), train=False)
 
   def describe(self):
-    return {"model": self.name, "layers": self.depth, "params": self.params, "macs": self.macs}
+    return {
+      "model": self.name,
+      "layers": self.depth,
+      "params": self.params,
+      "paper_params": self.paper_params,
+      "macs": self.macs,
+    }
 
 
 def network(name, module, input_shape, dtype="float32"):
@@ -142,6 +149,7 @@ def network(name, module, input_shape, dtype="float32"):
   net.layers = features.describe(module, abstract, input_shape)
   net.params, net.macs = features.count_params(abstract["params"]), features.total_macs(net.layers)
   net.depth = features.depth(net.layers)
+  net.paper_params = features.paper_params(net.layers, abstract["params"])
   return net
 
 
@@ -232,11 +240,26 @@ class Context:
       self.stage_config(stage_key).optimizer, num_steps, self.steps_per_epoch, f"stages.{stage_key}.optimizer"
     )
 
+  def student_stage(self, name, stage_key, loss, **fields):
+    """A stage that trains the student with the teachers' help: its length and optimizer from
+    `stages.<stage_key>`, its init the student's carried (or fresh) variables unless `fields` gives
+    another; `fields` sets any other Stage field."""
+    num_steps = self.steps(stage_key)
+    fields = {"init": network_init(self.student, "student"), "uses_teacher": True, **fields}
+    return Stage(
+      name=name, trains="student", num_steps=num_steps, tx=self.optimizer(stage_key, num_steps), loss=loss, **fields
+    )
+
 
 def build_network(key, cfg, num_classes, image_shape, dtype="float32"):
   """The Network of `cfg.model` (dropout `cfg.dropout`); `key` names the config entry in errors."""
   return network(
-    cfg.model, models.get_model(cfg.model, num_classes, cfg.dropout, key=f"{key}.model"), image_shape, dtype
+    cfg.model,
+    models.get_model(
+      cfg.model, num_classes, cfg.dropout, key=f"{key}.model", input_dropout=tuple(cfg.get("input_dropout", ()))
+    ),
+    image_shape,
+    dtype,
   )
 
 

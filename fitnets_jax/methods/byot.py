@@ -4,11 +4,15 @@ The student's sections each end in an exit. The deepest exit is the network's ow
 each shallower section gets an `ExitHead` (a depthwise-separable bottleneck to the deepest
 section's channels and resolution, average pooling, a classifier). One stage trains the network
 and its heads on `losses.self_distillation_loss`: per shallow exit (1−α)·CE + α·KL(q_C^τ ‖ q_i^τ)
-+ λ·d(F_i, F_C), plus CE for the deepest, whose outputs and pooled features are the targets.
++ λ·d(A_i(F_i), F_C), plus CE for the deepest, whose outputs and pooled features are the targets.
 
-Defaults follow the authors' released code: α = 0.3, τ = 3, λ = 0.03 with d the (unsquared) L2
-distance; the paper's squared distance is `byot.feature=squared`, and `off` drops the term
-(the authors report better CIFAR results without it).
+Defaults follow the authors' released code (pytorch-self-distillation-final, train.py and
+resnet.py): α = 0.3, τ = 3, λ = 0.03; d one L2 norm over the whole batch (`torch.dist`); A_i a
+learned linear adapter (`byot.adapter`); no feature term for the shallow exit just before the
+deepest (`byot.feature_on_last_shallow=False`); and an attention mask on each section output
+before its exit's bottleneck (`byot.attention`). The paper's form (Zhang et al. 2019, eq. 3):
+`byot.feature=squared byot.adapter=False byot.attention=False byot.feature_on_last_shallow=True`.
+`byot.feature=off` drops the term.
 
 Evaluation: every exit's accuracy and the ensemble's (mean of the exits' logits). summary.json
 lists each exit with the parameters and MACs needed to classify there (the network up to that
@@ -16,13 +20,14 @@ section plus its head): the accuracy/cost trade-off of exiting early. The stage 
 plain network (the deepest exit); the heads stay in the stage's checkpoint.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from fitnets_jax import losses
 from fitnets_jax.errors import check, one_of
-from fitnets_jax.methods.base import Method, Stage, forward, fresh_or_carried, network
+from fitnets_jax.methods.base import Method, forward, fresh_or_carried, network
 from fitnets_jax.models.exits import ExitHead
 
 FEATURE_TERMS = ("l2", "squared", "off")
@@ -34,8 +39,11 @@ def defaults():
       dict(
         alpha=0.3,  # (1−α)·CE + α·KL(q_C^τ ‖ q_i^τ) per shallow exit (authors' code: 0.3)
         temperature=3.0,  # authors' code: 3
-        feature="l2",  # feature term d(F_i, F_C): l2 (code, not squared) | squared (paper) | off
+        feature="l2",  # d(F_i, F_C): l2 (code: one norm over the batch) | squared (paper, per example) | off
         feature_weight=0.03,  # λ (authors' code: 0.03)
+        adapter=True,  # code: a learned linear layer A_i on F_i before d | False: F_i itself (paper)
+        feature_on_last_shallow=False,  # code skips d for the shallow exit just before the deepest
+        attention=True,  # code: sigmoid attention mask before each exit's bottleneck | False (paper)
       )
     )
   }
@@ -62,16 +70,26 @@ def section_outputs(student):
   return [output for _, output in student.sections]
 
 
-def exit_heads(student, num_classes):
+def exit_heads(student, num_classes, attention=True):
   """{"exit1": Network, …}: the head after each section of `student` but the last."""
   outputs = section_outputs(student)
   shapes = {l.name: l.shape for l in student.layers}
   return {
     f"exit{i + 1}": network(
-      f"exit head after {name}", ExitHead(exit_blocks(shapes, outputs, i), num_classes), shapes[name], student.dtype
+      f"exit head after {name}",
+      ExitHead(exit_blocks(shapes, outputs, i), num_classes, attention),
+      shapes[name],
+      student.dtype,
     )
     for i, name in enumerate(outputs[:-1])
   }
+
+
+def feature_exits(cfg, shallow):
+  """Indices of the shallow exits (of `shallow`) that get the feature term."""
+  if cfg.feature == "off" or not cfg.feature_weight:
+    return []
+  return list(range(shallow if cfg.feature_on_last_shallow else shallow - 1))
 
 
 def cost_to_exit(student, heads, outputs, i):
@@ -96,16 +114,33 @@ def byot_stage(ctx):
   one_of("byot.feature", cfg.feature, FEATURE_TERMS)
   check(cfg.feature_weight >= 0, f"byot.feature_weight={cfg.feature_weight!r} must be ≥ 0.")
   outputs = section_outputs(student)
-  heads = exit_heads(student, ctx.num_classes)
-  num_steps = ctx.steps("student")
+  heads = exit_heads(student, ctx.num_classes, cfg.attention)
+  distilled = feature_exits(cfg, len(heads))
+  width = dict((l.name, l.shape) for l in student.layers)[outputs[-1]][-1]
+  adapter = nn.Dense(width)  # A_i: F_i → the deepest feature's width (nn.Linear in the authors' code)
+  adapters = [f"adapter{i + 1}" for i in distilled] if cfg.adapter else []
 
   def init(rng, carry):
     params, stats = fresh_or_carried(student, rng, carry)
     fresh = {name: head.init(jax.random.fold_in(rng, i + 1)) for i, (name, head) in enumerate(heads.items())}
+    fresh.update(
+      {
+        name: (adapter.init(jax.random.fold_in(rng, 100 + i), jnp.zeros((1, width)))["params"], {})
+        for i, name in enumerate(adapters)
+      }
+    )
     return (
       {"student": params, **{n: p for n, (p, _) in fresh.items()}},
       {"student": stats, **{n: s for n, (_, s) in fresh.items()}},
     )
+
+  def distilled_features(params, all_features):
+    """Each exit's feature for the feature term: A_i(F_i) (or F_i) where it applies, else None; F_C last."""
+    shallow = [
+      (adapter.apply({"params": params[f"adapter{i + 1}"]}, f) if cfg.adapter else f) if i in distilled else None
+      for i, f in enumerate(all_features[:-1])
+    ]
+    return shallow + all_features[-1:]
 
   def exits(params, batch_stats, x, train, rng=None):
     """([logits per exit, shallow → deep], [pooled feature per exit], batch_stats after the call)."""
@@ -122,8 +157,10 @@ def byot_stage(ctx):
   def loss(params, batch_stats, teacher, batch, rng, step):
     y = batch["label"]
     all_logits, all_features, stats = exits(params, batch_stats, batch["image"], True, rng)
+    stats.update({name: {} for name in adapters})
+    features = distilled_features(params, all_features)
     total, parts = losses.self_distillation_loss(
-      all_logits, all_features, y, cfg.alpha, cfg.temperature, cfg.feature_weight, cfg.feature
+      all_logits, features, y, cfg.alpha, cfg.temperature, cfg.feature_weight, cfg.feature
     )
     parts.update({f"exit{i + 1}_accuracy": losses.accuracy(z, y) for i, z in enumerate(all_logits)})
     parts["accuracy"] = parts[f"exit{len(all_logits)}_accuracy"]
@@ -154,15 +191,8 @@ def byot_stage(ctx):
       )
     return {"exits": rows, "ensemble_accuracy": test.get("ensemble_accuracy")}
 
-  return Stage(
-    name="byot",
-    trains="student",
-    num_steps=num_steps,
-    tx=ctx.optimizer("student", num_steps),
-    init=init,
-    loss=loss,
-    evaluation=evaluation,
-    summarize=summarize,
+  return ctx.student_stage(
+    "byot", "student", loss, init=init, uses_teacher=False, evaluation=evaluation, summarize=summarize
   )
 
 

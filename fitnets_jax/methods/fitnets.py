@@ -17,7 +17,7 @@ import ml_collections
 
 from fitnets_jax import features, hints
 from fitnets_jax.methods import kd
-from fitnets_jax.methods.base import Method, Stage, forward, fresh_or_carried, hint_captures, teacher_features
+from fitnets_jax.methods.base import Method, forward, fresh_or_carried, hint_captures, teacher_features
 
 
 def defaults():
@@ -46,7 +46,6 @@ def hint_stage(ctx, name, pairs):
   last = max((p.guided for p in pairs), key=lambda l: [x.name for x in student.layers].index(l.name))
   trained = features.prefix_paths(student.layers, last.name)
   by_teacher, guided_names = hint_captures(pairs)
-  num_steps = ctx.steps("hint")
 
   def init(rng, carry):
     params, stats = fresh_or_carried(student, rng, carry)
@@ -78,18 +77,7 @@ def hint_stage(ctx, name, pairs):
     stats = features.merge_prefix(stats, batch_stats["student"], trained)
     return value, (scalars, {"student": stats})
 
-  return Stage(
-    name=name,
-    trains="student",
-    num_steps=num_steps,
-    tx=ctx.optimizer("hint", num_steps),
-    init=init,
-    loss=loss,
-    labels=labels,
-    uses_teacher=True,
-    evaluate=False,
-    teacher_layers=by_teacher,
-  )
+  return ctx.student_stage(name, "hint", loss, init=init, labels=labels, evaluate=False, teacher_layers=by_teacher)
 
 
 def hint_stages(ctx):

@@ -14,7 +14,7 @@ import ml_collections
 from fitnets_jax import features, losses
 from fitnets_jax.errors import check
 from fitnets_jax.methods import kd
-from fitnets_jax.methods.base import Method, Stage, forward, network_init, supervised_stage, teacher_features
+from fitnets_jax.methods.base import Method, forward, supervised_stage, teacher_features
 
 
 def defaults():
@@ -71,7 +71,6 @@ def fsp_stage(ctx):
   s_names = tuple(dict.fromkeys(l.name for point in s_points for l in point))
   t_names = tuple(dict.fromkeys(l.name for point in t_points for l in point))
   trained = features.prefix_paths(student.layers, s_points[-1][1].name)
-  num_steps = ctx.steps("hint")
 
   def labels(params):
     return {"student": features.prefix_labels(params["student"], trained)}
@@ -86,18 +85,7 @@ def fsp_stage(ctx):
     stats = features.merge_prefix(stats, batch_stats["student"], trained)
     return value, ({"fsp": value}, {"student": stats})
 
-  return Stage(
-    name="fsp",
-    trains="student",
-    num_steps=num_steps,
-    tx=ctx.optimizer("hint", num_steps),
-    init=network_init(student, "student"),
-    loss=loss,
-    labels=labels,
-    uses_teacher=True,
-    evaluate=False,
-    teacher_layers={"teacher": t_names},
-  )
+  return ctx.student_stage("fsp", "hint", loss, labels=labels, evaluate=False, teacher_layers={"teacher": t_names})
 
 
 def stages(ctx):

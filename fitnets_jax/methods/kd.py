@@ -11,11 +11,9 @@ from fitnets_jax import hints, losses
 from fitnets_jax.errors import check, one_of
 from fitnets_jax.methods.base import (
   Method,
-  Stage,
   forward,
   hint_captures,
   linear_anneal,
-  network_init,
   teacher_features,
   teacher_logits,
 )
@@ -42,8 +40,8 @@ def defaults():
 
 
 def lambda_schedule(cfg, num_steps, steps_per_epoch):
-  """λ(step) of the FitNets KD loss: `lambda_start` → `lambda_end`, linear (Romero et al. 2015, §2.2 and
-  their released configs: 4 → 1)."""
+  """λ(step) of the FitNets KD loss: `lambda_start` → `lambda_end`, linear (Romero et al. 2015, §2.2;
+  the authors' released yamls: 4 → 1 from epoch 5 for CIFAR-10, 4 → 0 over epochs 5 → 150 for MNIST)."""
   check(
     cfg.lambda_start >= cfg.lambda_end >= 0,
     f"kd.lambda_start={cfg.lambda_start!r} → kd.lambda_end={cfg.lambda_end!r}: FitNets anneals λ "
@@ -104,16 +102,7 @@ def kd_stage(ctx, name="kd"):
     parts["accuracy"] = losses.accuracy(s_logits, y)
     return total, (parts, {"student": stats})
 
-  return Stage(
-    name=name,
-    trains="student",
-    num_steps=num_steps,
-    tx=ctx.optimizer("student", num_steps),
-    init=network_init(student, "student"),
-    loss=loss,
-    uses_teacher=True,
-    teacher_layers=by_teacher,
-  )
+  return ctx.student_stage(name, "student", loss, teacher_layers=by_teacher)
 
 
 def uses_attention_pairs(config):

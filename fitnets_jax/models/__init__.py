@@ -5,8 +5,8 @@
 | maxout_cifar_teacher | Goodfellow's CIFAR-10 maxout net: 96/192/192 ch, kernels 8/8/5, pads 4/3/3, pools 4/4/2 s2, fc 500×5 |
 | fitnet1 … fitnet4 | FitNets Table 7 students: 3×3 maxout convs (2 pieces), 2×2 pools between blocks, global 8×8 pool, fc 500×5 |
 | maxout_mnist_teacher | Goodfellow's MNIST maxout net: 48/48/24 ch, pieces 2/2/4, kernels 8/8/5, pads 0/3/3, pools 4/4/2 s2 |
-| fitnet_mnist | FitNets MNIST student: 6 maxout convs 16-16-16-16-12-12, 2×2 pools after conv2 and conv4 |
-| maxout_svhn_teacher | maxout net 64/128/128 ch, kernels 8/8/5, fc 200×5 (sized to the paper's 4.9M; layout unverified) |
+| fitnet_mnist | the authors' MNIST FitNet yaml: 16-16-16-16-12-12 ch, pieces 2/2/2/2/4/4, kernels 5/3/5/3/3/3, pads 0/0/3/0/3/0, pools 4 s2 after conv2 and conv4, 2 s2 after conv6 |
+| maxout_svhn_teacher | Goodfellow's SVHN maxout net (pylearn2 svhn.yaml): 64/128/128 ch, kernels 5, pads 4/3/3, pools 3 s2, fc 400×5 |
 | fitnet_svhn | 13 layers (paper §3.2): FitNet 3's 11 convs + fc + softmax |
 | digits_teacher | 8×8 digits teacher: maxout convs 32-64-64 with batch norm, fc 128×2 (179K params) |
 | digits_student | 8×8 digits FitNet: 10 thin maxout convs (6×5, 12×5), no batch norm, fc 32×2 (18K params) |
@@ -66,10 +66,20 @@ _SPECS = {
   "maxout_mnist_teacher": dict(
     convs=(ConvSpec(48, 2, 8, 0, 4, 2), ConvSpec(48, 2, 8, 3, 4, 2), ConvSpec(24, 4, 5, 3, 2, 2)), init_range=PAPER_INIT
   ),
-  "fitnet_mnist": dict(convs=_plain((16, 16, 16, 16, 12, 12), pool_after=(2, 4)), init_range=PAPER_INIT),
-  "maxout_svhn_teacher": dict(
-    convs=(ConvSpec(64, 2, 8, 4, 4, 2), ConvSpec(128, 2, 8, 3, 4, 2), ConvSpec(128, 2, 5, 3, 2, 2)),
-    dense_units=200,
+  "fitnet_mnist": dict(  # the authors' MNIST_fitnet_valid.yaml
+    convs=(
+      ConvSpec(16, 2, 5, 0),
+      ConvSpec(16, 2, 3, 0, 4, 2),
+      ConvSpec(16, 2, 5, 3),
+      ConvSpec(16, 2, 3, 0, 4, 2),
+      ConvSpec(12, 4, 3, 3),
+      ConvSpec(12, 4, 3, 0, 2, 2),
+    ),
+    init_range=PAPER_INIT,
+  ),
+  "maxout_svhn_teacher": dict(  # pylearn2/scripts/papers/maxout/svhn.yaml
+    convs=(ConvSpec(64, 2, 5, 4, 3, 2), ConvSpec(128, 2, 5, 3, 3, 2), ConvSpec(128, 2, 5, 3, 3, 2)),
+    dense_units=400,
     dense_pieces=5,
     init_range=PAPER_INIT,
   ),
@@ -123,13 +133,25 @@ def maxout_spec(name):
   return dict(_SPECS[name])
 
 
-def get_model(name, num_classes, dropout=0.0, key="model"):
-  """Builds the named model; an unknown name raises FitnetsError listing the known ones."""
+def get_model(name, num_classes, dropout=0.0, key="model", input_dropout=()):
+  """Builds the named model; an unknown name raises FitnetsError listing the known ones.
+  `input_dropout` (maxout models): one include probability per weight layer's input (MaxoutNet)."""
+  section = key.rsplit(".", 1)[0]
   if not 0.0 <= dropout < 1.0:
-    raise FitnetsError(f"{key.rsplit('.', 1)[0]}.dropout={dropout!r} must be in [0, 1).")
+    raise FitnetsError(f"{section}.dropout={dropout!r} must be in [0, 1).")
   model = _resnet(name, num_classes, dropout, key)
-  if model is not None:
-    return model
-  if name not in _SPECS:
+  if model is None and name not in _SPECS:
     raise FitnetsError(f"{key}={name!r} is not a known model; choose one of: {', '.join(MODEL_NAMES)}, or {FAMILIES}.")
-  return MaxoutNet(num_classes=num_classes, dropout=dropout, **_SPECS[name])
+  if not input_dropout:
+    return model or MaxoutNet(num_classes=num_classes, dropout=dropout, **_SPECS[name])
+  spec = _SPECS.get(name)
+  layers = len(spec["convs"]) + bool(spec.get("dense_units")) + 1 if spec else 0
+  if model is not None or len(input_dropout) != layers or not all(0.0 < p <= 1.0 for p in input_dropout):
+    raise FitnetsError(
+      f"{section}.input_dropout={list(input_dropout)!r}: one include probability in (0, 1] per weight layer's "
+      f"input of a maxout model (conv1 … logits"
+      + (f": {layers} for {name!r}" if spec else f"; {name!r} is not one")
+      + "), e.g. [0.8, 0.5, 0.5, 0.5, 0.5] for the maxout CIFAR/SVHN teachers as in Goodfellow et al.'s yamls; "
+      "[] for none."
+    )
+  return MaxoutNet(num_classes=num_classes, dropout=dropout, input_dropout=tuple(input_dropout), **spec)

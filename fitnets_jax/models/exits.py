@@ -5,6 +5,9 @@ per later section, each bringing it to that section's channels and resolution, s
 matches the deepest section. Global average pooling gives the exit's feature F_i; a dense layer
 gives its logits. A separable block is the authors' SepConv: depthwise 3×3 (stride s), 1×1,
 BN, ReLU, depthwise 3×3, 1×1 to the new width, BN, ReLU.
+
+With `attention` (the authors' released code; not in the paper), the section output is first
+multiplied by a mask: sigmoid(upsample(SepConv_stride2(x))), bilinear back to x's size.
 """
 
 import flax.linen as nn
@@ -29,16 +32,21 @@ class SeparableBlock(nn.Module):
 
 
 class ExitHead(nn.Module):
-  """Bottleneck (`blocks`: (channels, stride) per separable block) → average pool → logits.
+  """[attention mask →] bottleneck (`blocks`: (channels, stride) per separable block) → average pool
+  → logits.
 
   Returns (logits, feature): the feature is the pooled bottleneck output, compared with the
   deepest section's pooled output in BYOT's feature term."""
 
   blocks: tuple
   num_classes: int
+  attention: bool = False
 
   @nn.compact
   def __call__(self, x, train=False):
+    if self.attention:
+      mask = SeparableBlock(x.shape[-1], 2, name="attention")(x, train)
+      x = x * jax.nn.sigmoid(jax.image.resize(mask, x.shape, "bilinear"))
     for i, (features, stride) in enumerate(self.blocks):
       x = SeparableBlock(features, stride, name=f"sepconv{i + 1}")(x, train)
     feature = jnp.mean(x, axis=(1, 2))

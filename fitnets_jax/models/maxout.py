@@ -142,10 +142,22 @@ class MaxoutDense(nn.Module):
     return maxout(x, self.pieces)
 
 
+def input_dropout(module, x, include, scale, train):
+  """pylearn2's Dropout cost on one layer's input: keep each unit with probability `include` and
+  multiply the kept ones by `scale` (pylearn2: 1/include, but 1 on the image), at training only."""
+  if not train or include >= 1.0:
+    return x
+  keep = jax.random.bernoulli(module.make_rng("dropout"), include, x.shape)
+  return jnp.where(keep, x * scale, 0.0).astype(x.dtype)
+
+
 class MaxoutNet(nn.Module):
   """Maxout conv layers, an optional maxout dense layer, and a softmax layer (`logits`).
 
-  Dropout (rate `dropout`, only when > 0) is applied before `fc` and before `logits`.
+  Dropout (rate `dropout`, only when > 0) is applied before `fc` and before `logits`. With
+  `input_dropout` (one include probability per weight layer, conv1 … logits) each layer's input is
+  dropped instead, as Goodfellow et al.'s pylearn2 yamls do (`Dropout` cost: the image kept with 0.8
+  and not rescaled, every hidden input kept with 0.5 and scaled by 2).
   """
 
   convs: tuple
@@ -155,16 +167,27 @@ class MaxoutNet(nn.Module):
   batch_norm: bool = False
   dropout: float = 0.0
   init_range: float = 0.0
+  input_dropout: tuple = ()
 
   @nn.compact
   def __call__(self, x, train=False):
+    include = list(self.input_dropout)
+
+    def drop(x, index):
+      if not include:
+        return x
+      return input_dropout(self, x, include[index], 1.0 if index == 0 else 1.0 / include[index], train)
+
     for i, spec in enumerate(self.convs, start=1):
-      x = MaxoutConv(spec, self.batch_norm, self.init_range, name=f"conv{i}")(x, train)
+      x = MaxoutConv(spec, self.batch_norm, self.init_range, name=f"conv{i}")(drop(x, i - 1), train)
     x = x.reshape((x.shape[0], -1))
     if self.dense_units:
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train, name="fc_dropout")(x)
-      x = MaxoutDense(self.dense_units, self.dense_pieces, self.batch_norm, self.init_range, name="fc")(x, train)
+      x = MaxoutDense(self.dense_units, self.dense_pieces, self.batch_norm, self.init_range, name="fc")(
+        drop(x, len(self.convs)), train
+      )
     if self.dropout:
       x = nn.Dropout(self.dropout, deterministic=not train, name="logits_dropout")(x)
+    x = drop(x, len(self.convs) + bool(self.dense_units))
     return nn.Dense(self.num_classes, kernel_init=kernel_init(self.init_range), name="logits")(x)
