@@ -90,6 +90,33 @@ def accuracy_vs_macs(rows):
   return fig
 
 
+def accuracy_vs_depth(table):
+  """Each method's mean test accuracy (± std over seeds) against the student's weight layers, from
+  `report.by_depth`'s {layers: {method: row}} (FitNets Figure 3's axes)."""
+  fig, ax = figure(6, 4)
+  methods = list(dict.fromkeys(m for row in table.values() for m in row))
+  for i, method in enumerate(methods):
+    points = [
+      (layers, row[method]) for layers, row in table.items() if method in row and row[method]["mean"] is not None
+    ]
+    ax.errorbar(
+      [layers + 0.15 * (i - (len(methods) - 1) / 2) for layers, _ in points],  # side by side, not on top
+      [100 * r["mean"] for _, r in points],
+      yerr=[100 * (r["std"] or 0.0) for _, r in points],
+      fmt="-o",
+      color=f"C{i}",
+      capsize=3,
+      label=method,
+    )
+  ax.set_xticks(list(table))
+  ax.set_xlabel("weight layers of the student")
+  ax.set_ylabel("test accuracy (%)")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  return fig
+
+
 def accuracy_bars(accuracies, title="test accuracy"):
   """A bar per {label: accuracy in [0, 1]}, the value written on each bar; the axis starts near the
   lowest value so small differences stay visible."""

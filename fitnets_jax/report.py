@@ -12,7 +12,10 @@ only by seed, and writes to `--out`:
   (scratch, dml, byot) are compared with the teacher of the other runs on the same dataset;
 - `curves_<run>.png` per run: train loss and train/test accuracy against the run's global step,
   one colour per stage;
-- `accuracy_vs_macs.png`: every group's mean test accuracy (± std) against its MACs, teachers too.
+- `accuracy_vs_macs.png`: every group's mean test accuracy (± std) against its MACs, teachers too;
+- when the students span several depths (`fitnets_jax.depth_sweep`), a table and
+  `accuracy_vs_depth.png` of each method's test accuracy (mean ± std) against the weight layers, as
+  the FitNets paper's Figure 3.
 """
 
 import argparse
@@ -188,11 +191,45 @@ def markdown_table(rows):
   return "\n".join(lines)
 
 
+def by_depth(rows):
+  """{layers: {method: row}} of the student rows, when they span several depths; else {}."""
+  students = [r for r in rows if r["kind"] == "student" and r["layers"] is not None]
+  if len({r["layers"] for r in students}) < 2:
+    return {}
+  table = {}
+  for r in sorted(students, key=lambda r: r["layers"]):
+    table.setdefault(r["layers"], {})[r["method"]] = r
+  return table
+
+
+def depth_table(rows):
+  """Test accuracy against depth (FitNets Figure 3 as a table): a row per weight-layer count, a
+  column per method (mean ± std over seeds), with the student's parameters; "" without depths."""
+  table = by_depth(rows)
+  if not table:
+    return ""
+  methods = list(dict.fromkeys(m for row in table.values() for m in row))
+  lines = [
+    "| layers | " + " | ".join(["model", "params", "MACs", *methods, "seeds"]) + " |",
+    "|---" * (len(methods) + 5) + "|",
+  ]
+  for layers, row in table.items():
+    first = next(iter(row.values()))
+    seeds = sorted({r["runs"] for r in row.values()})
+    lines.append(
+      f"| {layers} | {first['model']} | {_count(first['params'])} | {_count(first['macs'])} | "
+      + " | ".join(accuracy_text(row[m]["mean"], row[m]["std"]) if m in row else "—" for m in methods)
+      + f" | {'/'.join(map(str, seeds))} |"
+    )
+  return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- the report
 
 
-def write(run_dirs, out):
-  """Writes report.md and the plots for `run_dirs` into `out`; returns the table's rows."""
+def write(run_dirs, out, curves=True):
+  """Writes report.md and the plots for `run_dirs` into `out` (with `curves`, each run's training
+  curves too); returns the table's rows."""
   check(run_dirs, "pass at least one run directory (a workdir holding summary.json).")
   runs = [read_run(d) for d in run_dirs]
   names = [r["name"] for r in runs]
@@ -202,13 +239,26 @@ def write(run_dirs, out):
   files.makedirs(out)
   rows = rows_of(runs)
   plots.save(plots.accuracy_vs_macs(rows), files.join(out, "accuracy_vs_macs.png"))
-  curves = []
-  for run in runs:
+  depth = []
+  if by_depth(rows):
+    plots.save(plots.accuracy_vs_depth(by_depth(rows)), files.join(out, "accuracy_vs_depth.png"))
+    depth = [
+      "## Accuracy against depth",
+      "",
+      "Test accuracy (mean ± sample std over seeds) of each method against the student's weight layers.",
+      "",
+      depth_table(rows),
+      "",
+      "![accuracy vs depth](accuracy_vs_depth.png)",
+      "",
+    ]
+  curve_lines = []
+  for run in runs if curves else []:
     file = f"curves_{re.sub(r'[^A-Za-z0-9_.-]', '_', run['name'])}.png"
     s = run["summary"]
     title = f"{run['name']}: {s['method']}, {s['student']['model']}, seed {s['seed']}"
     plots.save(plots.curves(run["metrics"], title), files.join(out, file))
-    curves.append(f"- `{run['dir']}`: ![{run['name']}]({file})")
+    curve_lines.append(f"- `{run['dir']}`: ![{run['name']}]({file})")
   groups = [
     f"- {r['method']} / {r['model']}: seeds {', '.join(map(str, r['seeds']))} — "
     + ", ".join(f"`{d}`" for d in r["dirs"])
@@ -225,6 +275,7 @@ def write(run_dirs, out):
       "",
       markdown_table(rows),
       "",
+      *depth,
       "## Groups",
       "",
       *groups,
@@ -233,10 +284,7 @@ def write(run_dirs, out):
       "",
       "![accuracy vs MACs](accuracy_vs_macs.png)",
       "",
-      "## Training curves",
-      "",
-      *curves,
-      "",
+      *(["## Training curves", "", *curve_lines, ""] if curves else []),
     ]
   )
   files.write_atomically(files.join(out, "report.md"), text)
@@ -247,10 +295,13 @@ def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m fitnets_jax.report", description=__doc__.splitlines()[0])
   parser.add_argument("runs", nargs="+", help="finished runs' workdirs")
   parser.add_argument("--out", default="report", help="folder for report.md and the PNGs")
+  parser.add_argument("--no-curves", action="store_true", help="leave out each run's training-curve plot")
   args = parser.parse_args(argv)
-  rows = or_exit(write, args.runs, args.out)
+  rows = or_exit(write, args.runs, args.out, not args.no_curves)
   print(markdown_table(rows))
-  print(f"Written to {files.join(args.out, 'report.md')} with {len(args.runs) + 1} plots.")
+  if by_depth(rows):
+    print(depth_table(rows))
+  print(f"Written to {files.join(args.out, 'report.md')}.")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ TEACHER = {"role": "teacher", "model": "big", "layers": 5, "params": 1_000_000, 
 STUDENT = {"model": "thin", "layers": 11, "params": 100_000, "macs": 10_000_000}
 
 
-def make_run(path, method, seed, accuracy, teacher_accuracy=0.99, temperature=3.0, checkpoint=""):
+def make_run(path, method, seed, accuracy, teacher_accuracy=0.99, temperature=3.0, checkpoint="", student=STUDENT):
   """A finished run's workdir: summary.json, config.json and a short metrics.jsonl."""
   path.mkdir(parents=True)
   teacher = {**TEACHER, "test_accuracy": teacher_accuracy, "checkpoint": checkpoint or f"{path}/teacher"}
@@ -21,7 +21,7 @@ def make_run(path, method, seed, accuracy, teacher_accuracy=0.99, temperature=3.
     "method": method,
     "dataset": "digits",
     "seed": seed,
-    "student": {**STUDENT, "test_accuracy": accuracy},
+    "student": {**student, "test_accuracy": accuracy},
     "teacher": teacher if method != "scratch" else None,
     "teachers": [teacher] if method != "scratch" else [],
   }
@@ -31,6 +31,7 @@ def make_run(path, method, seed, accuracy, teacher_accuracy=0.99, temperature=3.
     "log_every_steps": 10 + seed,
     "kd": {"temperature": temperature},
     "teacher": {"model": "big", "checkpoint": checkpoint},
+    "student": {"model": student["model"]},
   }
   records = [
     {"stage": "hint", "step": 4, "split": "train", "loss": 9.0, "hint": 9.0},
@@ -82,6 +83,33 @@ def test_report_groups_by_config_minus_seed_with_mean_and_sample_std(tmp_path):
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     image = matplotlib.image.imread(tmp_path / "out" / name)
     assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0  # something is drawn
+
+
+def test_accuracy_against_depth_per_method_with_mean_and_sample_std(tmp_path):
+  shallow = {"model": "thin_5", "layers": 5, "params": 18_000, "macs": 360_000}
+  deep = {"model": "thin_9", "layers": 9, "params": 19_000, "macs": 420_000}
+  runs = [
+    make_run(tmp_path / f"{method}_{net['model']}" / f"seed_{s}", method, s, acc, student=net)
+    for method, net, accuracies in [
+      ("scratch", shallow, (0.95, 0.97)),
+      ("fitnets", shallow, (0.96, 0.96)),
+      ("scratch", deep, (0.80, 0.90)),
+      ("fitnets", deep, (0.97, 0.99)),
+    ]
+    for s, acc in enumerate(accuracies)
+  ]
+  rows = report.write(runs, str(tmp_path / "out"), curves=False)
+  # mean ± sample std (ddof 1) of two seeds: (0.95, 0.97) → 96.00 ± 1.41; (0.80, 0.90) → 85.00 ± 7.07
+  assert report.depth_table(rows).splitlines() == [
+    "| layers | model | params | MACs | scratch | fitnets | seeds |",
+    "|---|---|---|---|---|---|---|",
+    "| 5 | thin_5 | 18.0K | 360.0K | 96.00 % ± 1.41 | 96.00 % ± 0.00 | 2 |",
+    "| 9 | thin_9 | 19.0K | 420.0K | 85.00 % ± 7.07 | 98.00 % ± 1.41 | 2 |",
+  ]
+  assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["accuracy_vs_depth.png", "accuracy_vs_macs.png"]
+  image = matplotlib.image.imread(tmp_path / "out" / "accuracy_vs_depth.png")
+  assert image.ndim == 3 and image.shape[0] > 100 and image.std() > 0
+  assert report.depth_table(rows[:1]) == ""  # one depth: no depth table
 
 
 def test_stage_curves_put_stages_end_to_end():

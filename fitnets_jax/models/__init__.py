@@ -11,6 +11,7 @@
 | digits_teacher | 8×8 digits teacher: maxout convs 32-64-64 with batch norm, fc 128×2 (179K params) |
 | digits_student | 8×8 digits FitNet: 10 thin maxout convs (6×5, 12×5), no batch norm, fc 32×2 (18K params) |
 | digits_student_bn | 6 maxout convs 8-8-16-16-16-16 with batch norm, fc 32×2 (22K params) |
+| digits_thin_D | the depth family (FitNets §4.4 on digits): D weight layers = D − 2 maxout convs in two halves of width w and 2w, a 2×2 pool after each, fc 32×2, softmax; no batch norm; w chosen so the model has ≈ 18K parameters (D = 5 … 41) |
 | resnetD, resnetDxW | CIFAR ResNet-D (D = 6n+2: 8, 14, 20, 26, 32, 56, 110, …), sections 16W/32W/64W |
 | wrn_D_K | wide ResNet WRN-D-K (D = 6n+4), pre-activation, sections 16K/32K/64K |
 | digits_resnetD | ResNet-D for 8×8 digits: sections 8/16/32 |
@@ -97,8 +98,53 @@ _SPECS = {
 MODEL_NAMES = tuple(_SPECS)
 FAMILIES = (
   "resnetD or resnetDxW (D = 6n+2, e.g. resnet8, resnet26, resnet32x4), resnet10/18/34 (four sections), "
-  "wrn_D_K (D = 6n+4, e.g. wrn_16_2), digits_resnetD"
+  "wrn_D_K (D = 6n+4, e.g. wrn_16_2), digits_resnetD, digits_thin_D (D = 5 … 41, e.g. digits_thin_11)"
 )
+THIN_PARAMS = 18_000  # digits_thin_D's parameter budget: digits_student's size
+THIN_DEPTHS = range(5, 42)
+
+
+def thin_halves(depth):
+  """(convs of width w, convs of width 2w) of digits_thin_<depth>: the first half takes the extra one."""
+  convs = depth - 2
+  return (convs + 1) // 2, convs // 2
+
+
+def thin_params(depth, width, channels=1, classes=10, fc=32):
+  """digits_thin_<depth>'s parameters at first-half width `width` (every maxout layer 2 pieces, biases
+  included), from the layer shapes: 8×8 input, 3×3 convs, pools to 4×4 then 2×2."""
+  first, second = thin_halves(depth)
+  widths = [channels] + [width] * first + [2 * width] * second
+  convs = sum((9 * c_in + 1) * 2 * c_out for c_in, c_out in zip(widths, widths[1:]))
+  return convs + (2 * 2 * widths[-1] + 1) * 2 * fc + (fc + 1) * classes
+
+
+def thin_width(depth):
+  """The first-half width w whose digits_thin_<depth> comes closest to THIN_PARAMS parameters."""
+  return min(range(1, 64), key=lambda w: abs(thin_params(depth, w) - THIN_PARAMS))
+
+
+def thin_student(depth):
+  """digits_thin_<depth>'s MaxoutNet fields; its guided layer for a hint is conv<first half> (4×4×w)."""
+  first, second = thin_halves(depth)
+  w = thin_width(depth)
+  return dict(
+    convs=_plain((w,) * first + (2 * w,) * second, pool_after=(first, first + second)), dense_units=32, dense_pieces=2
+  )
+
+
+def _thin(name, key):
+  """The MaxoutNet fields of `name` when it is digits_thin_<D>, else None."""
+  match = re.fullmatch(r"digits_thin_(\d+)", name)
+  if not match:
+    return None
+  depth = int(match.group(1))
+  if depth not in THIN_DEPTHS:
+    raise FitnetsError(
+      f"{key}={name!r}: the thin digits family has {THIN_DEPTHS.start} … {THIN_DEPTHS.stop - 1} weight layers "
+      "(D − 2 convs, fc, softmax), e.g. digits_thin_11."
+    )
+  return thin_student(depth)
 
 
 def _resnet(name, num_classes, dropout, key):
@@ -140,11 +186,11 @@ def get_model(name, num_classes, dropout=0.0, key="model", input_dropout=()):
   if not 0.0 <= dropout < 1.0:
     raise FitnetsError(f"{section}.dropout={dropout!r} must be in [0, 1).")
   model = _resnet(name, num_classes, dropout, key)
-  if model is None and name not in _SPECS:
+  spec = _SPECS.get(name) or _thin(name, key)
+  if model is None and spec is None:
     raise FitnetsError(f"{key}={name!r} is not a known model; choose one of: {', '.join(MODEL_NAMES)}, or {FAMILIES}.")
   if not input_dropout:
-    return model or MaxoutNet(num_classes=num_classes, dropout=dropout, **_SPECS[name])
-  spec = _SPECS.get(name)
+    return model or MaxoutNet(num_classes=num_classes, dropout=dropout, **spec)
   layers = len(spec["convs"]) + bool(spec.get("dense_units")) + 1 if spec else 0
   if model is not None or len(input_dropout) != layers or not all(0.0 < p <= 1.0 for p in input_dropout):
     raise FitnetsError(
