@@ -10,6 +10,9 @@ equals the step rate when the host never makes the device wait; XLA's FLOPs per 
 devices together (`train_step.step_flops`), the achieved FLOP/s and the utilisation against the devices'
 peak (a measured dense matmul on CPU, the vendor's figure for known GPUs/TPUs); XLA's compiled
 memory (arguments, outputs, temporaries) and the peak bytes in use where the backend reports them.
+Then every network's inference (`fitnets_jax.inference`) at batch 1 and `eval_batch_size`
+(`--inference_batches`): latency p50/p90 and images/s on one device, compilation excluded, and the
+student's measured speed-up over each teacher next to the MAC ratio, as FitNets' Table 5.
 
 Next to each stage, a bare reference step for the same networks, written with flax and optax
 alone: the teacher's forward pass (stages that use one) and the trained network's
@@ -34,7 +37,7 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
-from fitnets_jax import compiler, data, experiment, files, parallel, teacher_cache, train_step
+from fitnets_jax import compiler, data, experiment, files, inference, parallel, teacher_cache, train_step
 from fitnets_jax import config as config_lib
 from fitnets_jax.errors import FitnetsError, or_exit
 from fitnets_jax.methods.base import cast_floats
@@ -49,6 +52,8 @@ def define_flags():
   flags.DEFINE_bool("synthetic", False, "Random images of the dataset's shape instead of reading it.")
   flags.DEFINE_integer("synthetic_examples", 4096, "Training examples of the synthetic stand-in.")
   flags.DEFINE_list("stages", [], "Only these stages (default: every stage of the method).")
+  flags.DEFINE_list("inference_batches", [], "Batch sizes of the inference timing (default: 1 and eval_batch_size).")
+  flags.DEFINE_integer("inference_repeats", 50, "Timed inference calls per network and batch size.")
 
 
 # Dense peak FLOP/s per device from the vendors' data sheets: (bfloat16, float32 as XLA runs it by
@@ -251,9 +256,27 @@ def cached_step_ms(exp, index, teacher, warmup, timed):
   return measure_stage(exp, index, with_cache, warmup, timed, 1.0)["step_ms"]
 
 
-def run(config, workdir, warmup=3, timed=20, synthetic_examples=0, stages=()):
-  """Benchmarks every stage of `config` (or those named in `stages`); writes and returns
-  {"device_kind", "peak_flops_per_device", "stages": [records], …}."""
+def inference_speed(exp, batch_sizes, repeats):
+  """{"batch_sizes", "networks": {role: inference.measure(…)}, "speedup": {teacher role: speedups}}:
+  every network's inference on one device (fresh initialisations: speed does not depend on the
+  weights), and each teacher's median latency ÷ the student's."""
+  nets = {"student": exp.student, **exp.teachers}
+  timed = {}
+  for i, (role, net) in enumerate(nets.items()):
+    params, stats = net.init(jax.random.PRNGKey(i))
+    timed[role] = inference.measure(net, {"params": params, "batch_stats": stats}, batch_sizes, repeats)
+  return {
+    "batch_sizes": list(batch_sizes),
+    "device": inference.describe_device(),
+    "networks": timed,
+    "speedup": {role: inference.speedups(timed[role], timed["student"]) for role in exp.teachers},
+  }
+
+
+def run(config, workdir, warmup=3, timed=20, synthetic_examples=0, stages=(), inference_batches=(), repeats=50):
+  """Benchmarks every stage of `config` (or those named in `stages`), and the networks' inference at
+  `inference_batches` (none: `(1, eval_batch_size)`); writes and returns
+  {"device_kind", "peak_flops_per_device", "stages": [records], "inference": {…}, …}."""
   exp = experiment.prepare(config, workdir, synthetic_examples)
   names = [s.name for s in exp.stages]
   unknown = [s for s in stages if s not in names]
@@ -284,6 +307,7 @@ def run(config, workdir, warmup=3, timed=20, synthetic_examples=0, stages=()):
     "compiler_options": compiler.options(),
     "models": {"student": exp.student.describe(), **{role: net.describe() for role, net in exp.teachers.items()}},
     "stages": records,
+    "inference": inference_speed(exp, tuple(inference_batches) or (1, config.eval_batch_size), repeats),
   }
   files.write_atomically(files.join(workdir, "benchmark.json"), json.dumps(result, indent=2))
   return result
@@ -344,7 +368,30 @@ def table(result):
       f"{result['peak_flops_per_device'] / 1e9:,.1f} GFLOP/s per device ({result['peak_source']}){xla}"
     ]
     + lines
+    + inference_table(result["inference"], result["models"])
   )
+
+
+def inference_table(speed, models):
+  """Lines: each network's inference latency and rate per batch size, and the measured speed-ups
+  next to the MAC ratios (FitNets Table 5's columns)."""
+  lines = [f"inference on one device ({speed['device']}), compilation excluded:"]
+  rows = [("network", "MACs", *(f"batch {b}: p50 / p90 ms, img/s" for b in speed["batch_sizes"]))]
+  for role, timed in speed["networks"].items():
+    rows.append(
+      (
+        f"{role} {models[role]['model']}",
+        f"{models[role]['macs']:,}",
+        *(f"{t['p50_ms']:.3f} / {t['p90_ms']:.3f}, {t['images_per_s']:,.0f}" for t in timed),
+      )
+    )
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+  for role, by_batch in speed["speedup"].items():
+    ratio = models[role]["macs"] / models["student"]["macs"]
+    measured = ", ".join(f"{r['speedup']:.2f}× at batch {r['batch']}" for r in by_batch)
+    lines.append(f"speed-up of the student over {role}: measured {measured}; MAC ratio {ratio:.2f}×")
+  return lines
 
 
 def main(argv):
@@ -359,6 +406,8 @@ def main(argv):
       f.timed_steps,
       f.synthetic_examples if f.synthetic else 0,
       f.stages,
+      [int(b) for b in f.inference_batches],
+      f.inference_repeats,
     )
   )
   print(table(result))

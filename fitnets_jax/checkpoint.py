@@ -1,11 +1,13 @@
-"""Orbax in one place: the run's checkpoints (resume) and the saved teacher (reuse).
+"""Orbax in one place: the run's checkpoints (resume) and the saved networks (reuse, deployment).
 
 Layout in the workdir:
   checkpoints/<global step>/{state, meta}   the current stage's TrainState and JSON metadata
   checkpoints_damaged/<global step>         checkpoints found unreadable at a restart (`resume`), kept
                                             for inspection
-  teacher/variables, teacher/teacher.json   the teacher, saved once when its stage ends (teacher1/, … for
-                                            several teachers)
+  <role>/variables, <role>/network.json     a network on its own: the teacher when its stage ends
+                                            (teacher1/, … for several), the student (each DML network)
+                                            when the run ends (`fitnets_jax.saved`); runs from before
+                                            network.json wrote teacher/teacher.json, still read
 """
 
 import hashlib
@@ -23,7 +25,8 @@ from fitnets_jax import files
 from fitnets_jax.errors import FitnetsError, WorkdirWriteError
 
 TEACHER_DIR = "teacher"
-TEACHER_INFO = "teacher.json"
+NETWORK_INFO = "network.json"
+INFO_FILES = (NETWORK_INFO, "teacher.json")  # teacher.json: a teacher saved by an earlier version
 DIGEST_KEY = "state_sha256"  # in a checkpoint's metadata: the digest of its state's values
 
 
@@ -233,9 +236,10 @@ def read_state(workdir, step, abstract_state):
     return checkpointer.restore(files.path(path), abstract_state)
 
 
-def save_teacher(workdir, role, variables, info):
-  """Writes a teacher's variables and `teacher.json` (model, sizes, accuracy) under workdir/<role>
-  (workdir/teacher for a run's one teacher, workdir/teacher1, … for `config.teachers`)."""
+def save_network(workdir, role, variables, info):
+  """Writes a network's variables and `network.json` (`info` and the variables' SHA-256) under
+  workdir/<role> (workdir/teacher for a run's one teacher, workdir/teacher1, … for `config.teachers`,
+  workdir/student)."""
   directory = files.absolute(files.join(workdir, role))
   try:
     with ocp.StandardCheckpointer() as checkpointer:
@@ -243,49 +247,59 @@ def save_teacher(workdir, role, variables, info):
       checkpointer.wait_until_finished()
     if jax.process_index() == 0:
       files.write_atomically(
-        files.join(directory, TEACHER_INFO), json.dumps({**info, "variables_sha256": digest(variables)}, indent=2)
+        files.join(directory, NETWORK_INFO), json.dumps({**info, "variables_sha256": digest(variables)}, indent=2)
       )
   except Exception as e:  # noqa: BLE001
     raise WorkdirWriteError.of(f"the {role}'s variables", directory, e) from None
 
 
+def info_file(folder):
+  """The saved network's info file in `folder`, or None."""
+  return next((files.join(folder, n) for n in INFO_FILES if files.isfile(files.join(folder, n))), None)
+
+
 def teacher_dir(path):
   """The teacher folder for `teacher.checkpoint=path`: a run's workdir or its teacher/ folder."""
   for candidate in (files.join(path, TEACHER_DIR), path):
-    if files.isfile(files.join(candidate, TEACHER_INFO)):
+    if info_file(candidate):
       return files.absolute(candidate)
   raise FitnetsError(
-    f"teacher.checkpoint={path!r} holds no saved teacher: expected {TEACHER_DIR}/{TEACHER_INFO} (a run's "
-    f"workdir) or {TEACHER_INFO} (its teacher/ folder) there. Train one with method=fitnets or kd and "
+    f"teacher.checkpoint={path!r} holds no saved teacher: expected {TEACHER_DIR}/{NETWORK_INFO} (a run's "
+    f"workdir) or {NETWORK_INFO} (its teacher/ folder) there. Train one with method=fitnets or kd and "
     "an empty teacher.checkpoint, then point at that run's workdir."
   )
 
 
 def teacher_info(path):
-  return json.loads(files.read_text(files.join(teacher_dir(path), TEACHER_INFO)))
+  return json.loads(files.read_text(info_file(teacher_dir(path))))
 
 
-def load_teacher(path, abstract_variables, key="teacher.checkpoint"):
-  """Restores teacher variables, checked against the digest in teacher.json; unreadable or damaged
-  files, and a parameter missing or of another shape, are clear errors."""
-  folder = teacher_dir(path)
+def read_network(folder, key):
+  """A saved network's variables from `folder`, checked against the digest in its info file; unreadable
+  or damaged files are one paragraph naming `key` (what pointed at the folder)."""
   directory = files.join(folder, "variables")
-  recorded = json.loads(files.read_text(files.join(folder, TEACHER_INFO))).get("variables_sha256")
+  recorded = json.loads(files.read_text(info_file(folder))).get("variables_sha256")
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       restored = checkpointer.restore(files.path(directory))
   except Exception as e:  # noqa: BLE001  (a missing folder, a truncated file: orbax's and tensorstore's types)
     raise FitnetsError(
-      f"{key}={path!r}: the teacher's variables in {directory} cannot be read ({type(e).__name__}: "
-      f"{(str(e).strip().splitlines() or [''])[0][:200]}); its {TEACHER_INFO} is there, but the weights are missing "
-      "or damaged. Restore the folder from a copy, or train the teacher again (an empty teacher.checkpoint)."
+      f"{key}: the network's variables in {directory} cannot be read ({type(e).__name__}: "
+      f"{(str(e).strip().splitlines() or [''])[0][:200]}); its {NETWORK_INFO} is there, but the weights are "
+      "missing or damaged. Restore the folder from a copy, or train the network again."
     ) from None
   if recorded is not None and digest(restored) != recorded:
     raise FitnetsError(
-      f"{key}={path!r}: the teacher's variables in {directory} differ from those saved (their SHA-256 does not "
-      f"match the one in {TEACHER_INFO}): a file was changed on disk. Restore the folder from a copy, or train the "
-      "teacher again (an empty teacher.checkpoint)."
+      f"{key}: the network's variables in {directory} differ from those saved (their SHA-256 does not "
+      f"match the one in {NETWORK_INFO}): a file was changed on disk. Restore the folder from a copy, or train "
+      "the network again."
     )
+  return restored
+
+
+def load_teacher(path, abstract_variables, key="teacher.checkpoint"):
+  """Restores teacher variables (`read_network`); a parameter missing or of another shape is a clear error."""
+  restored = read_network(teacher_dir(path), f"{key}={path!r}")
   want = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(abstract_variables)}
   have = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(restored)}
   for name in sorted(set(want) | set(have)):
@@ -293,6 +307,6 @@ def load_teacher(path, abstract_variables, key="teacher.checkpoint"):
       raise FitnetsError(
         f"{key}={path!r} does not fit the configured teacher: parameter {name} has shape "
         f"{have.get(name, 'missing')} in the checkpoint but {want.get(name, 'missing')} in the model. "
-        "Set teacher.model to the architecture that was saved (see its teacher.json)."
+        f"Set teacher.model to the architecture that was saved (see its {NETWORK_INFO})."
       )
   return restored

@@ -28,12 +28,12 @@ from typing import Callable
 import jax
 import numpy as np
 
-from fitnets_jax import files
+from fitnets_jax import files, preprocessing
 from fitnets_jax.errors import FitnetsError, check, one_of
 
 TFDS_NAMES = ("svhn_cropped", "cifar10", "cifar100", "mnist")
 SOURCES = ("digits", "npz") + TFDS_NAMES
-PREPROCESS = ("standardize", "gcn_zca", "gcn_lcn", "none")
+PREPROCESS = preprocessing.KINDS
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 EPOCHS_PER_PIPELINE = 1000  # epochs one training pipeline runs before the next is built
 DIGITS_TRAIN = 1437  # of 1,797; the rest (360) is the test split
@@ -66,7 +66,7 @@ class Data:
   train_examples: tuple  # (uint8 images, int32 labels, int32 example ids), eager tf tensors: every host's
   # examples when `global_order`, else this host's part
   test: Callable
-  normalize: Callable  # float32 [0, 1] batch (tf) → preprocessed batch
+  preprocessing: preprocessing.Preprocessing  # fitted on the training split; `normalize` applies it
   augment_flip: bool = False
   augment_shift: int = 0
   augment_pad_mode: str = "constant"  # how a shift pads: constant (zeros) | reflect
@@ -74,6 +74,10 @@ class Data:
   validation: Callable = None
   train_all: Callable = None  # () → the whole training split (every host's), in id order
   global_order: bool = False  # one order over all hosts' examples; each host takes its rows of a batch
+
+  def normalize(self, batch):
+    """A float32 [0, 1] tf batch, preprocessed."""
+    return self.preprocessing.tf(batch)
 
   @property
   def augmented(self):
@@ -265,85 +269,6 @@ def _tfds(cfg):
   return spec, sample
 
 
-# --------------------------------------------------------------------------- preprocessing
-
-
-def gcn(x, scale, eps=1e-8):
-  """Global contrast normalisation (pylearn2): per image, subtract its mean and scale to norm `scale`."""
-  x = x - x.mean(axis=1, keepdims=True)
-  norms = np.sqrt((x**2).sum(axis=1, keepdims=True)) / scale
-  return x / np.where(norms < eps, 1.0, norms)
-
-
-def gaussian_kernel(size=7, sigma=2.0):
-  """pylearn2's `gaussian_filter`: a size×size Gaussian of std `sigma` around the centre, summing to 1."""
-  r = np.arange(size) - size // 2
-  g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma**2))
-  return (g / g.sum()).astype(np.float32)
-
-
-def lecun_lcn(batch, channels, size=7, threshold=1e-4):
-  """LeCun's local contrast normalisation, as pylearn2's `lecun_lcn` (Goodfellow et al.'s SVHN
-  preprocessing), on the listed channels of a (b, h, w, c) tf batch: x − G∗x, divided by
-  max(√(G∗x²), its mean over the image, `threshold`), G the 7×7 Gaussian (σ = 2) with zero padding."""
-  tf = _tf()
-  g = tf.constant(gaussian_kernel(size)[:, :, None, None])
-  out = []
-  for i in range(batch.shape[-1]):
-    x = batch[..., i : i + 1]
-    if i in channels:
-      centred = x - tf.nn.conv2d(x, g, 1, "SAME")
-      denom = tf.sqrt(tf.nn.conv2d(x * x, g, 1, "SAME"))
-      divisor = tf.maximum(tf.maximum(tf.reduce_mean(denom, axis=[1, 2], keepdims=True), denom), threshold)
-      x = centred / divisor
-    out.append(x)
-  return tf.concat(out, axis=-1)
-
-
-def zca_fit(x, epsilon):
-  """ZCA whitening (x − μ)·W with W = U·diag(1/√(λ+ε))·Uᵀ fitted on rows of `x` (float64)."""
-  mean = x.mean(axis=0)
-  centred = x - mean
-  eigvals, eigvecs = np.linalg.eigh(centred.T @ centred / len(x))
-  w = (eigvecs * (1.0 / np.sqrt(np.maximum(eigvals, 0.0) + epsilon))) @ eigvecs.T
-  return mean.astype(np.float32), w.astype(np.float32)
-
-
-def fit_normalizer(cfg, sample):
-  """Fits the preprocessing on a uint8 training sample; returns a tf batch function on [0, 1] floats."""
-  tf = _tf()
-  one_of("dataset.preprocess", cfg.preprocess, PREPROCESS)
-  x = sample.astype(np.float64) / 255.0
-  if cfg.preprocess == "none":
-    return lambda batch: batch
-  if cfg.preprocess == "standardize":
-    mean = x.mean(axis=(0, 1, 2)).astype(np.float32)
-    std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3).astype(np.float32)
-    return lambda batch: (batch - mean) / std
-  if cfg.preprocess == "gcn_lcn":
-    # pylearn2's LeCunLCN.transform returns inside its channel loop, so the maxout paper's SVHN data
-    # has only its first channel locally normalised; dataset.lcn_all_channels normalises all three.
-    channels = range(sample.shape[-1]) if cfg.lcn_all_channels else (0,)
-
-    return lambda batch: lecun_lcn(tf.reshape(gcn_rows(batch, cfg.gcn_scale), tf.shape(batch)), tuple(channels))
-  flat = gcn(x.reshape(len(x), -1), cfg.gcn_scale)
-  # Eager tensors, made once: every dataset's map captures them by reference. NumPy arrays would be
-  # embedded in each new dataset graph as constants (37.7 MB for CIFAR's 3072×3072 W), costing
-  # seconds per epoch's iterator.
-  mean, w = (tf.constant(a) for a in zca_fit(flat, cfg.zca_epsilon))
-
-  return lambda batch: tf.reshape(tf.matmul(gcn_rows(batch, cfg.gcn_scale) - mean, w), tf.shape(batch))
-
-
-def gcn_rows(batch, scale):
-  """`gcn` of a tf batch: (b, …) images → (b, pixels) rows."""
-  tf = _tf()
-  v = tf.reshape(batch, [tf.shape(batch)[0], -1])
-  v = v - tf.reduce_mean(v, axis=1, keepdims=True)
-  norms = tf.sqrt(tf.reduce_sum(v * v, axis=1, keepdims=True)) / scale
-  return v / tf.where(norms < 1e-8, tf.ones_like(norms), norms)
-
-
 # --------------------------------------------------------------------------- public API
 
 
@@ -401,10 +326,14 @@ def load(cfg, synthetic_examples=0):
     f"dataset.shift={cfg.shift} with pad_mode='reflect' needs a shift smaller than the "
     f"{spec['image_shape'][0]}×{spec['image_shape'][1]} images; lower dataset.shift.",
   )
-  normalize = fit_normalizer(cfg, sample)
-  warn_if_uninformative(cfg, spec["image_shape"], sample, normalize)
+  fitted = preprocessing.fit(cfg, sample)
+  warn_if_uninformative(cfg, spec["image_shape"], sample, fitted.tf)
   return Data(
-    **spec, normalize=normalize, augment_flip=cfg.flip, augment_shift=cfg.shift, augment_pad_mode=cfg.pad_mode
+    **spec,
+    preprocessing=fitted,
+    augment_flip=cfg.flip,
+    augment_shift=cfg.shift,
+    augment_pad_mode=cfg.pad_mode,
   )
 
 

@@ -72,6 +72,16 @@ def read_bytes(p):
   return path(p).read_bytes()
 
 
+def write_bytes(p, data):
+  path(p).write_bytes(data)
+
+
+def tree_size(p):
+  """Bytes in the files under folder `p` (or of file `p`)."""
+  q = path(p)
+  return sum(tree_size(child) for child in q.iterdir()) if q.is_dir() else q.stat().length
+
+
 def write_atomically(p, text):
   """Writes `text` so that a reader (or a restart after a kill) sees the old file or the new one.
   Locally: a temporary file renamed over `p`. An object store's upload is atomic by itself."""

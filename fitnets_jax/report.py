@@ -13,6 +13,8 @@ only by seed, and writes to `--out`:
 - `curves_<run>.png` per run: train loss and train/test accuracy against the run's global step,
   one colour per stage;
 - `accuracy_vs_macs.png`: every group's mean test accuracy (± std) against its MACs, teachers too;
+- with `--speed=1,256`, a measured speed-up column: the saved teacher's median inference latency ÷
+  the saved student's (a group's first run) at each batch size, as FitNets' Table 5 measures it;
 - when the students span several depths (`fitnets_jax.depth_sweep`), a table and
   `accuracy_vs_depth.png` of each method's test accuracy (mean ± std) against the weight layers, as
   the FitNets paper's Figure 3.
@@ -25,7 +27,7 @@ import re
 
 import numpy as np
 
-from fitnets_jax import files, plots
+from fitnets_jax import files, inference, plots, saved
 from fitnets_jax.config import SAFE_TO_CHANGE, flatten
 from fitnets_jax.errors import FitnetsError, check, or_exit
 
@@ -171,22 +173,51 @@ def rows_of(runs):
   return rows
 
 
+def add_measured_speedups(rows, batch_sizes):
+  """Times the saved networks of each row (a group's first run's student, each teacher) with
+  `inference.measure` and sets `row["measured"]`: [{"batch", "speedup"}] of the teacher's median
+  latency ÷ the row's, FitNets Table 5's measured speed-up. Rows whose networks were not saved get none."""
+  timed = {}
+
+  def timing(folder, network="student"):
+    key = (folder, network)
+    if key not in timed:
+      try:
+        model = saved.load_model(folder, network)
+      except FitnetsError:
+        timed[key] = None
+      else:
+        timed[key] = inference.measure(model.network, model.variables, batch_sizes)
+    return timed[key]
+
+  for row in rows:
+    teacher = row["teacher"] and row["teacher"].get("checkpoint") and timing(row["teacher"]["checkpoint"])
+    own = timing(row["teacher"]["checkpoint"]) if row["kind"] == "teacher" else timing(row["dirs"][0])
+    row["measured"] = inference.speedups(teacher, own) if teacher and own else None
+
+
 def _count(n):
   return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K" if n >= 1e3 else str(n)
 
 
 def markdown_table(rows):
   times = lambda x: f"{x:.2f}×" if x else "—"
+  measured = [r["batch"] for row in rows for r in row.get("measured") or []]
+  batches = list(dict.fromkeys(measured))
+  extra = f" measured speed-up (batch {' / '.join(map(str, batches))}) |" if batches else ""
   lines = [
-    "| method | dataset | model | layers | params | MACs | test accuracy | runs | speed-up | compression |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| method | dataset | model | layers | params | MACs | test accuracy | runs | speed-up (MACs) |"
+    + extra
+    + " compression |",
+    "|---|---|---|---|---|---|---|---|---|" + ("---|" if batches else "") + "---|",
   ]
   for r in rows:
     layers = r["layers"] if r["layers"] is not None else "—"
+    speed = " / ".join(times(m["speedup"]) for m in r.get("measured") or []) or "—"
     lines.append(
       f"| {r['method']} | {r['dataset']} | {r['model']} | {layers} | {_count(r['params'])} | "
       f"{_count(r['macs'])} | {accuracy_text(r['mean'], r['std'])} | {r['runs']} | "
-      f"{times(r['speedup'])} | {times(r['compression'])} |"
+      f"{times(r['speedup'])} |" + (f" {speed} |" if batches else "") + f" {times(r['compression'])} |"
     )
   return "\n".join(lines)
 
@@ -227,9 +258,9 @@ def depth_table(rows):
 # --------------------------------------------------------------------------- the report
 
 
-def write(run_dirs, out, curves=True):
+def write(run_dirs, out, curves=True, speed_batches=()):
   """Writes report.md and the plots for `run_dirs` into `out` (with `curves`, each run's training
-  curves too); returns the table's rows."""
+  curves too; with `speed_batches`, the measured speed-ups at those batch sizes); returns the rows."""
   check(run_dirs, "pass at least one run directory (a workdir holding summary.json).")
   runs = [read_run(d) for d in run_dirs]
   names = [r["name"] for r in runs]
@@ -238,6 +269,8 @@ def write(run_dirs, out, curves=True):
       run["name"] = f"{run['name']}_{i + 1}"
   files.makedirs(out)
   rows = rows_of(runs)
+  if speed_batches:
+    add_measured_speedups(rows, speed_batches)
   plots.save(plots.accuracy_vs_macs(rows), files.join(out, "accuracy_vs_macs.png"))
   depth = []
   if by_depth(rows):
@@ -271,7 +304,14 @@ def write(run_dirs, out, curves=True):
       "",
       f"{len(runs)} runs in {len(groups)} groups (runs that differ only by seed). Test accuracy is the mean ± "
       "sample std over a group's seeds. Speed-up is the teacher's MACs ÷ the student's, compression the "
-      "teacher's parameters ÷ the student's. Teacher rows cover the distinct teachers the runs used.",
+      "teacher's parameters ÷ the student's. Teacher rows cover the distinct teachers the runs used."
+      + (
+        f" Measured speed-up: the teacher's median inference latency ÷ the network's, at batch "
+        f"{' and '.join(map(str, speed_batches))} on one {inference.describe_device()} device (compilation "
+        "excluded; a group's first run)."
+        if speed_batches
+        else ""
+      ),
       "",
       markdown_table(rows),
       "",
@@ -291,13 +331,28 @@ def write(run_dirs, out, curves=True):
   return rows
 
 
+def speed_batches(text):
+  try:
+    batches = tuple(int(b) for b in text.split(",") if b.strip())
+  except ValueError:
+    batches = (0,)
+  check(all(b > 0 for b in batches), f"--speed={text!r} takes positive batch sizes separated by commas, e.g. 1,256.")
+  return batches
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m fitnets_jax.report", description=__doc__.splitlines()[0])
   parser.add_argument("runs", nargs="+", help="finished runs' workdirs")
   parser.add_argument("--out", default="report", help="folder for report.md and the PNGs")
   parser.add_argument("--no-curves", action="store_true", help="leave out each run's training-curve plot")
+  parser.add_argument(
+    "--speed",
+    default="",
+    help="measure inference speed-ups of the saved networks at these batch sizes, e.g. --speed=1,256",
+  )
   args = parser.parse_args(argv)
-  rows = or_exit(write, args.runs, args.out, not args.no_curves)
+  batches = or_exit(speed_batches, args.speed)
+  rows = or_exit(write, args.runs, args.out, not args.no_curves, batches)
   print(markdown_table(rows))
   if by_depth(rows):
     print(depth_table(rows))

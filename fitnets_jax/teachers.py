@@ -8,7 +8,7 @@ import sys
 import jax
 import numpy as np
 
-from fitnets_jax import checkpoint, files, teacher_cache, train_step
+from fitnets_jax import checkpoint, files, saved, teacher_cache, train_step
 from fitnets_jax.errors import FitnetsError
 from fitnets_jax.parallel import replicate
 
@@ -78,7 +78,7 @@ def own_teacher(exp, workdir, results, checkpoints, role):
   try:
     return checkpoint.load_teacher(folder, exp.teachers[role].abstract_variables())
   except FitnetsError:
-    problem = "damaged" if files.isfile(files.join(folder, checkpoint.TEACHER_INFO)) else "missing"
+    problem = "damaged" if files.isfile(files.join(folder, checkpoint.NETWORK_INFO)) else "missing"
   index = next(i for i, s in enumerate(exp.stages) if s.trains == role)
   at = train_step.stage_offsets(exp.stages)[index + 1]
   stage, rng, _, tx = train_step.stage_setup(exp, index)
@@ -103,15 +103,9 @@ def own_teacher(exp, workdir, results, checkpoints, role):
 
 def save(exp, workdir, results, stage, state):
   """Saves the teacher that `stage` trained, from its final `state`, to workdir/<role> with its
-  teacher.json (model, sizes, test accuracy, data); returns its variables as host arrays."""
+  network.json (model, sizes, test accuracy, data, preprocessing); returns its variables as host arrays."""
   params, stats = stage.output(state.params, state.batch_stats)
   variables = jax.device_get({"params": params, "batch_stats": stats})
-  info = {
-    **exp.teachers[stage.trains].describe(),
-    "test_accuracy": results["stages"][stage.name]["test_accuracy"],
-    "dataset": exp.data.name,
-    "num_classes": exp.data.num_classes,
-    "image_shape": list(exp.data.image_shape),
-  }
-  checkpoint.save_teacher(workdir, stage.trains, variables, info)
+  accuracy = results["stages"][stage.name]["test_accuracy"]
+  saved.save(workdir, stage.trains, exp.teachers[stage.trains], variables, exp.data, accuracy)
   return variables

@@ -2,8 +2,8 @@
 
 `train_and_evaluate` reads top to bottom: resume from the newest readable checkpoint (`checkpoint`),
 then for each stage: make its teachers ready once (`teachers`), build or restore its state, step it
-(`step`) to its end while logging, evaluating (`evaluation`) and checkpointing, and finally write
-summary.json (`metrics`).
+(`step`) to its end while logging, evaluating (`evaluation`) and checkpointing, and finally save
+the trained networks on their own (`saved`) and write summary.json (`metrics`).
 
 Checkpoints (orbax) hold the current stage's state and JSON metadata (stage, step, results so
 far) every `checkpoint_every_steps` and at each stage end; a restarted run resumes in the right
@@ -28,6 +28,7 @@ from fitnets_jax import (
   experiment,
   files,
   metrics,
+  saved,
   teachers,
   train_step,
   workdir_lock,
@@ -118,6 +119,7 @@ def train_and_evaluate(exp, workdir):
       if stage.trains in exp.teachers:
         trained_teachers[stage.trains], carry = carry, None
   checkpoints.close()
+  saved.save_trained(exp, workdir, exp.stages[-1], state, results)
   summary = metrics.summary(exp, results, workdir)
   writer.close()
   return summary

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fitnets_jax import FitnetsError, data
+from fitnets_jax import FitnetsError, data, preprocessing
 from fitnets_jax.config import base_config
 
 from helpers import write_npz
@@ -87,14 +87,14 @@ def test_eval_batches_cover_the_test_split_once_with_a_mask():
 def test_zca_whitens_to_identity_covariance():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(5000, 6)) @ rng.normal(size=(6, 6))
-  mean, w = data.zca_fit(x, epsilon=1e-8)
+  mean, w = preprocessing.zca_fit(x, epsilon=1e-8)
   white = (x - mean) @ w
   np.testing.assert_allclose(np.cov(white, rowvar=False, bias=True), np.eye(6), atol=1e-3)
   np.testing.assert_allclose(w, w.T, atol=1e-4)  # ZCA (not PCA): symmetric
 
 
 def test_gcn_gives_zero_mean_and_norm_scale():
-  x = data.gcn(np.random.default_rng(0).normal(size=(4, 30)) + 5, scale=55.0)
+  x = preprocessing.gcn(np.random.default_rng(0).normal(size=(4, 30)) + 5, scale=55.0)
   np.testing.assert_allclose(x.mean(1), 0, atol=1e-9)
   np.testing.assert_allclose(np.linalg.norm(x, axis=1), 55.0)
 
@@ -134,8 +134,8 @@ def test_gcn_zca_pipeline_matches_numpy(tmp_path):
   )
   d = data.load(dataset_config(name="npz", path=str(path), preprocess="gcn_zca", zca_epsilon=0.01))
   batch = next(data.eval_batches(d, 4))["image"]
-  flat = data.gcn(images.reshape(40, -1) / 255.0, 55.0)
-  mean, w = data.zca_fit(flat, 0.01)
+  flat = preprocessing.gcn(images.reshape(40, -1) / 255.0, 55.0)
+  mean, w = preprocessing.zca_fit(flat, 0.01)
   expected = ((flat[:4] - mean) @ w).reshape(4, 4, 4, 3)
   np.testing.assert_allclose(batch, expected, rtol=1e-3, atol=1e-3)
 
@@ -175,7 +175,7 @@ def test_gcn_lcn_pipeline_matches_numpy(tmp_path, all_channels):
     name="npz", path=str(path), preprocess="gcn_lcn", gcn_scale=1.0, lcn_all_channels=all_channels
   )
   batch = next(data.eval_batches(data.load(config), 4))["image"]
-  expected = data.gcn(images[:4].reshape(4, -1) / 255.0, 1.0).reshape(4, 9, 9, 3)
+  expected = preprocessing.gcn(images[:4].reshape(4, -1) / 255.0, 1.0).reshape(4, 9, 9, 3)
   for c in range(3) if all_channels else (0,):
     expected[..., c] = np_lecun_lcn(expected[..., c])
   np.testing.assert_allclose(batch, expected, rtol=1e-4, atol=1e-5)

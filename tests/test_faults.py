@@ -33,7 +33,7 @@ def assert_checkpoints_readable(workdir):
     checkpointer.restore(os.path.join(step, "state"))
     with open(os.path.join(step, "meta", "metadata")) as f:
       json.load(f)
-  if os.path.isfile(os.path.join(workdir, "teacher", "teacher.json")):
+  if os.path.isfile(os.path.join(workdir, "teacher", "network.json")):
     checkpointer.restore(os.path.join(workdir, "teacher", "variables"))
   assert not os.path.exists(os.path.join(workdir, "checkpoints_damaged"))
 
@@ -404,7 +404,7 @@ def test_a_lost_teacher_folder_is_recovered_from_the_teacher_stage_checkpoint(tm
     err = capsys.readouterr().err
     assert "the teacher was recovered from the 'teacher' stage's last checkpoint (global step 24)" in err, (name, err)
     assert_same_run(work, full)
-    assert os.path.isfile(os.path.join(work, "teacher", "teacher.json"))
+    assert os.path.isfile(os.path.join(work, "teacher", "network.json"))
   # With that checkpoint gone too, the teacher is lost: one paragraph, and nothing else changes.
   os.remove(os.path.join(work, "summary.json"))
   shutil.rmtree(os.path.join(work, "teacher"))
@@ -427,15 +427,15 @@ def test_a_reused_teacher_with_damaged_weights_is_one_paragraph(tmp_path):
   teacher_run = str(tmp_path / "teacher_run")  # a saved digits_teacher, as a run's teacher stage leaves it
   net = experiment.build_network("teacher", tiny_digits().teacher, 10, (8, 8, 1))
   params, stats = net.init(jax.random.PRNGKey(0))
-  checkpoint.save_teacher(teacher_run, "teacher", {"params": params, "batch_stats": stats}, net.describe())
+  checkpoint.save_network(teacher_run, "teacher", {"params": params, "batch_stats": stats}, net.describe())
   config = tiny_digits("kd", **{"teacher.checkpoint": teacher_run})
   flip_bytes(largest_variables_file(os.path.join(teacher_run, "teacher")))
   with pytest.raises(
-    FitnetsError, match=r"teacher.checkpoint=.*: the teacher's variables in .* differ from those saved"
+    FitnetsError, match=r"teacher.checkpoint=.*: the network's variables in .* differ from those saved"
   ):
     experiment.prepare(config, str(tmp_path / "run"))
   shutil.rmtree(os.path.join(teacher_run, "teacher", "variables"))
-  with pytest.raises(FitnetsError, match=r"teacher.checkpoint=.*: the teacher's variables in .* cannot be read"):
+  with pytest.raises(FitnetsError, match=r"teacher.checkpoint=.*: the network's variables in .* cannot be read"):
     experiment.prepare(config, str(tmp_path / "run"))
 
 
@@ -557,7 +557,7 @@ def test_a_truncated_metrics_file_is_noticed_on_resume(tmp_path, capsys):
 def test_seeds_refused_leave_no_folder_behind_and_a_shared_teacher_is_named(tmp_path):
   teacher = experiment.build_network("teacher", tiny_digits().teacher, 10, (8, 8, 1))
   params, stats = teacher.init(jax.random.PRNGKey(0))
-  checkpoint.save_teacher(
+  checkpoint.save_network(
     str(tmp_path / "teachers" / "seed_0"), "teacher", {"params": params, "batch_stats": stats}, teacher.describe()
   )
   runs = tmp_path / "runs"

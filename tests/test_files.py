@@ -128,7 +128,7 @@ def test_the_layer_keeps_uris_and_round_trips_files_on_a_bucket(bucket):
 
 
 def test_run_files_go_to_the_bucket(bucket, monkeypatch, digits_config):
-  """metrics.jsonl, config.json (the same-experiment guard reads it back), teacher.json, a report with
+  """metrics.jsonl, config.json (the same-experiment guard reads it back), network.json, a report with
   its plots: written to and read from the bucket. Array data is orbax's (tensorstore's gcs driver) and
   TensorBoard's event files TensorFlow's (its GCS filesystem), each with its own gs:// client."""
   import tensorflow as tf
@@ -150,7 +150,7 @@ def test_run_files_go_to_the_bucket(bucket, monkeypatch, digits_config):
   with pytest.raises(FitnetsError, match="holds another experiment"):
     experiment.check_same_experiment(config, run)
 
-  files.write_atomically(f"{run}/teacher/{checkpoint.TEACHER_INFO}", json.dumps({"model": "maxout_digits_teacher"}))
+  files.write_atomically(f"{run}/teacher/{checkpoint.NETWORK_INFO}", json.dumps({"model": "maxout_digits_teacher"}))
   assert checkpoint.teacher_dir(run) == f"{run}/teacher"
   assert checkpoint.teacher_info(run)["model"] == "maxout_digits_teacher"
 

@@ -89,7 +89,7 @@ def test_multi_teacher_weighs_by_validation_accuracy_and_names_every_teacher(tmp
   accuracies = np.array([t["validation_accuracy"] for t in teachers])
   np.testing.assert_allclose([t["weight"] for t in teachers], accuracies / accuracies.sum(), rtol=1e-6)
   for t in teachers:
-    assert os.path.isfile(os.path.join(t["checkpoint"], "teacher.json")) and t["test_accuracy"] is not None
+    assert os.path.isfile(os.path.join(t["checkpoint"], "network.json")) and t["test_accuracy"] is not None
 
 
 def test_multi_teacher_hint_stage_takes_its_hint_from_the_named_teacher(tmp_path):

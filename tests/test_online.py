@@ -7,13 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from fitnets_jax import data, experiment, losses, models, parallel, train, train_step
+from fitnets_jax import data, experiment, losses, models, parallel, saved, train, train_step
 from fitnets_jax.methods import byot
 from fitnets_jax.methods.base import forward, network
 from fitnets_jax.models.exits import ExitHead
 
 from conftest import load_config, with_overrides
 from helpers import final_state, read_metrics
+
+_, _, TEST_IMAGES, TEST_LABELS = data.digits_arrays()
 
 
 def tiny(name, steps=12, **overrides):
@@ -203,6 +205,12 @@ def test_a_run_resumed_on_1_device_matches_the_4_device_run(name, overrides, tmp
     assert summary["student"]["test_accuracy"] == summary["cohort"][0]["test_accuracy"] == test["net1_accuracy"]
     assert {"ensemble_accuracy", "agreement", "net2_accuracy"} <= set(test) and 0 <= summary["agreement"] <= 1
     assert resumed["cohort"] == summary["cohort"] and resumed["agreement"] == summary["agreement"]
+    # Each cohort network is saved on its own and predicts from raw images as the run evaluated it
+    # (4 devices there, 1 here: equal to a near-tie, at most one of 360 test images).
+    for net in summary["cohort"]:
+      model = saved.load_model(full, net["role"])
+      assert model.info["model"] == net["model"] and model.info["test_accuracy"] == net["test_accuracy"]
+      assert abs(np.mean(model.predict(TEST_IMAGES).argmax(-1) == TEST_LABELS) - net["test_accuracy"]) <= 1 / 360
   else:
     exits = summary["exits"]
     assert [e["after"] for e in exits] == ["section1", "section2", "section3"]
@@ -210,3 +218,10 @@ def test_a_run_resumed_on_1_device_matches_the_4_device_run(name, overrides, tmp
     assert all(a["macs"] < b["macs"] for a, b in zip(exits, exits[1:]))
     assert summary["ensemble_accuracy"] == test["ensemble_accuracy"]
     assert resumed["exits"] == exits
+    # The network is saved with its exit heads: each exit predicts from raw images as the run evaluated it.
+    model = saved.load_model(full)
+    assert [(e["name"], e["after"]) for e in model.info["exits"]] == [("exit1", "section1"), ("exit2", "section2")]
+    per_exit = model.predict_exits(TEST_IMAGES)
+    np.testing.assert_array_equal(per_exit[-1], model.predict(TEST_IMAGES))
+    for logits, e in zip(per_exit, exits, strict=True):
+      assert abs(np.mean(logits.argmax(-1) == TEST_LABELS) - e["test_accuracy"]) <= 1 / 360

@@ -119,6 +119,20 @@ def test_benchmark_writes_a_record_per_stage(tmp_path):
   assert kd_stage["flops_per_step"] == pytest.approx(kd_stage["reference_flops_per_step"], rel=0.02)
   text = benchmark.table(saved)
   assert "teacher" in text and "kd" in text and "overhead" in text
+  # Inference at batch 1 and eval_batch_size, the speed-up as the ratio of the median latencies.
+  speed = saved["inference"]
+  assert speed["batch_sizes"] == [1, 100] and set(speed["networks"]) == {"student", "teacher"}
+  for timed in speed["networks"].values():
+    assert [t["batch"] for t in timed] == [1, 100]
+    for t in timed:
+      assert 0 < t["p50_ms"] <= t["p90_ms"] and t["images_per_s"] == pytest.approx(
+        t["batch"] / t["p50_ms"] * 1e3, rel=1e-3
+      )
+  teacher, student = speed["networks"]["teacher"], speed["networks"]["student"]
+  assert [s["speedup"] for s in speed["speedup"]["teacher"]] == [
+    pytest.approx(t["p50_ms"] / s["p50_ms"], abs=0.006) for t, s in zip(teacher, student)
+  ]
+  assert "speed-up of the student over teacher: measured" in text and "MAC ratio 10.04×" in text
 
 
 def test_step_flops_count_every_device_and_come_from_the_cpu_where_the_backend_gives_none(monkeypatch, tmp_path):

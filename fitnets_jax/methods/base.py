@@ -192,6 +192,11 @@ class Stage:
   evaluation: Optional[Callable] = None
   summarize: Optional[Callable] = None
   teacher_layers: dict = dataclasses.field(default_factory=dict)  # {role: layers of it the loss reads}
+  # What a run saves when this stage is its last (`fitnets_jax.saved`): networks — {role: Network} it
+  # trains (empty: the student as `trains`); heads — {name: (the layer it follows, its module)} saved
+  # with the `trains` network (BYOT's exits).
+  networks: dict = dataclasses.field(default_factory=dict)
+  heads: dict = dataclasses.field(default_factory=dict)
 
   def output(self, params, batch_stats):
     """(params, batch_stats) of the trained network, handed to the next stage."""

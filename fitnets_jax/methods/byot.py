@@ -192,7 +192,14 @@ def byot_stage(ctx):
     return {"exits": rows, "ensemble_accuracy": test.get("ensemble_accuracy")}
 
   return ctx.student_stage(
-    "byot", "student", loss, init=init, uses_teacher=False, evaluation=evaluation, summarize=summarize
+    "byot",
+    "student",
+    loss,
+    init=init,
+    uses_teacher=False,
+    evaluation=evaluation,
+    summarize=summarize,
+    heads={name: (after, head.module) for (name, head), after in zip(heads.items(), outputs)},
   )
 
 

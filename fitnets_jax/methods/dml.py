@@ -142,6 +142,7 @@ def dml_stage(ctx):
     update=update,
     evaluation=evaluation,
     summarize=summarize,
+    networks=nets,
   )
 
 
