@@ -113,6 +113,7 @@ def base_config():
       num_classes=0,  # npz: 0 infers max(train_labels) + 1
       data_dir="",  # TFDS data_dir (local or gs://); "" = TFDS default
       download=False,  # TFDS: never download unless asked
+      resize=[],  # TFDS: [height, width] to resize every image to (datasets of varying image sizes)
       train_split="train",  # e.g. "train+extra" for SVHN
       test_split="test",
       preprocess="standardize",  # standardize | gcn_zca | gcn_lcn | none

@@ -1,8 +1,11 @@
 """Datasets → this host's tf.data pipeline → numpy batches (the trainer makes them global arrays).
 
 Sources: `digits` (scikit-learn's 1,797 8×8 handwritten digits, embedded, no network), `npz`
-(a user's file), and TFDS `svhn_cropped`, `cifar10`, `cifar100`, `mnist` (never downloaded
-unless `dataset.download=True`). Each host reads its own slice of the test and validation splits.
+(a user's file), `arrays` (NumPy arrays or a tf.data factory given through the Python API:
+`Arrays`, `from_tf_data`), and any TFDS image-classification dataset by name (`svhn_cropped`,
+`cifar10`, `fashion_mnist`, `imagenette`, …: image and label features, shape and classes read from
+the builder's info; never downloaded unless `dataset.download=True`; `dataset.resize` for datasets
+of varying image sizes). Each host reads its own slice of the test and validation splits.
 
 Order is a pure function of (seed, stage, epoch): epoch e is shuffled with a seed derived from
 those, and augmentation draws stateless randomness from (that seed, batch index), so a resumed
@@ -31,8 +34,8 @@ import numpy as np
 from fitnets_jax import files, preprocessing
 from fitnets_jax.errors import FitnetsError, check, one_of
 
-TFDS_NAMES = ("svhn_cropped", "cifar10", "cifar100", "mnist")
-SOURCES = ("digits", "npz") + TFDS_NAMES
+TFDS_NAMES = ("svhn_cropped", "cifar10", "cifar100", "mnist")  # the paper configs'; any TFDS name works
+SOURCES = ("digits", "npz", "arrays")
 PREPROCESS = preprocessing.KINDS
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 EPOCHS_PER_PIPELINE = 1000  # epochs one training pipeline runs before the next is built
@@ -136,31 +139,38 @@ def npz_arrays(path, num_classes=0):
     not missing,
     f"dataset.path={path!r} lacks {', '.join(missing)}; it holds {sorted(arrays)} but must hold {', '.join(NPZ_KEYS)}.",
   )
+  return checked_arrays(arrays, repr(path), num_classes)
+
+
+def checked_arrays(arrays, path, num_classes=0):
+  """(train images, labels, test images, labels, classes) of {NPZ_KEYS: array}, validated; `path`
+  names where they came from in errors."""
+  arrays = {k: np.asarray(v) for k, v in arrays.items()}
   for split in ("train", "test"):
     x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
     check(
       x.ndim == 4,
-      f"{split}_images in {path!r} has shape {x.shape}; it must be NHWC (examples, "
+      f"{split}_images in {path} has shape {x.shape}; it must be NHWC (examples, "
       "height, width, channels) — add a channel axis for grayscale: x[..., None].",
     )
-    check(x.dtype == np.uint8, f"{split}_images in {path!r} has dtype {x.dtype}; it must be uint8 pixels in 0..255.")
-    check(len(x) > 0, f"{split}_images in {path!r} is empty; each split needs at least one example.")
+    check(x.dtype == np.uint8, f"{split}_images in {path} has dtype {x.dtype}; it must be uint8 pixels in 0..255.")
+    check(len(x) > 0, f"{split}_images in {path} is empty; each split needs at least one example.")
     check(
       y.ndim == 1 and np.issubdtype(y.dtype, np.integer),
-      f"{split}_labels in {path!r} has shape {y.shape} and dtype {y.dtype}; it must be a 1-D integer array.",
+      f"{split}_labels in {path} has shape {y.shape} and dtype {y.dtype}; it must be a 1-D integer array.",
     )
-    check(len(y) == len(x), f"{split}_labels in {path!r} has {len(y)} labels for {len(x)} images.")
+    check(len(y) == len(x), f"{split}_labels in {path} has {len(y)} labels for {len(x)} images.")
   check(
     arrays["train_images"].shape[1:] == arrays["test_images"].shape[1:],
     f"train_images {arrays['train_images'].shape[1:]} and test_images {arrays['test_images'].shape[1:]} "
-    f"in {path!r} must have the same image shape.",
+    f"in {path} must have the same image shape.",
   )
   classes = num_classes or int(arrays["train_labels"].max()) + 1
   for split in ("train", "test"):
     y = arrays[f"{split}_labels"]
     check(
       y.min() >= 0 and y.max() < classes,
-      f"{split}_labels in {path!r} range over {y.min()}..{y.max()}; labels must lie in 0..{classes - 1} "
+      f"{split}_labels in {path} range over {y.min()}..{y.max()}; labels must lie in 0..{classes - 1} "
       "(the classes seen in train_labels, or set dataset.num_classes).",
     )
   return (
@@ -204,15 +214,72 @@ def _in_memory(name, x_train, y_train, x_test, y_test, num_classes, validation_e
   return spec
 
 
+def tfds_info(cfg):
+  """(image shape, classes) of the TFDS dataset `cfg.name` from its builder's info (no data read):
+  an image-classification dataset, with `image` and `label` features; `dataset.resize` gives the
+  shape of datasets whose images vary in size."""
+  import tensorflow_datasets as tfds
+
+  try:
+    builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
+  except Exception as e:  # DatasetNotFoundError and its kin
+    raise FitnetsError(
+      f"dataset.name={cfg.name!r} is neither one of {', '.join(map(repr, SOURCES))} nor a TFDS dataset "
+      f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); use an image-classification dataset of "
+      "the TFDS catalogue (e.g. 'cifar10', 'fashion_mnist', 'imagenette'), 'digits', or 'npz' with dataset.path."
+    ) from None
+  features = builder.info.features
+  names = set(getattr(features, "keys", lambda: [])())
+  label = features["label"] if "label" in names else None
+  check(
+    {"image", "label"} <= names and hasattr(label, "num_classes") and len(features["image"].shape) == 3,
+    f"dataset.name={cfg.name!r} is not an image-classification dataset: it needs an `image` feature "
+    f"(height, width, channels) and a `label` class feature, and has {sorted(names) or 'no named features'}.",
+  )
+  shape = tuple(features["image"].shape)
+  resize = tuple(cfg.resize)
+  check(
+    not resize or (len(resize) == 2 and all(isinstance(n, int) and n > 0 for n in resize)),
+    f"dataset.resize={list(resize)!r} must be [height, width] in pixels, e.g. [64, 64], or [] to keep the size.",
+  )
+  if resize:
+    return (*resize, shape[2]), label.num_classes
+  check(
+    None not in shape,
+    f"dataset.name={cfg.name!r} has images of varying size {shape}; set dataset.resize=[height, width] "
+    "(e.g. [64, 64]) to give them one.",
+  )
+  return shape, label.num_classes
+
+
+def image_shape_and_classes(cfg):
+  """(image shape, classes) of the dataset `cfg` names, without reading it where that is known
+  (digits and TFDS datasets); None for npz and arrays."""
+  if cfg.name in SHAPES and not cfg.resize:
+    return SHAPES[cfg.name]
+  if cfg.name in SOURCES:
+    return None
+  return tfds_info(cfg)
+
+
 def _tfds(cfg):
   import tensorflow_datasets as tfds
 
   tf = _tf()
+  image_shape, num_classes = tfds_info(cfg)
   kwargs = dict(data_dir=cfg.data_dir or None, download=cfg.download, as_supervised=True)
+  resize = tuple(cfg.resize)
+
+  def sized(ds):
+    """Every image resized to `dataset.resize` (bilinear, back to uint8), when it is set."""
+    if not resize:
+      return ds
+    return ds.map(lambda x, y: (tf.cast(tf.round(tf.image.resize(x, resize)), tf.uint8), y))
 
   def load(split, **extra):
     try:
-      return tfds.load(cfg.name, split=split, with_info=True, **kwargs, **extra)
+      ds, info = tfds.load(cfg.name, split=split, with_info=True, **kwargs, **extra)
+      return sized(ds), info
     except Exception as e:  # TFDS raises AssertionError/DatasetNotFoundError/ValueError alike.
       where = cfg.data_dir or "the TFDS default data_dir (~/tensorflow_datasets)"
       raise FitnetsError(
@@ -232,20 +299,20 @@ def _tfds(cfg):
   host_splits = lambda split: tfds.even_splits(split, n=jax.process_count())
   host = lambda split: host_splits(split)[jax.process_index()]
   held_out = cfg.validation_examples
+  *first, last = cfg.train_split.split("+")  # a combination holds out the end of its last split
   check(
-    not held_out or ("+" not in cfg.train_split and "[" not in cfg.train_split),
-    f"dataset.validation_examples={held_out} holds out the end of one TFDS split, but dataset.train_split="
-    f"{cfg.train_split!r} is a combination or a slice; use a single split name such as 'train'.",
+    not held_out or "[" not in cfg.train_split,
+    f"dataset.validation_examples={held_out} holds out the end of the training split, but dataset.train_split="
+    f"{cfg.train_split!r} is a slice; use split names such as 'train' or 'train+extra'.",
   )
-  validation_split = f"{cfg.train_split}[-{held_out}:]" if held_out else ""
-  train_split = f"{cfg.train_split}[:-{held_out}]" if held_out else cfg.train_split
+  validation_split = f"{last}[-{held_out}:]" if held_out else ""
+  train_split = "+".join([*first, f"{last}[:-{held_out}]"]) if held_out else cfg.train_split
   train_ds, info = load(train_split)
   test_ds, _ = load(cfg.test_split)
   sample = np.stack([x for x, _ in tfds.as_numpy(train_ds.take(cfg.stats_examples))])
   # A training example's id is its position in the whole split; hosts read consecutive parts of it.
   first_id = sum(count(part, load(part)[0], info) for part in host_splits(train_split)[: jax.process_index()])
   with_ids = lambda ds, first: ds.enumerate().map(lambda i, xy: (xy[0], xy[1], tf.cast(i + first, tf.int32)))
-  image_shape = tuple(info.features["image"].shape)
   images, labels = [np.zeros((0,) + image_shape, np.uint8)], [np.zeros(0, np.int32)]
   for x, y in tfds.as_numpy(load(host(train_split))[0].batch(4096)):  # read once, kept in memory
     images.append(x)
@@ -253,7 +320,7 @@ def _tfds(cfg):
   images, labels = np.concatenate(images), np.concatenate(labels)
   spec = dict(
     name=cfg.name,
-    num_classes=info.features["label"].num_classes,
+    num_classes=num_classes,
     image_shape=image_shape,
     num_train=count(train_split, train_ds, info),
     num_test=count(cfg.test_split, test_ds, info),
@@ -272,25 +339,76 @@ def _tfds(cfg):
 # --------------------------------------------------------------------------- public API
 
 
-def synthetic_arrays(name, examples, seed=0):
-  """Random uint8 images and labels shaped like dataset `name` (train: `examples`, test: a quarter):
-  what the benchmark feeds through the real pipeline when the dataset is not on this machine."""
+def synthetic_arrays(cfg, examples, seed=0):
+  """Random uint8 images and labels shaped like dataset `cfg.name` (train: `examples`, test: a
+  quarter): what the benchmark feeds through the real pipeline when the dataset is not on this machine."""
+  known = image_shape_and_classes(cfg)
   check(
-    name in SHAPES,
-    f"a synthetic stand-in needs a dataset of known shape ({', '.join(SHAPES)}); "
-    f"dataset.name={name!r} is read from its file instead.",
+    known is not None,
+    f"a synthetic stand-in needs a dataset of known shape (digits or a TFDS name); "
+    f"dataset.name={cfg.name!r} is read from its file instead.",
   )
-  shape, classes = SHAPES[name]
+  shape, classes = known
   rng = np.random.default_rng(seed)
   split = lambda n: (rng.integers(0, 256, (n,) + shape, dtype=np.uint8), rng.integers(0, classes, n).astype(np.int32))
   return (*split(examples), *split(max(1, examples // 4)), classes)
 
 
-def load(cfg, synthetic_examples=0):
+@dataclasses.dataclass
+class Arrays:
+  """A dataset given as NumPy arrays (the Python API's own data): uint8 NHWC images and integer
+  labels per split, as an npz file holds them. `fitnets_jax.run(config, workdir, Arrays(…))` trains
+  on them with `dataset.name='arrays'`; `num_classes` 0: the classes seen in `train_labels`."""
+
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  num_classes: int = 0
+
+  def checked(self):
+    arrays = {k: getattr(self, k) for k in NPZ_KEYS}
+    return checked_arrays(arrays, "the arrays given (data.Arrays)", self.num_classes)
+
+
+def from_tf_data(train, test, num_classes=0):
+  """`Arrays` of two tf.data factories: `train()` and `test()` each return a `tf.data.Dataset` of
+  (image, label) pairs, uint8 (height, width, channels) images; they are read into memory once, as
+  TFDS datasets are."""
+
+  def read(factory, split):
+    try:
+      pairs = [(np.asarray(x), int(y)) for x, y in factory().as_numpy_iterator()]
+    except Exception as e:  # noqa: BLE001  (whatever the user's pipeline raises)
+      raise FitnetsError(
+        f"the {split} factory given to data.from_tf_data failed ({type(e).__name__}: {str(e)[:200]}); it must "
+        "return a tf.data.Dataset of (image, label) pairs, uint8 (height, width, channels) images."
+      ) from None
+    check(pairs, f"the {split} factory given to data.from_tf_data yields no examples.")
+    shapes = {x.shape for x, _ in pairs}
+    check(len(shapes) == 1, f"the {split} images from data.from_tf_data have several shapes ({sorted(shapes)[:3]}…).")
+    return np.stack([x for x, _ in pairs]), np.array([y for _, y in pairs], np.int64)
+
+  return Arrays(*read(train, "train"), *read(test, "test"), num_classes=num_classes)
+
+
+def load(cfg, synthetic_examples=0, source=None):
   """Reads, validates and fits the dataset named by `cfg` (config.dataset); with `synthetic_examples`
-  > 0, random images of its shape stand in for it (same pipeline and augmentation)."""
-  one_of("dataset.name", cfg.name, SOURCES)
+  > 0, random images of its shape stand in for it (same pipeline and augmentation); `source` (an
+  `Arrays`) is the data of `dataset.name='arrays'`."""
+  check(
+    (cfg.name == "arrays") == (source is not None),
+    "dataset.name='arrays' trains on arrays given through the Python API (fitnets_jax.run(config, workdir, "
+    "data.Arrays(…))); give both, or name a dataset (digits, npz, a TFDS name)."
+    if cfg.name == "arrays" or source is None
+    else f"arrays were given, but dataset.name={cfg.name!r}; set dataset.name='arrays' to train on them.",
+  )
   one_of("dataset.preprocess", cfg.preprocess, PREPROCESS)
+  check(
+    not cfg.resize or cfg.name not in SOURCES,
+    f"dataset.resize={list(cfg.resize)!r} resizes a TFDS dataset's images; dataset.name={cfg.name!r} gives its "
+    "images as they are: resize them before, or set dataset.resize=[].",
+  )
   check(isinstance(cfg.shift, int) and cfg.shift >= 0, f"dataset.shift={cfg.shift!r} must be an integer ≥ 0.")
   one_of("dataset.pad_mode", cfg.pad_mode, ("constant", "reflect"))
   check(cfg.stats_examples > 0, f"dataset.stats_examples={cfg.stats_examples!r} must be > 0.")
@@ -299,14 +417,16 @@ def load(cfg, synthetic_examples=0):
     f"dataset.validation_examples={cfg.validation_examples!r} must be ≥ 0 (0: no validation split).",
   )
   if synthetic_examples:
-    *arrays, classes = synthetic_arrays(cfg.name, synthetic_examples)
+    *arrays, classes = synthetic_arrays(cfg, synthetic_examples)
     spec = _in_memory(cfg.name, *arrays, classes)
     sample = arrays[0][: cfg.stats_examples]
-  elif cfg.name in TFDS_NAMES:
+  elif cfg.name not in SOURCES:
     spec, sample = _tfds(cfg)
   else:
     if cfg.name == "digits":
       *arrays, classes = *digits_arrays(), 10
+    elif cfg.name == "arrays":
+      *arrays, classes = source.checked()
     else:
       *arrays, classes = npz_arrays(cfg.path, cfg.num_classes)
     check(

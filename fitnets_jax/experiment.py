@@ -188,9 +188,10 @@ def reused_teacher(key, role_cfg, teacher):
   return checkpoint.load_teacher(role_cfg.checkpoint, teacher.abstract_variables(), f"{key}.checkpoint")
 
 
-def prepare(config, workdir, synthetic_examples=0):
+def prepare(config, workdir, synthetic_examples=0, source=None):
   """Validates `config` and builds the experiment; raises FitnetsError on any bad input. With
-  `synthetic_examples`, random images of the dataset's shape stand in for it (benchmarks)."""
+  `synthetic_examples`, random images of the dataset's shape stand in for it (benchmarks); `source`
+  is the `data.Arrays` of `dataset.name='arrays'`."""
   check_types(config)
   check_run_keys(config)
   if workdir and files.is_remote(workdir):  # a bucket that does not answer fails now, not after loading
@@ -199,7 +200,7 @@ def prepare(config, workdir, synthetic_examples=0):
   check_same_experiment(config, workdir)
   method = methods.get(config.method)
   mesh = make_mesh(config)
-  dataset = data.load(config.dataset, synthetic_examples)
+  dataset = data.load(config.dataset, synthetic_examples, source)
   steps_per_epoch = dataset.num_train // config.batch_size
   check(
     steps_per_epoch > 0,

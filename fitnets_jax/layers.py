@@ -11,7 +11,7 @@ from absl import app, logging
 
 from fitnets_jax import config as config_lib
 from fitnets_jax import experiment, features, hints, methods
-from fitnets_jax.data import SHAPES
+from fitnets_jax.data import image_shape_and_classes
 from fitnets_jax.data import load as load_data
 from fitnets_jax.errors import or_exit
 
@@ -23,9 +23,9 @@ def define_flags():
 
 def report(config):
   """The layer tables, sections and hint pairs of `config` as text (no data is read except for npz)."""
-  name = config.dataset.name
-  if name in SHAPES:
-    shape, classes = SHAPES[name]
+  known = image_shape_and_classes(config.dataset)
+  if known:
+    shape, classes = known
   else:
     data = load_data(config.dataset)
     shape, classes = data.image_shape, data.num_classes

@@ -281,12 +281,12 @@ def evaluate(run, index, state, done):
   return values
 
 
-def run(config, workdir):
+def run(config, workdir, source=None):
   """Validates, then trains every stage of `config.method` holding the workdir's lock; returns (and
-  writes) summary.json."""
+  writes) summary.json. `source`: the `data.Arrays` of `dataset.name='arrays'`."""
   cluster.initialize(config)
   cluster.warn_if_accelerator_idle()
-  exp = experiment.prepare(config, workdir)
+  exp = experiment.prepare(config, workdir, source=source)
   with workdir_lock.WorkdirLock(workdir):
     if jax.process_index() == 0:
       try:

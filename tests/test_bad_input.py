@@ -43,7 +43,10 @@ CASES = [
   ({"hint.student_layer": "fc"}, r"needs two feature maps"),
   # names
   ({"teacher.checkpoint": "/nonexistent/run"}, r"teacher.checkpoint='/nonexistent/run' holds no saved teacher"),
-  ({"dataset.name": "imagenet"}, r"dataset.name='imagenet' is not valid; choose one of"),
+  (
+    {"dataset.name": "imagenet"},
+    r"dataset.name='imagenet' is neither one of 'digits', 'npz', 'arrays' nor a TFDS dataset",
+  ),
   (
     {"method": "distill"},
     r"method='distill' is not valid; choose one of: 'at', 'byot', 'dml', 'fitnets', 'fsp', 'kd', "

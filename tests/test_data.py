@@ -107,8 +107,47 @@ def test_npz_dataset_loads(tmp_path):
 
 
 def test_unknown_dataset_lists_the_sources():
-  with pytest.raises(FitnetsError, match=r"dataset.name='imagenet' is not valid; choose one of: 'digits', 'npz'"):
+  with pytest.raises(FitnetsError, match=r"dataset.name='imagenet' is neither one of 'digits', 'npz', 'arrays' nor a"):
     data.load(dataset_config(name="imagenet"))
+  with pytest.raises(FitnetsError, match=r"dataset.name='glue' is not an image-classification dataset: .*'sentence'"):
+    data.load(dataset_config(name="glue"))
+
+
+def test_any_tfds_image_classification_dataset_by_name_under_mock_data():
+  # fashion_mnist is none of the paper configs' datasets: its shape and classes come from the builder's info.
+  with tfds.testing.mock_data(num_examples=24):
+    d = data.load(dataset_config(name="fashion_mnist"))
+    assert (d.image_shape, d.num_classes, d.num_train) == ((28, 28, 1), 10, 24)
+    assert data.image_shape_and_classes(dataset_config(name="fashion_mnist")) == ((28, 28, 1), 10)
+    # imagenette's images vary in size: refused without dataset.resize, resized with it.
+    with pytest.raises(FitnetsError, match=r"'imagenette' has images of varying size .*set dataset.resize"):
+      data.load(dataset_config(name="imagenette"))
+    d = data.load(dataset_config(name="imagenette", resize=[20, 24], stats_examples=8))
+    assert (d.image_shape, d.num_classes) == ((20, 24, 3), 10)
+    batch = next(data.train_batches(d, 8, 3, 0, 0))
+    assert batch["image"].shape == (8, 20, 24, 3)
+  with pytest.raises(FitnetsError, match=r"dataset.resize=\[20\] must be \[height, width\]"):
+    data.load(dataset_config(name="fashion_mnist", resize=[20]))
+  with pytest.raises(FitnetsError, match=r"dataset.resize=\[8, 8\] resizes a TFDS dataset's images"):
+    data.load(dataset_config(name="digits", resize=[8, 8]))
+
+
+def test_numpy_arrays_and_tf_data_factories_are_datasets():
+  x, y, xt, yt = data.digits_arrays()
+  arrays = data.Arrays(x[:100], y[:100], xt[:20], yt[:20])
+  d = data.load(dataset_config(name="arrays"), source=arrays)
+  assert (d.name, d.image_shape, d.num_classes, d.num_train, d.num_test) == ("arrays", (8, 8, 1), 10, 100, 20)
+  tf = data._tf()
+  factory = lambda images, labels: lambda: tf.data.Dataset.from_tensor_slices((images, labels))
+  again = data.from_tf_data(factory(x[:100], y[:100]), factory(xt[:20], yt[:20]))
+  for key in data.NPZ_KEYS:
+    np.testing.assert_array_equal(getattr(again, key), getattr(arrays, key))
+  with pytest.raises(FitnetsError, match=r"dataset.name='arrays' trains on arrays given through the Python API"):
+    data.load(dataset_config(name="arrays"))
+  with pytest.raises(FitnetsError, match=r"arrays were given, but dataset.name='digits'"):
+    data.load(dataset_config(name="digits"), source=arrays)
+  with pytest.raises(FitnetsError, match=r"train_images in the arrays given \(data.Arrays\) has dtype float64"):
+    data.load(dataset_config(name="arrays"), source=data.Arrays(x[:10] / 255.0, y[:10], xt[:5], yt[:5]))
 
 
 def test_tfds_missing_data_is_a_clear_error(tmp_path):

@@ -63,6 +63,17 @@ def test_predict_needs_nothing_of_the_dataset_or_the_config(run_dir, tmp_path, m
   np.testing.assert_array_equal(saved.load_model(alone).predict(TEST_IMAGES), expected)
 
 
+def test_a_run_on_numpy_arrays_through_the_python_api(tmp_path):
+  x, y, xt, yt = data.digits_arrays()
+  config = tiny_digits("scratch", num_devices=1, eval_batch_size=100, **{"dataset.name": "arrays"})
+  summary = fitnets_jax.run(config, str(tmp_path / "arrays"), data.Arrays(x[:640], y[:640], xt[:100], yt[:100]))
+  assert summary["dataset"] == "arrays"
+  model = fitnets_jax.load_model(str(tmp_path / "arrays"))
+  assert np.mean(model.predict(xt[:100]).argmax(-1) == yt[:100]) == pytest.approx(
+    summary["student"]["test_accuracy"], abs=0.01
+  )
+
+
 def test_bad_inputs_to_load_and_predict_are_one_paragraph(run_dir, tmp_path):
   work, _ = run_dir
   model = saved.load_model(work)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fitnets_jax import train
+from fitnets_jax import saved, train
 
 from conftest import ROOT, load_config, tiny_digits
 from helpers import assert_same_numbers, final_state, lower_every_stage, read_metrics, without_timing
@@ -82,6 +82,21 @@ def test_the_mnist_paper_config_runs_a_few_steps_under_mock_data(tmp_path):
   assert summary["dataset"] == "mnist" and list(summary["stages"]) == ["teacher", "hint", "kd"]
   assert all(s["steps"] == 2 for s in summary["stages"].values())
   assert np.isfinite(summary["stages"]["kd"]["final_train_loss"])
+
+
+def test_a_tfds_dataset_of_no_shipped_config_trains_and_its_student_predicts(tmp_path):
+  """fashion_mnist by name (shape and classes from TFDS's info) under mock data: KD end to end, then the saved
+  student predicts from the raw images of the test split."""
+  config = tiny_digits("kd", teacher=4, student=4, batch_size=8, eval_batch_size=8, **{"dataset.name": "fashion_mnist"})
+  config.dataset.stats_examples = 16
+  with tfds.testing.mock_data(num_examples=16):
+    summary = train.run(config, str(tmp_path))
+    images, labels = next(
+      iter(tfds.as_numpy(tfds.load("fashion_mnist", split="test", batch_size=16, as_supervised=True)))
+    )
+  assert summary["dataset"] == "fashion_mnist" and list(summary["stages"]) == ["teacher", "kd"]
+  logits = saved.load_model(str(tmp_path)).predict(images)
+  assert logits.shape == (16, 10) and np.mean(logits.argmax(-1) == labels) == summary["student"]["test_accuracy"]
 
 
 @pytest.mark.parametrize(
