@@ -54,6 +54,7 @@ def define_flags():
   flags.DEFINE_list("stages", [], "Only these stages (default: every stage of the method).")
   flags.DEFINE_list("inference_batches", [], "Batch sizes of the inference timing (default: 1 and eval_batch_size).")
   flags.DEFINE_integer("inference_repeats", 50, "Timed inference calls per network and batch size.")
+  flags.DEFINE_bool("inference_only", False, "Time the networks' inference only, no training stage.")
 
 
 # Dense peak FLOP/s per device from the vendors' data sheets: (bfloat16, float32 as XLA runs it by
@@ -273,9 +274,19 @@ def inference_speed(exp, batch_sizes, repeats):
   }
 
 
-def run(config, workdir, warmup=3, timed=20, synthetic_examples=0, stages=(), inference_batches=(), repeats=50):
+def run(
+  config,
+  workdir,
+  warmup=3,
+  timed=20,
+  synthetic_examples=0,
+  stages=(),
+  inference_batches=(),
+  repeats=50,
+  inference_only=False,
+):
   """Benchmarks every stage of `config` (or those named in `stages`), and the networks' inference at
-  `inference_batches` (none: `(1, eval_batch_size)`); writes and returns
+  `inference_batches` (none: `(1, eval_batch_size)`; `inference_only`: no stage); writes and returns
   {"device_kind", "peak_flops_per_device", "stages": [records], "inference": {…}, …}."""
   exp = experiment.prepare(config, workdir, synthetic_examples)
   names = [s.name for s in exp.stages]
@@ -289,7 +300,7 @@ def run(config, workdir, warmup=3, timed=20, synthetic_examples=0, stages=(), in
   teacher = stage_teacher(exp, jax.random.PRNGKey(config.seed))
   records = []
   for index, stage in enumerate(exp.stages):
-    if stages and stage.name not in stages:
+    if (stages and stage.name not in stages) or inference_only:
       continue
     record = measure_stage(exp, index, teacher, warmup, timed, peak)
     record["cached_step_ms"] = cached_step_ms(exp, index, teacher, warmup, timed)
@@ -309,6 +320,7 @@ def run(config, workdir, warmup=3, timed=20, synthetic_examples=0, stages=(), in
     "stages": records,
     "inference": inference_speed(exp, tuple(inference_batches) or (1, config.eval_batch_size), repeats),
   }
+  files.makedirs(workdir)
   files.write_atomically(files.join(workdir, "benchmark.json"), json.dumps(result, indent=2))
   return result
 
@@ -367,7 +379,7 @@ def table(result):
       f"{result['devices']} × {result['device_kind']}, {result['dtype']}; peak "
       f"{result['peak_flops_per_device'] / 1e9:,.1f} GFLOP/s per device ({result['peak_source']}){xla}"
     ]
-    + lines
+    + (lines if result["stages"] else [])
     + inference_table(result["inference"], result["models"])
   )
 
@@ -408,6 +420,7 @@ def main(argv):
       f.stages,
       [int(b) for b in f.inference_batches],
       f.inference_repeats,
+      f.inference_only,
     )
   )
   print(table(result))

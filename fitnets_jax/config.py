@@ -134,11 +134,12 @@ def base_config():
       checkpoint="",  # a run's workdir (or its teacher/ folder) to reuse
       dropout=0.0,
       input_dropout=[],  # maxout models: include probability of each weight layer's input (pylearn2's Dropout)
+      sections=[],  # [[input layer, output layer], …]: a model of your own's sections (FSP, BYOT)
       cache=False,  # compute every teacher's outputs on the training set once (no augmentation)
       cache_budget_mb=1024.0,  # cache: memory for hint features (logits are always cached)
     )
   )
-  c.student = ml_collections.ConfigDict(dict(model="digits_student", dropout=0.0, input_dropout=[]))
+  c.student = ml_collections.ConfigDict(dict(model="digits_student", dropout=0.0, input_dropout=[], sections=[]))
   c.stages = ml_collections.ConfigDict(
     dict(
       teacher=stage_config(epochs=100),  # trains the teacher unless teacher.checkpoint is set

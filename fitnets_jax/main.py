@@ -80,7 +80,13 @@ def print_summary(summary, workdir):
   if "ensemble_accuracy" in summary:
     agreement = f", agreement {summary['agreement']:.4f}" if "agreement" in summary else ""
     print(f"ensemble: test accuracy {summary['ensemble_accuracy']:.4f}{agreement}")
-  print(f"Results in {workdir}: summary.json, metrics.jsonl, tensorboard/, checkpoints/", flush=True)
+  nets = [n["role"] for n in summary.get("cohort", [])] or ["student"]
+  nets += [t["role"] for t in summary["teachers"] if t["checkpoint"] == files.join(files.absolute(workdir), t["role"])]
+  print(
+    f"Results in {workdir}: summary.json, metrics.jsonl, tensorboard/, checkpoints/; the networks in "
+    f"{', '.join(f'{n}/' for n in nets)} (fitnets_jax.load_model)",
+    flush=True,
+  )
 
 
 def shared_teachers(config, seeds):

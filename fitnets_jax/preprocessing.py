@@ -103,8 +103,8 @@ class Preprocessing:
     return {"kind": self.kind, "gcn_scale": self.gcn_scale, "lcn_channels": list(self.lcn_channels)}
 
   def save(self, folder):
-    with files.open_path(files.join(folder, ARRAYS_FILE), "wb") as f:
-      np.savez(f, **self.arrays)
+    with files.open_path(files.join(folder, ARRAYS_FILE), "wb") as raw:
+      np.savez(raw, **self.arrays)
 
   @classmethod
   def load(cls, folder, described):
@@ -112,7 +112,7 @@ class Preprocessing:
     one_of("preprocessing.kind", described["kind"], KINDS)
     arrays = {}
     if files.isfile(files.join(folder, ARRAYS_FILE)):
-      with files.open_path(files.join(folder, ARRAYS_FILE), "rb") as f, np.load(f) as saved:
+      with files.open_path(files.join(folder, ARRAYS_FILE), "rb") as raw, np.load(raw) as saved:
         arrays = {k: saved[k] for k in saved.files}
     wanted = {"standardize": {"mean", "std"}, "gcn_zca": {"mean", "w"}}.get(described["kind"], set())
     if not wanted <= set(arrays):

@@ -257,8 +257,10 @@ class Context:
 
 
 def build_network(key, cfg, num_classes, image_shape, dtype="float32"):
-  """The Network of `cfg.model` (dropout `cfg.dropout`); `key` names the config entry in errors."""
-  return network(
+  """The Network of `cfg.model` (dropout `cfg.dropout`), with the sections `cfg.sections` declares
+  ([[input layer, output layer], …], for models of your own) instead of the model's; `key` names the
+  config entry in errors."""
+  net = network(
     cfg.model,
     models.get_model(
       cfg.model, num_classes, cfg.dropout, key=f"{key}.model", input_dropout=tuple(cfg.get("input_dropout", ()))
@@ -266,6 +268,17 @@ def build_network(key, cfg, num_classes, image_shape, dtype="float32"):
     image_shape,
     dtype,
   )
+  declared = [tuple(pair) if isinstance(pair, (list, tuple)) else pair for pair in cfg.get("sections", ())]
+  if declared:
+    names = [l.name for l in net.layers]
+    check(
+      all(isinstance(p, tuple) and len(p) == 2 and all(n in names for n in p) for p in declared),
+      f"{key}.sections={[list(p) if isinstance(p, tuple) else p for p in declared]!r}: each section is "
+      f"[input layer, output layer], both layers of {cfg.model!r} ({', '.join(names[:12])}"
+      f"{', …' if len(names) > 12 else ''}; `python -m fitnets_jax.layers` lists them all).",
+    )
+    net.sections = tuple(declared)
+  return net
 
 
 def variables(params, batch_stats):

@@ -19,7 +19,10 @@
 | digits_resnet10, digits_resnet18 | the same for 8×8 digits: sections 8/16/32/64 |
 """
 
+import importlib
 import re
+
+import flax.linen as nn
 
 from fitnets_jax.errors import FitnetsError
 from fitnets_jax.models.maxout import ConvSpec, MaxoutNet
@@ -179,16 +182,48 @@ def maxout_spec(name):
   return dict(_SPECS[name])
 
 
+def custom_model(name, num_classes, dropout, key):
+  """The model of `name` = "package.module:factory": `factory(num_classes=…)` (and `dropout=…` when it
+  is > 0) must return a Flax linen module called as `module(images, train=…)` that returns logits."""
+  module_name, _, attribute = name.partition(":")
+  where = f"{key}={name!r}"
+  try:
+    factory = getattr(importlib.import_module(module_name), attribute)
+  except (ImportError, AttributeError) as e:
+    raise FitnetsError(
+      f"{where}: {type(e).__name__}: {str(e)[:200]}. A model of your own is named 'package.module:factory', "
+      "importable from where the run starts (on PYTHONPATH), with factory(num_classes) returning a flax.linen "
+      "Module ([models.md](docs/models.md) has an example)."
+    ) from None
+  kwargs = {"num_classes": num_classes, **({"dropout": dropout} if dropout else {})}
+  try:
+    model = factory(**kwargs)
+  except Exception as e:  # noqa: BLE001  (whatever the user's factory raises)
+    raise FitnetsError(
+      f"{where}: {attribute}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed ({type(e).__name__}: "
+      f"{str(e)[:200]}); the factory takes num_classes (and dropout, when {key.rsplit('.', 1)[0]}.dropout > 0)."
+    ) from None
+  if not isinstance(model, nn.Module):
+    raise FitnetsError(f"{where}: {attribute}(…) returned {type(model).__name__}, not a flax.linen Module.")
+  return model
+
+
 def get_model(name, num_classes, dropout=0.0, key="model", input_dropout=()):
-  """Builds the named model; an unknown name raises FitnetsError listing the known ones.
-  `input_dropout` (maxout models): one include probability per weight layer's input (MaxoutNet)."""
+  """Builds the named model, or the one a "package.module:factory" name makes (`custom_model`); an
+  unknown name raises FitnetsError listing the known ones. `input_dropout` (maxout models): one
+  include probability per weight layer's input (MaxoutNet)."""
   section = key.rsplit(".", 1)[0]
   if not 0.0 <= dropout < 1.0:
     raise FitnetsError(f"{section}.dropout={dropout!r} must be in [0, 1).")
+  if ":" in name and not input_dropout:
+    return custom_model(name, num_classes, dropout, key)
   model = _resnet(name, num_classes, dropout, key)
   spec = _SPECS.get(name) or _thin(name, key)
   if model is None and spec is None:
-    raise FitnetsError(f"{key}={name!r} is not a known model; choose one of: {', '.join(MODEL_NAMES)}, or {FAMILIES}.")
+    raise FitnetsError(
+      f"{key}={name!r} is not a known model; choose one of: {', '.join(MODEL_NAMES)}, or {FAMILIES}, or your own "
+      "as 'package.module:factory'."
+    )
   if not input_dropout:
     return model or MaxoutNet(num_classes=num_classes, dropout=dropout, **spec)
   layers = len(spec["convs"]) + bool(spec.get("dense_units")) + 1 if spec else 0
