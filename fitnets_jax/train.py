@@ -154,6 +154,7 @@ def train_stage(run, index, tx, labels, state, teacher, pending):
   wall = lambda: round(prior_wall + time.perf_counter() - started, 3)
   pending = list(pending)
   tick, tick_step = time.perf_counter(), start
+  preempted = False
   for s in range(start, stage.num_steps):
     state, scalars = step_fn(state, batch, teacher)
     pending.append(scalars)
@@ -171,9 +172,10 @@ def train_stage(run, index, tx, labels, state, teacher, pending):
       pending, tick, tick_step = [], time.perf_counter(), done
     if stage.evaluate and cfg.eval_every_steps and done % cfg.eval_every_steps == 0 and done < stage.num_steps:
       evaluate(run, index, state, done)
-    stopping = done < stage.num_steps and (
-      run.stop.requested or run.checkpoints.manager.reached_preemption(run.offsets[index] + done)
-    )
+    # Every host asks at every step, the stage's last included: on several hosts a preemption notice
+    # is acted on at one agreed step, and when that step ends a stage the stop must not be lost.
+    preempted = run.stop.requested or run.checkpoints.manager.reached_preemption(run.offsets[index] + done)
+    stopping = preempted and done < stage.num_steps
     if stopping and pending:  # metrics of the steps since the last log are not lost
       check_finite(run, stage, done - len(pending), jax.device_get(pending))
     if (done % cfg.checkpoint_every_steps == 0 or stopping) and done < stage.num_steps:
@@ -198,6 +200,12 @@ def train_stage(run, index, tx, labels, state, teacher, pending):
     teachers.save(exp, run.workdir, run.results, stage, state)
   record["wall_time_s"] = wall()
   save(run, index, stage.num_steps, state)
+  if preempted and index < len(exp.stages) - 1:  # stopped at the stage's last step: its end is saved
+    run.checkpoints.close()
+    raise Preempted(
+      f"Stopped on SIGTERM/preemption at the end of stage {stage.name!r}; it is saved. Run the same command "
+      f"again to resume from {run.workdir}."
+    )
   return state
 
 

@@ -47,9 +47,11 @@ KILL_FLAGS = [
   "--config.checkpoint_every_steps=2",
   "--config.stages.teacher.steps=24",
   "--config.stages.hint.steps=12",
-  "--config.stages.student.steps=24",
+  "--config.stages.student.steps=36",
 ]
-KILL_CONFIG = dict(teacher=24, hint=12, student=24, log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=3)
+# The KD stage is the longest, so the plans that land there still find steps and saves to kill on a
+# fast machine (each kill costs a restart, so the run advances only a few steps per attempt).
+KILL_CONFIG = dict(teacher=24, hint=12, student=36, log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=3)
 
 
 class Attempt:
@@ -171,6 +173,25 @@ def test_sigterm_saves_exits_75_and_the_restart_matches_an_uninterrupted_run(tmp
   assert "Resuming from" in resumed.stdout and "stage 'kd' at step" in resumed.stdout
   reference = str(tmp_path / "reference")
   train.run(tiny_digits(), reference)
+  assert_same_run(work, reference)
+
+
+def test_a_preemption_agreed_on_a_stages_last_step_stops_there_and_resumes(tmp_path, monkeypatch):
+  # On several hosts orbax names one step at which every host stops; when that step ends a stage, the
+  # stop must not be lost (the stage's end is saved, then exit 75), and the restart ends as an
+  # uninterrupted run does.
+  from fitnets_jax.errors import Preempted
+
+  config = lambda: tiny_digits(teacher=8, hint=4, student=4, num_devices=1)
+  work = str(tmp_path / "stopped")
+  monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", lambda self, step: step == 8)
+  with pytest.raises(Preempted, match=r"at the end of stage 'teacher'; it is saved"):
+    train.run(config(), work)
+  monkeypatch.undo()
+  assert not os.path.exists(os.path.join(work, "summary.json"))
+  train.run(config(), work)
+  reference = str(tmp_path / "reference")
+  train.run(config(), reference)
   assert_same_run(work, reference)
 
 
