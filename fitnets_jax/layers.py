@@ -35,7 +35,7 @@ def report(config):
   trained = {role: build(key, cfg) for role, key, cfg in experiment.trained_networks(config, method)}
   student = next(iter(trained.values()))
   lines = []
-  heads = method.extra_networks(student, classes) if method.extra_networks else {}
+  heads = method.extra_networks(config, student, classes) if method.extra_networks else {}
   for role, net in [*teachers.items(), *trained.items(), *heads.items()]:
     lines += [
       f"{role}: {net.name} — {net.params:,} params ({net.paper_params:,} as the FitNets paper counts), "

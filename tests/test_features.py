@@ -241,6 +241,9 @@ def test_layers_report_shows_both_tables_and_the_hint_pair():
   assert (
     "student: digits_resnet18" in text and "exit3: exit head after section3" in text and "sepconv1/depthwise1" in text
   )
+  assert "attention/depthwise1" in text  # the authors' code's attention masks, the default
+  plain = layers.report(with_overrides(load_config("byot_digits"), {"byot.attention": False}))
+  assert "exit3: exit head after section3" in plain and "attention/" not in plain
   # multi_teacher lists the hint pairs its hint stage trains (each method's record says whether it reads them).
   text = layers.report(with_overrides(load_config("multi_teacher_digits"), {"multi_teacher.hint_stage": True}))
   assert "hint: student conv5 (4, 4, 6) → regressor" in text and "→ teacher1 conv2 (4, 4, 64)" in text

@@ -80,7 +80,7 @@ class Method:
   defaults: () -> {config section: default}, merged into `config.base_config()`.
   uses_hint_pairs: (config) -> whether its stages read the hint pairs (`config.hint`/`hints`), which
     `python -m fitnets_jax.layers` then lists.
-  extra_networks: (student Network, classes) -> {name: Network} trained beside the student (BYOT's
+  extra_networks: (config, student Network, classes) -> {name: Network} trained beside the student (BYOT's
     exit heads), for the layers report.
   """
 

@@ -203,9 +203,9 @@ def byot_stage(ctx):
   )
 
 
-def report_heads(student, num_classes):
+def report_heads(config, student, num_classes):
   """The exit heads the layers report lists (none for a student without sections: setup refuses it)."""
-  return exit_heads(student, num_classes) if len(student.sections) > 1 else {}
+  return exit_heads(student, num_classes, config.byot.attention) if len(student.sections) > 1 else {}
 
 
 METHOD = Method(name="byot", stages=lambda ctx: [byot_stage(ctx)], defaults=defaults, extra_networks=report_heads)
