@@ -11,7 +11,8 @@ student gets as many epochs). One teacher is trained, by the first run that need
 `<workdir>/<method>_depth<D>/seed_<s>`, FitNets' hint is the teacher's `hint.teacher_layer` onto
 the student's middle (the last conv of its first half). Finished runs are skipped, so a stopped sweep
 continues where it was. At the end `fitnets_jax.report` writes `<workdir>/report/` (the table and
-test accuracy against depth), and `<workdir>/sweep.json` records each run's wall time.
+test accuracy against depth), and `<workdir>/sweep.json` records each run's wall time, their total
+and the wall time of the last invocation that trained.
 """
 
 import copy
@@ -109,7 +110,7 @@ def run(config, workdir):
       experiment.prepare(c if not c.teacher.checkpoint or finished(c.teacher.checkpoint) else own_teacher(c), w)
   log_file = files.join(workdir, "sweep.json")
   log = json.loads(files.read_text(log_file)) if files.isfile(log_file) else {"runs": {}}
-  start = time.perf_counter()
+  start, already = time.perf_counter(), [finished(w) for _, w in todo]
   for i, (c, w) in enumerate(todo, start=1):
     if finished(w):
       continue
@@ -121,11 +122,18 @@ def run(config, workdir):
       "test_accuracy": summary["student"]["test_accuracy"],
     }
     files.write_atomically(log_file, json.dumps(log, indent=2))
-  log["this_invocation_seconds"] = round(time.perf_counter() - start, 1)
+  trained = [w for _, w in todo if w in log["runs"]]
+  if any(not was_finished for was_finished in already):  # a re-run that trained nothing keeps the last timing
+    log["last_invocation_seconds"] = round(time.perf_counter() - start, 1)
+  log["total_run_seconds"] = round(sum(log["runs"][w]["seconds"] for w in trained), 1)
   files.write_atomically(log_file, json.dumps(log, indent=2))
   rows = report.write([w for _, w in todo], files.join(workdir, "report"), curves=False)
   print(report.depth_table(rows))
-  print(f"Report in {files.join(workdir, 'report', 'report.md')}; {log['this_invocation_seconds']} s.", flush=True)
+  print(
+    f"Report in {files.join(workdir, 'report', 'report.md')}; the runs took {log['total_run_seconds']} s "
+    f"({log.get('last_invocation_seconds', 0)} s for the last invocation that trained).",
+    flush=True,
+  )
   return rows
 
 
