@@ -34,7 +34,6 @@ import numpy as np
 from fitnets_jax import files, preprocessing
 from fitnets_jax.errors import FitnetsError, check, one_of
 
-TFDS_NAMES = ("svhn_cropped", "cifar10", "cifar100", "mnist")  # the paper configs'; any TFDS name works
 SOURCES = ("digits", "npz", "arrays")
 PREPROCESS = preprocessing.KINDS
 NPZ_KEYS = ("train_images", "train_labels", "test_images", "test_labels")

@@ -179,20 +179,20 @@ def add_measured_speedups(rows, batch_sizes):
   latency ÷ the row's, FitNets Table 5's measured speed-up. Rows whose networks were not saved get none."""
   timed = {}
 
-  def timing(folder, network="student"):
-    key = (folder, network)
-    if key not in timed:
+  def timing(folder):
+    """The saved network of `folder` (a run's student, or a network's own folder) timed once."""
+    if folder not in timed:
       try:
-        model = saved.load_model(folder, network)
+        model = saved.load_model(folder)
       except FitnetsError:
-        timed[key] = None
+        timed[folder] = None
       else:
-        timed[key] = inference.measure(model.network, model.variables, batch_sizes)
-    return timed[key]
+        timed[folder] = inference.measure(model.network, model.variables, batch_sizes)
+    return timed[folder]
 
   for row in rows:
     teacher = row["teacher"] and row["teacher"].get("checkpoint") and timing(row["teacher"]["checkpoint"])
-    own = timing(row["teacher"]["checkpoint"]) if row["kind"] == "teacher" else timing(row["dirs"][0])
+    own = teacher if row["kind"] == "teacher" else timing(row["dirs"][0])
     row["measured"] = inference.speedups(teacher, own) if teacher and own else None
 
 
@@ -272,9 +272,9 @@ def write(run_dirs, out, curves=True, speed_batches=()):
   if speed_batches:
     add_measured_speedups(rows, speed_batches)
   plots.save(plots.accuracy_vs_macs(rows), files.join(out, "accuracy_vs_macs.png"))
-  depth = []
-  if by_depth(rows):
-    plots.save(plots.accuracy_vs_depth(by_depth(rows)), files.join(out, "accuracy_vs_depth.png"))
+  depth, table = [], by_depth(rows)
+  if table:
+    plots.save(plots.accuracy_vs_depth(table), files.join(out, "accuracy_vs_depth.png"))
     depth = [
       "## Accuracy against depth",
       "",
