@@ -25,6 +25,7 @@ def get_config():
   c.stages.student = stage_config(epochs=20, name="rmsprop", learning_rate=1e-3, schedule="cosine")
   c.sweep = ml_collections.ConfigDict(
     dict(
+      family="digits_thin",  # students at ≈18K parameters
       depths=[5, 7, 9, 11, 13, 17, 21],  # weight layers of digits_thin_D
       methods=["scratch", "kd", "fitnets"],
       seeds=3,  # config.seed … config.seed + seeds − 1

@@ -20,6 +20,8 @@ from fitnets_jax.errors import FitnetsError
 
 # Max-norm limits of the maxout and FitNets papers' pylearn2 configs (conv / dense / softmax).
 PAPER_MAX_NORM = dict(max_norm_conv=0.9, max_norm_dense=1.9, max_norm_logits=1.9365)
+# The FitNets yamls' learning rule: pylearn2's RMSProp, decay 0.9, max_scaling 1e5 (the RMS floored at 1e-5).
+PYLEARN2_RMSPROP = dict(name="rmsprop", decay=0.9, rms_floor=1e-5)
 
 
 def optimizer_config(name="rmsprop", learning_rate=0.005, **overrides):
@@ -35,6 +37,7 @@ def optimizer_config(name="rmsprop", learning_rate=0.005, **overrides):
       warmup_epochs=0.0,
       decay=0.9,  # rmsprop: moving-average decay of squared gradients
       eps=1e-8,
+      rms_floor=0.0,  # rmsprop: > 0 divides by max(√ν, rms_floor) as pylearn2 (1/max_scaling: 1e-5), not √ν + eps
       momentum=0.0,  # rmsprop / sgd momentum
       momentum_final=0.0,  # sgd: ramp momentum linearly to this (pylearn2's MomentumAdjustor); 0: constant
       momentum_ramp_epochs=[1.0, 250.0],  # the ramp's [begin, end] epochs
@@ -117,12 +120,13 @@ def base_config():
       train_split="train",  # e.g. "train+extra" for SVHN
       test_split="test",
       preprocess="standardize",  # standardize | gcn_zca | gcn_lcn | none
-      stats_examples=10000,  # training examples used to fit mean/std or ZCA
+      stats_examples=10000,  # training examples used to fit mean/std or ZCA; 0: all (pylearn2 fits ZCA on all)
       gcn_scale=55.0,
       zca_epsilon=0.1,
-      lcn_all_channels=False,  # gcn_lcn: local contrast normalisation of every channel (pylearn2: the first)
+      lcn_all_channels=True,  # gcn_lcn: LCN of every channel, as pylearn2 in May 2013 | False: the first only
       flip=False,  # random horizontal flips
       shift=0,  # random shifts of up to this many pixels (pad, then crop)
+      cutout=0,  # Cutout: one square hole of this side per image, after flips and shifts (BYOT's code: 16); 0: none
       pad_mode="constant",  # shift padding: constant (zeros) | reflect
       shuffle_buffer=50000,
       validation_examples=0,  # hold out the last N training examples as a validation split

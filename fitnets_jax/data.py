@@ -72,6 +72,7 @@ class Data:
   augment_flip: bool = False
   augment_shift: int = 0
   augment_pad_mode: str = "constant"  # how a shift pads: constant (zeros) | reflect
+  augment_cutout: int = 0  # side of one square hole per image (DeVries & Taylor's Cutout); 0: none
   num_validation: int = 0  # held out of training by dataset.validation_examples
   validation: Callable = None
   train_all: Callable = None  # () → the whole training split (every host's), in id order
@@ -83,7 +84,7 @@ class Data:
 
   @property
   def augmented(self):
-    return self.augment_flip or self.augment_shift > 0
+    return self.augment_flip or self.augment_shift > 0 or self.augment_cutout > 0
 
 
 # --------------------------------------------------------------------------- sources
@@ -308,7 +309,7 @@ def _tfds(cfg):
   train_split = "+".join([*first, f"{last}[:-{held_out}]"]) if held_out else cfg.train_split
   train_ds, info = load(train_split)
   test_ds, _ = load(cfg.test_split)
-  sample = np.stack([x for x, _ in tfds.as_numpy(train_ds.take(cfg.stats_examples))])
+  sample = np.stack([x for x, _ in tfds.as_numpy(train_ds.take(cfg.stats_examples or -1))])
   # A training example's id is its position in the whole split; hosts read consecutive parts of it.
   first_id = sum(count(part, load(part)[0], info) for part in host_splits(train_split)[: jax.process_index()])
   with_ids = lambda ds, first: ds.enumerate().map(lambda i, xy: (xy[0], xy[1], tf.cast(i + first, tf.int32)))
@@ -409,8 +410,15 @@ def load(cfg, synthetic_examples=0, source=None):
     "images as they are: resize them before, or set dataset.resize=[].",
   )
   check(isinstance(cfg.shift, int) and cfg.shift >= 0, f"dataset.shift={cfg.shift!r} must be an integer ≥ 0.")
+  check(
+    isinstance(cfg.cutout, int) and cfg.cutout >= 0,
+    f"dataset.cutout={cfg.cutout!r} must be an integer ≥ 0: the side of the hole in pixels (0: no Cutout).",
+  )
   one_of("dataset.pad_mode", cfg.pad_mode, ("constant", "reflect"))
-  check(cfg.stats_examples > 0, f"dataset.stats_examples={cfg.stats_examples!r} must be > 0.")
+  check(
+    isinstance(cfg.stats_examples, int) and cfg.stats_examples >= 0,
+    f"dataset.stats_examples={cfg.stats_examples!r} must be an integer ≥ 0 (0: every training example).",
+  )
   check(
     cfg.validation_examples >= 0,
     f"dataset.validation_examples={cfg.validation_examples!r} must be ≥ 0 (0: no validation split).",
@@ -418,7 +426,7 @@ def load(cfg, synthetic_examples=0, source=None):
   if synthetic_examples:
     *arrays, classes = synthetic_arrays(cfg, synthetic_examples)
     spec = _in_memory(cfg.name, *arrays, classes)
-    sample = arrays[0][: cfg.stats_examples]
+    sample = arrays[0][: cfg.stats_examples or None]
   elif cfg.name not in SOURCES:
     spec, sample = _tfds(cfg)
   else:
@@ -434,7 +442,7 @@ def load(cfg, synthetic_examples=0, source=None):
       "examples; use fewer.",
     )
     spec = _in_memory(cfg.name, *arrays, classes, cfg.validation_examples)
-    sample = arrays[0][: spec["num_train"]][: cfg.stats_examples]
+    sample = arrays[0][: spec["num_train"]][: cfg.stats_examples or None]
   check(
     spec["num_train"] > 0 and spec["num_test"] > 0,
     f"dataset {cfg.name!r} has {spec['num_train']} training and {spec['num_test']} test examples; "
@@ -453,6 +461,7 @@ def load(cfg, synthetic_examples=0, source=None):
     augment_flip=cfg.flip,
     augment_shift=cfg.shift,
     augment_pad_mode=cfg.pad_mode,
+    augment_cutout=cfg.cutout,
   )
 
 
@@ -487,10 +496,12 @@ def epoch_seed(seed, stage_index, epoch):
   return int(np.random.SeedSequence([seed, stage_index, epoch]).generate_state(1)[0] >> 1)
 
 
-def _augment(tf, images, seed, index, flip, shift, pad_mode="constant", first=0, total=None):
-  """Random flips and shifts (pad by `shift` pixels, zeros or reflected, then crop back) of a
-  batch, drawn statelessly from (seed, batch index). `images` are rows `first`… of a global batch of
-  `total` (default: all of it): each host draws the global batch's randomness and keeps its rows."""
+def _augment(tf, images, seed, index, flip, shift, pad_mode="constant", first=0, total=None, cutout=0, fill=None):
+  """Random flips and shifts (pad by `shift` pixels, zeros or reflected, then crop back), then Cutout
+  (one `cutout`×`cutout` hole per image set to `fill`, its centre uniform over the image and the hole
+  clipped at the borders, as DeVries & Taylor's `Cutout`) of a batch, drawn statelessly from (seed,
+  batch index). `images` are rows `first`… of a global batch of `total` (default: all of it): each
+  host draws the global batch's randomness and keeps its rows."""
   n, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
   total = n if total is None else total
   key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
@@ -505,6 +516,12 @@ def _augment(tf, images, seed, index, flip, shift, pad_mode="constant", first=0,
     rows = offsets[:, :1] + tf.range(h)[None]
     cols = offsets[:, 1:] + tf.range(w)[None]
     images = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+  if cutout:
+    centres = tf.random.stateless_uniform([total, 2], seed=key + 2, minval=0, maxval=h * w, dtype=tf.int32)
+    y, x = (centres[first : first + n, 0] % h)[:, None], (centres[first : first + n, 1] % w)[:, None]
+    inside = lambda c, size: (tf.range(size)[None] >= c - cutout // 2) & (tf.range(size)[None] < c + cutout // 2)
+    hole = inside(y, h)[:, :, None, None] & inside(x, w)[:, None, :, None]
+    images = tf.where(hole, tf.zeros_like(images) + fill, images)
   return images
 
 
@@ -539,6 +556,10 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
     rows = slice(host * local_batch, (host + 1) * local_batch)
     return order.map(lambda index, positions: (seed_e, index, positions[rows]))
 
+  # Cutout's hole holds what a black image becomes after the preprocessing (the authors' Cutout zeros the
+  # image before its Normalize).
+  cutout_fill = data.normalize(tf.zeros((1,) + tuple(data.image_shape), tf.float32)) if data.augment_cutout else None
+
   def prepare(seed_e, index, positions):
     batch = data.normalize(tf.cast(tf.gather(images, positions), tf.float32) / 255.0)
     if data.augmented:
@@ -552,6 +573,8 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
         data.augment_pad_mode,
         first=host * local_batch,
         total=global_batch,
+        cutout=data.augment_cutout,
+        fill=cutout_fill,
       )
     return {"image": batch, "label": tf.gather(labels, positions), "index": tf.gather(ids, positions)}
 

@@ -4,7 +4,8 @@ about constant size, each trained from scratch, with KD and with FitNets, over s
   python -m fitnets_jax.depth_sweep --config configs/depth_digits.py --workdir runs/depth_digits
 
 The config is an ordinary run config (the student's own settings, the teacher, the stages) plus a
-`sweep` section: `depths` (D of the `digits_thin_D` family), `methods`, `seeds`, and `equal_budget`
+`sweep` section: `family` (`digits_thin`: students at ≈18K parameters; `digits_macs`: at ≈363K
+multiplications, as the paper's §4.4 fixes them), `depths` (D of `<family>_D`), `methods`, `seeds`, and `equal_budget`
 (methods without a hint stage train for the hint stage's epochs plus the student stage's, so every
 student gets as many epochs). One teacher is trained, by the first run that needs it, with
 `config.seed`; every other run loads it (`teacher.checkpoint`). A run goes to
@@ -26,8 +27,9 @@ from fitnets_jax import config as config_lib
 from fitnets_jax import files
 from fitnets_jax.errors import check, or_exit
 
-SWEEP_KEYS = ("depths", "methods", "seeds", "equal_budget")
+SWEEP_KEYS = ("family", "depths", "methods", "seeds", "equal_budget")
 METHODS = ("scratch", "kd", "fitnets")
+FAMILIES = ("digits_thin", "digits_macs")
 
 
 def check_sweep(config):
@@ -40,10 +42,11 @@ def check_sweep(config):
     "configs/depth_digits.py shows the form.",
   )
   s = config.sweep
+  check(s.family in FAMILIES, f"sweep.family={s.family!r}: choose {' or '.join(map(repr, FAMILIES))}.")
   depths = list(s.depths)
   check(
     depths and all(isinstance(d, int) and d in models.THIN_DEPTHS for d in depths) and len(set(depths)) == len(depths),
-    f"sweep.depths={depths!r}: distinct weight-layer counts of digits_thin_D, each in "
+    f"sweep.depths={depths!r}: distinct weight-layer counts of {s.family}_D, each in "
     f"{models.THIN_DEPTHS.start} … {models.THIN_DEPTHS.stop - 1}.",
   )
   methods = list(s.methods)
@@ -67,7 +70,7 @@ def jobs(config, workdir):
     for depth in s.depths:
       for method in s.methods:
         c = copy.deepcopy(base)
-        c.seed, c.method, c.student.model = seed, method, f"digits_thin_{depth}"
+        c.seed, c.method, c.student.model = seed, method, f"{s.family}_{depth}"
         c.hint.student_layer = f"conv{models.thin_halves(depth)[0]}"
         if s.equal_budget and method != "fitnets":
           c.stages.student.epochs = c.stages.hint.epochs + c.stages.student.epochs

@@ -132,7 +132,7 @@ def hint_maps(run, images, pair=0):
   """FitNets' hint stage seen through pair `pair`: ({label: maps}, {label: hint loss}).
 
   Maps: the teacher's hint (N, h, w, c), and the student's guided map through the regressor at the
-  hint stage's start and end, r(v_g(x)); the loss is ½‖u_h − r(v_g)‖² per example, averaged."""
+  hint stage's start and end, r(v_g(x)); the loss is the run's hint loss (`hint.reduction`)."""
   exp = run.experiment
   pairs = hints.pairs(run.config, exp.student, exp.teachers)
   check(
@@ -148,7 +148,7 @@ def hint_maps(run, images, pair=0):
     guided = features(exp.student, network_variables(v, "student"), images, [p.guided.name])[p.guided.name]
     regressed = np.asarray(p.regressor.apply({"params": v["params"][key]}, guided))
     maps[f"student r({p.guided.name}), {label}"] = regressed
-    loss[label] = float(losses.hint_loss(hint, regressed))
+    loss[label] = float(losses.hint_loss(hint, regressed, hints.loss_options(run.config).reduction))
   return maps, loss
 
 

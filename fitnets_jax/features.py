@@ -26,6 +26,7 @@ class Layer:
   pieces: int
   params: int  # parameters of this module and its submodules
   macs: int  # multiply-accumulates per example of this module and its submodules
+  tied_bias: bool = True  # False: a bias per output position (pylearn2's tied_b 0), which a regressor copies
 
 
 def _subtree(tree, path):
@@ -42,10 +43,11 @@ def count_params(tree):
 
 
 def paper_params(layers, params):
-  """Parameters as the FitNets paper counts them (Romero et al. 2015, Tables 1–4; the authors'
-  scripts/computeNumberParams.py): weights only, no biases or batch-norm scales, and every maxout
-  layer counted with 2 pieces whatever its own count. This is the rule that reproduces the published
-  figures (teacher 9M, FitNet 1/2/4 250K/862K/2.5M, MNIST teacher 361K)."""
+  """Parameters as the FitNets paper's published figures count them (Romero et al. 2015, Tables 1–4):
+  weights only, no biases or batch-norm scales, and every maxout layer counted with 2 pieces whatever
+  its own count. This rule reproduces every published figure (teacher 9M, FitNet 1/2/4
+  250K/862K/2.5M, MNIST teacher 361K). The authors' scripts/computeNumberParams.py multiplies each
+  layer by its own num_pieces instead, which gives other numbers (docs/models.md)."""
   pieces = {l.path: l.pieces for l in layers if l.nonlinearity == "maxout" and l.pieces > 1}
   total = 0
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
@@ -72,6 +74,7 @@ def describe(module, variables, input_shape):
           type(mdl).__name__,
           getattr(mdl, "nonlinearity", "linear"),
           int(getattr(mdl, "pieces", 1) or 1),
+          bool(getattr(mdl, "tied_bias", True)),
         )
       )
     return True
@@ -82,13 +85,13 @@ def describe(module, variables, input_shape):
   )
   params = variables.get("params", {})
   own_macs = {}
-  for path, kind, _, _ in records:
+  for path, kind, *_ in records:
     kernel = _subtree(params, path + ("kernel",))
     if kind in _MAC_MODULES and kernel is not None:
       out = _subtree(state["intermediates"], path + ("__call__",))[0]
       own_macs[path] = math.prod(out.shape[1:-1]) * math.prod(kernel.shape)
   layers = []
-  for path, kind, nonlinearity, pieces in records:
+  for path, kind, nonlinearity, pieces, tied_bias in records:
     out = _subtree(state["intermediates"], path + ("__call__",))[0]
     macs = sum(m for p, m in own_macs.items() if p[: len(path)] == path)
     sub = _subtree(params, path)
@@ -102,6 +105,7 @@ def describe(module, variables, input_shape):
         pieces,
         count_params(sub) if sub is not None else 0,
         macs,
+        tied_bias,
       )
     )
   return layers

@@ -2,11 +2,12 @@
 
 `config.hints` lists pairs (teacher_layer, student_layer, kind, weight, teacher); when it is
 empty the single pair in `config.hint` is used, so one-hint FitNets configs keep working.
-- kind `regression` (FitNets, Romero et al. 2015 eq. 3): ½‖u_h − r(v_g)‖² through a
-  convolutional regressor r sized k = N_g − N_h + 1.
-- kind `attention` (Zagoruyko & Komodakis 2017): β/2·mean((Q_S − Q_T)²); no regressor, channel
-  counts may differ; spatial sizes must match or one must be an integer multiple of the other
-  (the larger attention map is average-pooled).
+- kind `regression` (FitNets, Romero et al. 2015 eq. 3): ½(u_h − r(v_g))² through a
+  convolutional regressor r sized k = N_g − N_h + 1, reduced as `hint.reduction` says (the authors'
+  `HintCost` by default: `losses.hint_loss`).
+- kind `attention` (Zagoruyko & Komodakis 2017): β·mean((Q_S − Q_T)²) as the authors' code
+  (`attention.form`); no regressor, channel counts may differ; spatial sizes must match or one must
+  be an integer multiple of the other (the larger side is average-pooled, `attention.pool`).
 Everything here is checked at setup and names the offending pair.
 """
 
@@ -22,6 +23,27 @@ from fitnets_jax.models.regressor import Regressor
 KINDS = ("regression", "attention")
 ORDERS = ("progressive", "joint")
 ENTRY_KEYS = ("teacher_layer", "student_layer", "kind", "weight", "teacher")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossOptions:
+  """How every pair's loss is reduced: `hint.reduction`, `attention.beta/form/pool`."""
+
+  reduction: str = "authors"
+  beta: float = 1000.0
+  attention_form: str = "authors"
+  attention_pool: str = "features"
+
+
+def loss_options(config):
+  """The pairs' `LossOptions` from the config, checked."""
+  check(config.attention.beta > 0, f"attention.beta={config.attention.beta!r} must be > 0.")
+  return LossOptions(
+    one_of("hint.reduction", config.hint.reduction, losses.HINT_REDUCTIONS),
+    float(config.attention.beta),
+    one_of("attention.form", config.attention.form, losses.ATTENTION_FORMS),
+    one_of("attention.pool", config.attention.pool, losses.ATTENTION_POOLS),
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +105,7 @@ def pairs(config, student, teachers):
         hint.nonlinearity,
         hint.pieces,
         config.hint.regressor_init,
+        None if hint.tied_bias else hint.shape[:2],
       )
     else:
       check(
@@ -99,7 +122,11 @@ def pairs(config, student, teachers):
       )
     result.append(HintPair(key, roles[index], hint, guided, kind, float(weight), regressor))
   one_of("hint.order", config.hint.order, ORDERS)
-  check(config.attention.beta > 0, f"attention.beta={config.attention.beta!r} must be > 0.")
+  loss_options(config)
+  check(
+    config.hint.regressor_max_norm >= 0,
+    f"hint.regressor_max_norm={config.hint.regressor_max_norm!r} must be ≥ 0 (0: no max-norm on the regressors).",
+  )
   return result
 
 
@@ -115,11 +142,13 @@ def progressive_order_ok(pairs, student):
     )
 
 
-def pair_loss(pair, teacher_feature, student_feature, regressor_params, beta):
-  """This pair's weighted loss (see the module docstring)."""
+def pair_loss(pair, teacher_feature, student_feature, regressor_params, options):
+  """This pair's weighted loss (see the module docstring); `options` a `LossOptions`."""
   if pair.kind == "regression":
     # The regressor computes in the guided feature's dtype (bf16 under config.dtype=bfloat16).
     params = jax.tree.map(lambda p: p.astype(student_feature.dtype), regressor_params)
     regressed = pair.regressor.apply({"params": params}, student_feature)
-    return pair.weight * losses.hint_loss(teacher_feature, regressed)
-  return pair.weight * losses.attention_loss(teacher_feature, student_feature, beta)
+    return pair.weight * losses.hint_loss(teacher_feature, regressed, options.reduction)
+  return pair.weight * losses.attention_loss(
+    teacher_feature, student_feature, options.beta, options.attention_form, options.attention_pool
+  )

@@ -78,14 +78,27 @@ def hinton_kd_loss(student_logits, teacher_logits, labels, alpha, temperature, w
   return alpha * temperature**2 * kl + (1.0 - alpha) * ce, {"ce": ce, "kl": kl}
 
 
-def hint_loss(teacher_hint, regressed_guided):
-  """FitNets hint loss (Romero et al. 2015, eq. 3): ½‖u_h(x) − r(v_g(x))‖².
+HINT_REDUCTIONS = ("authors", "paper", "mse")
 
-  Summed over the feature map (every non-batch axis), mean over the batch. The teacher's
-  hint is a target (stop_gradient).
+
+def hint_loss(teacher_hint, regressed_guided, reduction="authors"):
+  """FitNets hint loss (Romero et al. 2015, eq. 3) between the teacher's hint u_h(x) (a target,
+  stop_gradient) and the regressed guided layer r(v_g(x)), in one of three reductions of ½(u − r)²:
+
+  - `authors` (default): the authors' `HintCost` (costs/HintCost.py), which sums ½(u − r)² over axis 1
+    of pylearn2's C01B tensors — the rows — and averages the rest: sum over H, mean over batch, W and C.
+    For an (N, H, W, C) map that is eq. 3 divided by W·C; for a flat (N, F) feature, eq. 3 itself.
+  - `paper`: eq. 3 as written, ½‖u − r‖² summed over every non-batch axis, mean over the batch.
+  - `mse`: RepDistiller's and mdistiller's FitNet, `MSELoss` (mean over every axis, no ½):
+    eq. 3 × 2 / (H·W·C).
   """
   diff = _f32(jax.lax.stop_gradient(teacher_hint)) - _f32(regressed_guided)
-  return 0.5 * jnp.mean(jnp.sum(jnp.square(diff).reshape(diff.shape[0], -1), axis=-1))
+  squared = jnp.square(diff)
+  if reduction == "mse":
+    return jnp.mean(squared)
+  if reduction == "authors" and squared.ndim == 4:
+    return 0.5 * jnp.mean(jnp.sum(squared, axis=1))
+  return 0.5 * jnp.mean(jnp.sum(squared.reshape(squared.shape[0], -1), axis=-1))
 
 
 def pool_to(x, size):
@@ -121,18 +134,32 @@ def fsp_loss(teacher_matrices, student_matrices, weights):
   return total
 
 
-def attention_map(features, size=None):
+ATTENTION_FORMS = ("authors", "paper")
+ATTENTION_POOLS = ("features", "map")
+
+
+def _average_pool(x, size):
+  """Average-pools the two spatial axes (1 and 2) of `x` down to `size` (integer ratio)."""
+  fh, fw = x.shape[1] // size[0], x.shape[2] // size[1]
+  if (fh, fw) == (1, 1):
+    return x
+  return x.reshape(x.shape[0], size[0], fh, size[1], fw, *x.shape[3:]).mean(axis=(2, 4))
+
+
+def attention_map(features, size=None, pool="features"):
   """Attention map (Zagoruyko & Komodakis 2017, eq. 2 with p = 2): Q = vec(mean_c A_c²) / ‖·‖₂.
 
-  `features` (batch, h, w, c) → (batch, h·w). With `size`, the (h, w) map of channel means is
-  average-pooled to `size` (integer ratio) before flattening and normalising.
+  `features` (batch, h, w, c) → (batch, h'·w'). With `size` (h', w'), an integer fraction of (h, w),
+  `pool='features'` average-pools the features before squaring (RepDistiller's and mdistiller's
+  `adaptive_avg_pool2d`); `pool='map'` average-pools the map of channel means after squaring.
   """
-  a = jnp.mean(jnp.square(_f32(features)), axis=-1)
-  if size is not None and tuple(size) != a.shape[1:]:
-    fh, fw = a.shape[1] // size[0], a.shape[2] // size[1]
-    a = a.reshape(a.shape[0], size[0], fh, size[1], fw).mean(axis=(2, 4))
-  q = a.reshape(a.shape[0], -1)
-  return normalize(q)
+  x = _f32(features)
+  if size is not None and pool == "features":
+    x = _average_pool(x, size)
+  a = jnp.mean(jnp.square(x), axis=-1)
+  if size is not None and pool == "map":
+    a = _average_pool(a, size)
+  return normalize(a.reshape(a.shape[0], -1))
 
 
 def normalize(x, eps=1e-12):
@@ -142,35 +169,45 @@ def normalize(x, eps=1e-12):
   return x / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
 
 
-def attention_loss(teacher_features, student_features, beta):
-  """Attention transfer loss (Zagoruyko & Komodakis 2017, eq. 3 as in their code):
-  β/2 · mean over batch and positions of (Q_S − Q_T)².
+def attention_loss(teacher_features, student_features, beta, form="authors", pool="features"):
+  """Attention transfer loss (Zagoruyko & Komodakis 2017, eq. 3) of one pair of layers:
 
-  The larger map's attention is average-pooled to the smaller one's size (integer ratio). The
-  teacher is a target (stop_gradient).
+  - `authors` (default): β · mean over batch and positions of (Q_S − Q_T)², as the authors' `cifar.py`
+    adds `β · (at(x) − at(y)).pow(2).mean()` per group; RepDistiller, mdistiller and torchdistill agree.
+  - `paper`: β/2 · the same mean: eq. 3's β/2 with the code's squared, averaged difference (the paper's
+    β of 10³ is divided by the map's size and the batch, i.e. a mean), half the authors' value.
+
+  Maps of unequal size: the larger side is average-pooled to the smaller's size (integer ratio),
+  its features first (`pool='features'`, as RepDistiller and mdistiller) or its map (`pool='map'`).
+  The teacher is a target (stop_gradient).
   """
   size = (
     min(teacher_features.shape[1], student_features.shape[1]),
     min(teacher_features.shape[2], student_features.shape[2]),
   )
-  q_t = jax.lax.stop_gradient(attention_map(teacher_features, size))
-  q_s = attention_map(student_features, size)
-  return beta / 2.0 * jnp.mean(jnp.square(q_s - q_t))
+  q_t = jax.lax.stop_gradient(attention_map(teacher_features, size, pool))
+  q_s = attention_map(student_features, size, pool)
+  scale = beta if form == "authors" else beta / 2.0
+  return scale * jnp.mean(jnp.square(q_s - q_t))
 
 
-def mutual_learning_loss(logits, peer_logits, labels, temperature=1.0):
-  """Deep Mutual Learning (Zhang et al. 2018, eq. 4/10): the loss of network k in a cohort of K,
-  L_k = H(y, p_k) + 1/(K−1) · Σ_{l≠k} KL(p_l^τ ‖ p_k^τ), mean over the batch.
+PEER_REDUCTIONS = ("sum", "mean")
 
-  `peer_logits` holds the other K−1 networks' logits; they are targets for this update only
-  (stop_gradient). τ = 1 in the paper; no τ² factor. Returns (loss, {"ce", "kl"}), kl being the
-  peer average.
+
+def mutual_learning_loss(logits, peer_logits, labels, temperature=1.0, peers="sum"):
+  """Deep Mutual Learning (Zhang et al. 2018): the loss of network k in a cohort of K,
+  L_k = H(y, p_k) + c · Σ_{l≠k} KL(p_l^τ ‖ p_k^τ), mean over the batch.
+
+  `peers='sum'` (default): c = 1, as the authors' TensorFlow code adds the K−1 KL terms;
+  `peers='mean'`: c = 1/(K−1), the paper's eq. 10. The two agree for K = 2. `peer_logits` holds
+  the other K−1 networks' logits; they are targets for this update only (stop_gradient). τ = 1 in
+  the paper; no τ² factor. Returns (loss, {"ce", "kl"}), kl being the weighted sum c·Σ.
   """
   ce = cross_entropy(logits, labels)
   scaled = _f32(logits) / temperature
-  kl = sum(kl_divergence(softened(jax.lax.stop_gradient(peer), temperature), scaled) for peer in peer_logits) / len(
-    peer_logits
-  )
+  kl = sum(kl_divergence(softened(jax.lax.stop_gradient(peer), temperature), scaled) for peer in peer_logits)
+  if peers == "mean":
+    kl = kl / len(peer_logits)
   return ce + kl, {"ce": ce, "kl": kl}
 
 

@@ -4,6 +4,8 @@ Freezing uses `optax.partition` with `set_to_zero` for frozen leaves (not `optax
 would pass raw gradients through); frozen leaves have no optimizer state.
 """
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -61,17 +63,44 @@ def momentum_schedule(cfg, steps_per_epoch, key):
   )
 
 
+class RmsState(NamedTuple):
+  nu: Any  # moving average of squared gradients
+
+
+def scale_by_floored_rms(decay, floor):
+  """pylearn2's RMSProp (learning_rule.RMSProp, the FitNets yamls' rule): ν ← decay·ν + (1 − decay)·g²,
+  update = g / max(√ν, floor), floor = 1/max_scaling (1e-5). optax's rmsprop divides by √ν + ε instead:
+  the two differ where √ν is near or below the floor (early steps, rarely used weights)."""
+
+  def init(params):
+    return RmsState(jax.tree.map(jnp.zeros_like, params))
+
+  def update(updates, state, params=None):
+    nu = jax.tree.map(lambda n, g: decay * n + (1.0 - decay) * jnp.square(g), state.nu, updates)
+    scaled = jax.tree.map(lambda g, n: g / jnp.maximum(jnp.sqrt(n), floor), updates, nu)
+    return scaled, RmsState(nu)
+
+  return optax.GradientTransformation(init, update)
+
+
 def _module_of(path):
   return tuple(getattr(k, "key", "") for k in path[:-1])
 
 
-def conv_lr_scale(scale):
+def _scaled(path, convs):
+  return _module_of(path) in convs or getattr(path[-1], "key", "") == "untied_bias"
+
+
+def conv_lr_scale(scale, exempt=()):
   """Multiplies the updates of every convolution (the kernel, 4-D, and its bias) by `scale`: pylearn2's
-  W_lr_scale / b_lr_scale of the maxout yamls' conv layers (0.05)."""
+  W_lr_scale / b_lr_scale of the maxout yamls' conv layers (0.05), an untied bias included. Top-level
+  keys in `exempt` (the hint regressors, which have no W_lr_scale in the authors' code) keep their rate."""
 
   def update(updates, state, params):
     convs = {_module_of(p) for p, leaf in jax.tree_util.tree_leaves_with_path(params) if leaf.ndim == 4}
-    scaled = jax.tree_util.tree_map_with_path(lambda p, u: u * scale if _module_of(p) in convs else u, updates)
+    scaled = jax.tree_util.tree_map_with_path(
+      lambda p, u: u * scale if _scaled(p, convs) and _module_of(p)[0] not in exempt else u, updates
+    )
     return scaled, state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
@@ -111,8 +140,14 @@ def max_norm(conv, dense, logits, layers=None):
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def optimizer(cfg, num_steps, steps_per_epoch, key):
-  """The optax transformation for a stage's trained parameters, from `stages.<name>.optimizer`."""
+def optimizer(cfg, num_steps, steps_per_epoch, key, regressor_limits=None):
+  """The optax transformation for a stage's trained parameters, from `stages.<name>.optimizer`.
+
+  `regressor_limits` ({top-level parameter key: max-norm limit, 0 for none}) names the FitNets
+  regressors trained beside the network: they take that limit instead of the network's, and no
+  conv_lr_scale.
+  """
+  regressors = dict(regressor_limits or {})
   one_of(f"{key}.name", cfg.name, OPTIMIZERS)
   for field in ("weight_decay", "grad_clip_norm", "momentum", "max_norm_conv", "max_norm_dense", "max_norm_logits"):
     check(cfg[field] >= 0, f"{key}.{field}={cfg[field]!r} must be ≥ 0.")
@@ -122,7 +157,14 @@ def optimizer(cfg, num_steps, steps_per_epoch, key):
     chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   if cfg.weight_decay and cfg.name != "adamw":
     chain.append(optax.add_decayed_weights(cfg.weight_decay))
-  if cfg.name == "rmsprop":
+  check(
+    cfg.rms_floor >= 0 and (not cfg.rms_floor or (cfg.name == "rmsprop" and not cfg.momentum)),
+    f"{key}.rms_floor={cfg.rms_floor!r}: pylearn2's floored RMSProp is for name='rmsprop' without momentum "
+    f"(got name={cfg.name!r}, momentum={cfg.momentum!r}); 0 turns it off (optax's rmsprop, ε added).",
+  )
+  if cfg.name == "rmsprop" and cfg.rms_floor:
+    chain += [scale_by_floored_rms(cfg.decay, cfg.rms_floor), optax.scale_by_learning_rate(lr)]
+  elif cfg.name == "rmsprop":
     chain.append(optax.rmsprop(lr, decay=cfg.decay, eps=cfg.eps, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
   elif cfg.name == "sgd" and cfg.momentum_final:
     momentum = momentum_schedule(cfg, steps_per_epoch, key)
@@ -139,14 +181,14 @@ def optimizer(cfg, num_steps, steps_per_epoch, key):
   )
   check(cfg.conv_lr_scale > 0, f"{key}.conv_lr_scale={cfg.conv_lr_scale!r} must be > 0.")
   if cfg.conv_lr_scale != 1.0:
-    chain.append(conv_lr_scale(cfg.conv_lr_scale))
+    chain.append(conv_lr_scale(cfg.conv_lr_scale, exempt=tuple(regressors)))
   layers = dict(cfg.max_norm_layers)
   check(
     all(isinstance(v, (int, float)) and v >= 0 for v in layers.values()),
     f"{key}.max_norm_layers={layers!r}: each limit must be a number ≥ 0 (0: none for that layer).",
   )
-  if cfg.max_norm_conv or cfg.max_norm_dense or cfg.max_norm_logits or layers:
-    chain.append(max_norm(cfg.max_norm_conv, cfg.max_norm_dense, cfg.max_norm_logits, layers))
+  if cfg.max_norm_conv or cfg.max_norm_dense or cfg.max_norm_logits or layers or any(regressors.values()):
+    chain.append(max_norm(cfg.max_norm_conv, cfg.max_norm_dense, cfg.max_norm_logits, {**layers, **regressors}))
   return optax.chain(*chain)
 
 

@@ -134,8 +134,9 @@ def fit(cfg, sample):
     std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3).astype(np.float32)
     return Preprocessing("standardize", {"mean": mean, "std": std})
   if cfg.preprocess == "gcn_lcn":
-    # pylearn2's LeCunLCN.transform returns inside its channel loop, so the maxout paper's SVHN data
-    # has only its first channel locally normalised; dataset.lcn_all_channels normalises all three.
+    # The maxout paper's SVHN data (May 2013) was made when pylearn2's LeCunLCN normalised every channel,
+    # the default here. Since January 2014 its `transform` returns inside its channel loop, so data
+    # prepared with a later pylearn2 has only the first channel normalised: dataset.lcn_all_channels=False.
     channels = tuple(range(sample.shape[-1])) if cfg.lcn_all_channels else (0,)
     return Preprocessing("gcn_lcn", {}, float(cfg.gcn_scale), channels)
   mean, w = zca_fit(gcn(x.reshape(len(x), -1), cfg.gcn_scale), cfg.zca_epsilon)

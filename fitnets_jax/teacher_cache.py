@@ -35,9 +35,10 @@ def check_config(config, dataset, has_teacher):
   check(
     not dataset.augmented,
     f"teacher.cache=True needs an input pipeline without random augmentation: a cached output belongs to one "
-    f"fixed image, but dataset.flip={dataset.augment_flip} and dataset.shift={dataset.augment_shift} change each "
-    "image every epoch, so the teacher must see what the student sees. Set dataset.flip=False and "
-    "dataset.shift=0, or teacher.cache=False.",
+    f"fixed image, but dataset.flip={dataset.augment_flip}, dataset.shift={dataset.augment_shift} and "
+    f"dataset.cutout={dataset.augment_cutout} change each "
+    "image every epoch, so the teacher must see what the student sees. Set dataset.flip=False, "
+    "dataset.shift=0 and dataset.cutout=0, or teacher.cache=False.",
   )
   check(
     config.teacher.cache_budget_mb >= 0,

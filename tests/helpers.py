@@ -82,9 +82,11 @@ def assert_same_run(workdir, reference):
 #    difference can pick another piece for one example and route its gradient elsewhere, a jump
 #    that later steps carry (measured: KD losses 2.4e-4 apart after 8 steps with AVX2, 1e-7 with
 #    SSE4.2). A wrong batch order or per-device statistics moves a step's loss by far more than 1 %;
-#  - accuracies: argmax over nearly tied logits (a student 8 steps into training) may flip for a few
-#    examples: 2 of one 32-example batch, 2 % of the 360 test images (measured: 2 test images).
-FIRST_STEP_RTOL, STEP_RTOL, BATCH_ACCURACY_ATOL, TEST_ACCURACY_ATOL = 1e-5, 1e-2, 2 / 32, 0.02
+#  - accuracies: argmax over nearly tied logits (a student 8 steps into training, near chance) may flip
+#    for some examples: 2 of one 32-example batch, 5 % of the 360 test images (measured: 12 test images,
+#    16.4 % against 19.7 %, with the authors' hint reduction; 2 with eq. 3's, whose 256× larger hint
+#    gradients start the KD stage elsewhere). The losses above are the tight check.
+FIRST_STEP_RTOL, STEP_RTOL, BATCH_ACCURACY_ATOL, TEST_ACCURACY_ATOL = 1e-5, 1e-2, 2 / 32, 0.05
 
 
 def assert_same_numbers(reference, other):

@@ -106,7 +106,7 @@ CASES = [
   ({"kd.temperature": 0.0}, r"kd.temperature=0.0 must be > 0"),
   ({"kd.alpha": 1.5}, r"kd.alpha=1.5 must be in \[0, 1\]"),
   ({"dataset.shift": -2}, r"dataset.shift=-2 must be an integer ≥ 0"),
-  ({"dataset.stats_examples": 0}, r"dataset.stats_examples=0 must be > 0"),
+  ({"dataset.stats_examples": -1}, r"dataset.stats_examples=-1 must be an integer ≥ 0"),
   # datasets
   ({"dataset.name": "npz", "dataset.path": ""}, r"dataset.name='npz' needs dataset.path"),
   ({**NPZ, "dataset.path": "MISSING"}, r"dataset.path=.*missing.npz' does not exist"),

@@ -65,6 +65,34 @@ def test_augmentation_flips_and_shifts_within_bounds():
     assert found
 
 
+def test_cutout_sets_one_clipped_square_per_image_to_a_black_images_preprocessed_value(tmp_path):
+  # The authors' Cutout (BYOT's train.py, length 16) zeros the [0, 1] image before Normalize: here the hole
+  # holds what a black image becomes after the preprocessing (−mean/std under standardize).
+  images = np.full((64, 8, 8, 1), 200, np.uint8)
+  images[::2] = 100
+  labels = np.arange(64) % 2
+  path = write_npz(
+    tmp_path / "flat.npz", train_images=images, train_labels=labels, test_images=images, test_labels=labels
+  )
+  d = data.load(dataset_config(name="npz", path=str(path), cutout=4))
+  plain = data.load(dataset_config(name="npz", path=str(path)))
+  a = next(data.train_batches(d, 64, 1, 0, 0))["image"][..., 0]
+  b = next(data.train_batches(plain, 64, 1, 0, 0))["image"][..., 0]
+  mean, std = plain.preprocessing.arrays["mean"][0], plain.preprocessing.arrays["std"][0]
+  fill = -mean / std
+  sizes = set()
+  for cut, whole in zip(a, b):
+    hole = cut != whole
+    rows, cols = np.flatnonzero(hole.any(1)), np.flatnonzero(hole.any(0))
+    assert hole.sum() == len(rows) * len(cols) and np.all(hole[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+    assert 2 <= len(rows) <= 4 and 2 <= len(cols) <= 4  # 4×4, clipped at the border to 2 at least
+    np.testing.assert_allclose(cut[hole], fill, rtol=1e-5)
+    sizes.add((len(rows), len(cols)))
+  assert len(sizes) > 1  # centres vary
+  with pytest.raises(FitnetsError, match=r"dataset.cutout=-1 must be an integer ≥ 0"):
+    data.load(dataset_config(name="digits", cutout=-1))
+
+
 def test_reflect_padded_shifts_are_crops_of_the_mirrored_image():
   d = data.load(dataset_config(name="digits", preprocess="none", shift=2, pad_mode="reflect"))
   plain = data.load(dataset_config(name="digits", preprocess="none"))
@@ -202,8 +230,8 @@ def np_lecun_lcn(x, threshold=1e-4):
 
 @pytest.mark.parametrize("all_channels", [False, True])
 def test_gcn_lcn_pipeline_matches_numpy(tmp_path, all_channels):
-  # Goodfellow et al.'s SVHN preprocessing: GCN per image, then LeCun LCN; pylearn2 normalises only the
-  # first channel locally (its transform returns inside the channel loop), the default here too.
+  # Goodfellow et al.'s SVHN preprocessing: GCN per image, then LeCun LCN of every channel (pylearn2 in May
+  # 2013, the default here); pylearn2 since January 2014 normalises only the first (lcn_all_channels=False).
   rng = np.random.default_rng(2)
   images = rng.integers(0, 256, (12, 9, 9, 3), dtype=np.uint8)
   path = tmp_path / "small.npz"

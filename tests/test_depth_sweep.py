@@ -4,6 +4,7 @@ end) and its checks."""
 import json
 import os
 
+import jax
 import pytest
 
 from fitnets_jax import FitnetsError, depth_sweep, models, report
@@ -23,8 +24,21 @@ def test_digits_thin_family_by_hand_and_about_constant_in_size():
     assert abs(net.params - models.THIN_PARAMS) / models.THIN_PARAMS < 0.2
     guided = {l.name: l for l in net.layers}[f"conv{models.thin_halves(depth)[0]}"]
     assert guided.shape == (4, 4, models.thin_width(depth))  # the hint's size, the teacher's conv2 being 4×4
-  with pytest.raises(FitnetsError, match=r"student.model='digits_thin_3': the thin digits family has 5 … 41"):
+  with pytest.raises(FitnetsError, match=r"student.model='digits_thin_3': the thin digits families have 5 … 41"):
     models.get_model("digits_thin_3", 10, key="student.model")
+
+
+def test_digits_macs_family_fixes_the_multiplications_and_takes_the_papers_initialisation():
+  # The paper's §4.4 fixes the multiplications; digits_macs_D picks w for ≈363K MACs (digits_student's).
+  # digits_macs_9 (halves of 4 and 3 convs), w = 7: 64·9·(1·14 + 3·7·14) + 16·9·(7·28 + 2·14·28) + 2·2·14·64
+  # + 32·10 = 322,432.
+  assert models.thin_macs(9, 7) == 64 * 9 * (14 + 3 * 7 * 14) + 16 * 9 * (7 * 28 + 2 * 14 * 28) + 56 * 64 + 320
+  for depth in (5, 7, 9, 11, 13, 17, 21):
+    net = network(f"digits_macs_{depth}", models.get_model(f"digits_macs_{depth}", 10), (8, 8, 1))
+    assert net.depth == depth and net.macs == models.thin_macs(depth, models.thin_width(depth, "macs"))
+    assert abs(net.macs - models.THIN_MACS) / models.THIN_MACS < 0.12
+    kernel = net.init(jax.random.PRNGKey(0))[0]["conv1"]["conv"]["kernel"]
+    assert float(abs(kernel).max()) <= 0.005  # U(±0.005), the paper's initialisation
 
 
 def tiny_sweep(**overrides):
@@ -99,5 +113,7 @@ def test_bad_sweeps_are_refused_before_anything_runs(tmp_path, overrides, messag
 
 
 def test_a_plain_run_config_is_not_a_sweep(tmp_path):
-  with pytest.raises(FitnetsError, match=r"needs a `sweep` section with the keys depths, methods, seeds, equal_budget"):
+  with pytest.raises(
+    FitnetsError, match=r"needs a `sweep` section with the keys family, depths, methods, seeds, equal_budget"
+  ):
     depth_sweep.run(load_config("digits"), str(tmp_path / "sweep"))

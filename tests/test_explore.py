@@ -65,9 +65,10 @@ def test_hint_maps_are_the_regressed_guided_maps_and_their_loss(fitnets_run):
   maps, loss = explore.hint_maps(fitnets_run, images)
   hint, before, after = maps.values()
   assert hint.shape == before.shape == after.shape == (8, 4, 4, 64)
-  # ½‖u_h − r(v_g)‖² summed over a map, averaged over the examples (eq. 3), in NumPy.
+  # The run's hint loss (hint.reduction: the authors' HintCost): ½(u_h − r(v_g))² summed over the rows,
+  # averaged over the examples, columns and channels, in NumPy.
   for label, regressed in (("before", before), ("after", after)):
-    want = np.mean(0.5 * np.sum((np.float64(hint) - regressed) ** 2, axis=(1, 2, 3)))
+    want = np.mean(0.5 * np.sum((np.float64(hint) - regressed) ** 2, axis=1))
     assert loss[label] == pytest.approx(want, rel=1e-4)
   assert loss["after"] < loss["before"]  # 4 hint steps already pull the regressed map towards the hint
 

@@ -75,19 +75,33 @@ def test_kl_divergence_handles_zero_probabilities():
   np.testing.assert_allclose(losses.kl_divergence(target, logits), expected, rtol=1e-6)
 
 
-def test_hint_loss_is_half_squared_error_summed_over_map_mean_over_batch():
-  u = RNG.normal(size=(3, 4, 4, 5)).astype(np.float32)
-  r = RNG.normal(size=(3, 4, 4, 5)).astype(np.float32)
-  expected = np.mean([0.5 * np.sum((u[i] - r[i]) ** 2) for i in range(3)])
-  np.testing.assert_allclose(losses.hint_loss(u, r), expected, rtol=1e-5)
-  # By hand: one example, two positions off by 1 and 2 → ½(1 + 4).
-  np.testing.assert_allclose(losses.hint_loss(np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]])), 2.5)
+@pytest.mark.parametrize("reduction", ["authors", "paper", "mse"])
+def test_hint_loss_reductions_match_numpy(reduction):
+  u = RNG.normal(size=(3, 4, 6, 5)).astype(np.float32)
+  r = RNG.normal(size=(3, 4, 6, 5)).astype(np.float32)
+  d2 = (u.astype(np.float64) - r) ** 2
+  expected = {
+    "paper": np.mean([0.5 * np.sum(d2[i]) for i in range(3)]),  # eq. 3: ½ Σ over the map, mean over the batch
+    "authors": np.mean(0.5 * d2.sum(axis=1)),  # HintCost: Σ over rows (H), mean over batch, W and C
+    "mse": np.mean(d2),
+  }[reduction]
+  np.testing.assert_allclose(losses.hint_loss(u, r, reduction), expected, rtol=1e-5)
+
+
+def test_hint_loss_by_hand():
+  # One example, two positions off by 1 and 2 → ½(1 + 4); a flat feature has no rows, so the authors'
+  # reduction is eq. 3 there. On a 2×1×1 map off by 1 and 2: authors sum the rows, ½(1 + 4) again.
+  for reduction in ("authors", "paper"):
+    np.testing.assert_allclose(losses.hint_loss(np.array([[1.0, 2.0]]), np.array([[0.0, 0.0]]), reduction), 2.5)
+  np.testing.assert_allclose(losses.hint_loss(np.array([1.0, 2.0]).reshape(1, 2, 1, 1), np.zeros((1, 2, 1, 1))), 2.5)
+  # 1×1×2×1 (two columns): authors average the columns → ½·(1 + 4)/2.
+  np.testing.assert_allclose(losses.hint_loss(np.array([1.0, 2.0]).reshape(1, 1, 2, 1), np.zeros((1, 1, 2, 1))), 1.25)
 
 
 def test_hint_loss_gradient_flows_only_to_the_student():
   u = jnp.ones((2, 3))
   r = jnp.zeros((2, 3))
-  gu, gr = jax.grad(losses.hint_loss, argnums=(0, 1))(u, r)
+  gu, gr = jax.grad(losses.hint_loss, argnums=(0, 1))(u, r, "paper")
   assert not np.any(np.asarray(gu))
   np.testing.assert_allclose(gr, -np.ones((2, 3)) / 2)  # d/dr ½Σ(u−r)²/B = −(u−r)/B
 
@@ -147,25 +161,39 @@ def test_fsp_loss_matches_numpy():
   assert not np.any(grads)  # the teacher's matrices are targets
 
 
-def np_attention(x, f=1):
+def np_pool(x, f):
+  """Average pooling of axes 1 and 2 by f (a map (b, h, w) or features (b, h, w, c))."""
+  b, h, w = x.shape[:3]
+  return x.reshape(b, h // f, f, w // f, f, *x.shape[3:]).mean(axis=(2, 4))
+
+
+def np_attention(x, f=1, pool="features"):
+  if f > 1 and pool == "features":
+    x = np_pool(x, f)
   a = (x**2).mean(-1)
-  if f > 1:
-    b, h, w = a.shape
-    a = a.reshape(b, h // f, f, w // f, f).mean(axis=(2, 4))
+  if f > 1 and pool == "map":
+    a = np_pool(a, f)
   q = a.reshape(a.shape[0], -1)
   return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def test_attention_map_and_loss_match_numpy():
+@pytest.mark.parametrize("form,scale", [("authors", 1000.0), ("paper", 500.0)])
+@pytest.mark.parametrize("pool", ["features", "map"])
+def test_attention_map_and_loss_match_numpy(form, scale, pool):
   t = RNG.normal(size=(3, 4, 4, 8))
   s = RNG.normal(size=(3, 4, 4, 2))  # channel counts may differ
   np.testing.assert_allclose(losses.attention_map(t), np_attention(t), rtol=1e-5)
-  expected = 1000 / 2 * np.mean((np_attention(s) - np_attention(t)) ** 2)
-  np.testing.assert_allclose(losses.attention_loss(t, s, 1000.0), expected, rtol=1e-5)
-  big = RNG.normal(size=(3, 8, 8, 2))  # a 2× larger student map: its attention is average-pooled
-  expected = 1000 / 2 * np.mean((np_attention(big, 2) - np_attention(t)) ** 2)
-  np.testing.assert_allclose(losses.attention_loss(t, big, 1000.0), expected, rtol=1e-5)
+  expected = scale * np.mean((np_attention(s) - np_attention(t)) ** 2)
+  np.testing.assert_allclose(losses.attention_loss(t, s, 1000.0, form, pool), expected, rtol=1e-5)
+  big = RNG.normal(size=(3, 8, 8, 2))  # a 2× larger student map: pooled to 4×4
+  expected = scale * np.mean((np_attention(big, 2, pool) - np_attention(t)) ** 2)
+  np.testing.assert_allclose(losses.attention_loss(t, big, 1000.0, form, pool), expected, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(losses.attention_map(t), axis=1), 1.0, rtol=1e-6)
+
+
+def test_attention_pooling_features_first_differs_from_pooling_the_map():
+  big = RNG.normal(size=(2, 8, 8, 3))
+  assert np.max(np.abs(np_attention(big, 2, "features") - np_attention(big, 2, "map"))) > 1e-3
 
 
 def test_attention_of_an_all_zero_map_is_zero_with_a_finite_gradient():
@@ -176,7 +204,7 @@ def test_attention_of_an_all_zero_map_is_zero_with_a_finite_gradient():
   s[1] = 0.0
   np.testing.assert_array_equal(losses.attention_map(s)[1], np.zeros(16))
   q_s = np.concatenate([np_attention(s[:1]), np.zeros((1, 16))])
-  expected = 1000 / 2 * np.mean((q_s - np_attention(t)) ** 2)
+  expected = 1000 * np.mean((q_s - np_attention(t)) ** 2)
   np.testing.assert_allclose(losses.attention_loss(t, s, 1000.0), expected, rtol=1e-5)
   grads = jax.grad(lambda x: losses.attention_loss(t, x, 1000.0))(jnp.asarray(s))
   assert np.all(np.isfinite(grads)) and np.any(grads[0]) and not np.any(grads[1])
@@ -186,10 +214,11 @@ def test_attention_of_an_all_zero_map_is_zero_with_a_finite_gradient():
 
 def test_attention_loss_by_hand():
   # A map with all attention on one position vs a uniform one over 4 positions:
-  # Q_T = (1,0,0,0), Q_S = (½,½,½,½); mean square difference = (¼ + 3·¼)/4 = ¼; β/2·¼ = β/8.
+  # Q_T = (1,0,0,0), Q_S = (½,½,½,½); mean square difference = (¼ + 3·¼)/4 = ¼; β·¼ (authors), β/8 (paper).
   t = np.zeros((1, 2, 2, 1))
   t[0, 0, 0, 0] = 3.0
-  np.testing.assert_allclose(losses.attention_loss(t, np.ones((1, 2, 2, 1)), 8.0), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(losses.attention_loss(t, np.ones((1, 2, 2, 1)), 8.0), 2.0, rtol=1e-6)
+  np.testing.assert_allclose(losses.attention_loss(t, np.ones((1, 2, 2, 1)), 8.0, "paper"), 1.0, rtol=1e-6)
 
 
 def test_weighted_soft_target_matches_numpy():
@@ -213,14 +242,15 @@ def np_kl(p, q):
   return float(np.mean(np.sum(p * (np.log(p) - np.log(q)), -1)))
 
 
-@pytest.mark.parametrize("k,tau", [(2, 1.0), (3, 1.0), (3, 2.0)])
-def test_mutual_learning_loss_matches_numpy(k, tau):
+@pytest.mark.parametrize("k,tau,peers", [(2, 1.0, "sum"), (3, 1.0, "sum"), (3, 2.0, "sum"), (3, 1.0, "mean")])
+def test_mutual_learning_loss_matches_numpy(k, tau, peers):
   cohort = [RNG.normal(size=(5, 7)).astype(np.float32) * s for s in (2, 3, 1.5)[:k]]
   for i in range(k):
-    mine, peers = cohort[i].astype(np.float64), [c.astype(np.float64) for j, c in enumerate(cohort) if j != i]
+    mine, others = cohort[i].astype(np.float64), [c.astype(np.float64) for j, c in enumerate(cohort) if j != i]
     ce = np_ce(np.eye(7)[Y], np_softmax(mine))
-    kl = sum(np_kl(np_softmax(p / tau), np_softmax(mine / tau)) for p in peers) / (k - 1)  # 1/(K−1) Σ_l KL(p_l ‖ p_k)
-    total, parts = losses.mutual_learning_loss(cohort[i], [c for j, c in enumerate(cohort) if j != i], Y, tau)
+    kl = sum(np_kl(np_softmax(p / tau), np_softmax(mine / tau)) for p in others)  # Σ_l KL(p_l ‖ p_k)
+    kl = kl / (k - 1) if peers == "mean" else kl  # eq. 10 averages, the authors' code sums
+    total, parts = losses.mutual_learning_loss(cohort[i], [c for j, c in enumerate(cohort) if j != i], Y, tau, peers)
     np.testing.assert_allclose(parts["ce"], ce, rtol=1e-5)
     np.testing.assert_allclose(parts["kl"], kl, rtol=1e-5)
     np.testing.assert_allclose(total, ce + kl, rtol=1e-5)

@@ -127,6 +127,25 @@ def test_byot_bottlenecks_reach_the_deepest_section_shape():
     assert logits.shape == (2, 100) and feature.shape == (2, 512)
 
 
+def test_byot_attention_mask_is_relu_of_batch_norm_of_the_sepconv_or_the_sepconv_alone():
+  # The head's output equals the plain head applied to x · sigmoid(upsample(mask)), the mask written out.
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4))
+  for norm in (True, False):
+    head = ExitHead(((4, 2),), 10, attention=True, attention_norm=norm)
+    variables = head.init(jax.random.PRNGKey(1), x)
+    assert ("attention_bn" in variables["params"]) == norm
+    spy = lambda module, method: method == "__call__" and module.name == "attention"
+    _, state = head.apply(variables, x, capture_intermediates=spy, mutable=["intermediates"])
+    mask = state["intermediates"]["attention"]["__call__"][0]  # the SepConv's output
+    if norm:  # inference: BN with its running statistics, scale and offset, then ReLU
+      bn, stats = variables["params"]["attention_bn"], variables["batch_stats"]["attention_bn"]
+      mask = jax.nn.relu((mask - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * bn["scale"] + bn["bias"])
+    masked = x * jax.nn.sigmoid(jax.image.resize(mask, x.shape, "bilinear"))
+    plain = {k: {n: v for n, v in tree.items() if not n.startswith("attention")} for k, tree in variables.items()}
+    reference = ExitHead(((4, 2),), 10, attention=False).apply(plain, masked)
+    np.testing.assert_allclose(head.apply(variables, x)[0], reference[0], rtol=1e-5, atol=1e-5)
+
+
 def byot_feature_term(tmp_path, **overrides):
   """(parameter tree, the stage's `feature` term, [F_1, F_2, F_C] recomputed outside the stage) on
   one digits batch, for a three-section student."""
@@ -138,7 +157,7 @@ def byot_feature_term(tmp_path, **overrides):
   _, (parts, _) = stage.loss(params, stats, {}, batch, rng, 0)
   outputs = byot.section_outputs(exp.student)
   _, feats, _ = forward(exp.student, params["student"], stats["student"], batch["image"], True, rng, capture=outputs)
-  heads = byot.exit_heads(exp.student, exp.data.num_classes, config.byot.attention)
+  heads = byot.exit_heads(exp.student, exp.data.num_classes, config.byot.attention, config.byot.attention_norm)
   shallow = [
     forward(heads[f"exit{i + 1}"], params[f"exit{i + 1}"], stats[f"exit{i + 1}"], feats[o], True)[0][1]
     for i, o in enumerate(outputs[:-1])
@@ -153,6 +172,7 @@ def test_byot_follows_the_authors_code_and_offers_the_papers_form(tmp_path):
   params, feature, (f1, _, fc) = byot_feature_term(tmp_path / "code")
   assert set(params) == {"student", "exit1", "exit2", "adapter1"}
   assert "attention" in params["exit1"] and "attention" in params["exit2"]
+  assert "attention_bn" in params["exit1"]  # the authors' attention: SepConv → BN → ReLU → upsample → sigmoid
   a = params["adapter1"]
   adapted = f1 @ np.asarray(a["kernel"], np.float64) + np.asarray(a["bias"], np.float64)
   np.testing.assert_allclose(feature, np.sqrt(np.sum((adapted - fc) ** 2)), rtol=1e-4)

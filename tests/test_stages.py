@@ -117,7 +117,7 @@ def test_hint_stage_pays_only_for_the_two_prefixes(digits_exp):
       + params["r"]["conv"]["bias"]
     )
     r = r.reshape(r.shape[:-1] + (r.shape[-1] // 2, 2)).max(-1)
-    value = losses.hint_loss(t, r)
+    value = losses.hint_loss(t, r, exp.config.hint.reduction)
     if full:  # Also run both whole networks: what the hint stage must *not* pay for.
       student_vars = {"params": params["s_all"], **({"batch_stats": s_stats} if s_stats else {})}
       value += 1e-9 * (
@@ -292,3 +292,95 @@ def test_the_paper_configs_train_their_maxout_teachers_the_yamls_way(name, momen
   assert dict(opt.max_norm_layers) == {"conv1": 0.9, "conv2": 1.9365, "conv3": 1.9365, "fc": 1.9, "logits": 1.9365}
   assert opt.conv_lr_scale == (1.0 if name == "mnist" else 0.05)
   assert list(c.teacher.input_dropout) == [0.8] + [0.5] * (dropout - 1) and c.teacher.dropout == 0.0
+
+
+def test_the_floored_rmsprop_matches_pylearn2s_rule_written_out():
+  # pylearn2's RMSProp (the FitNets yamls): ν ← 0.9ν + 0.1g², update −lr·g / max(√ν, 1/max_scaling).
+  cfg = base_config().stages.hint.optimizer
+  cfg.update(dict(name="rmsprop", learning_rate=0.005, decay=0.9, rms_floor=1e-5))
+  tx = optim.optimizer(cfg, 10, 5, "stages.hint.optimizer")
+  rng = np.random.default_rng(1)
+  p = {"w": jnp.zeros(6)}
+  grads = [{"w": jnp.asarray(rng.normal(size=6) * np.array([1, 1, 1e-6, 1e-7, 0, 1]), jnp.float32)} for _ in range(5)]
+  state, expected, nu = tx.init(p), np.zeros(6), np.zeros(6)
+  for g in grads:
+    updates, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, updates)
+    nu = 0.9 * nu + 0.1 * np.asarray(g["w"], np.float64) ** 2
+    expected -= 0.005 * np.asarray(g["w"]) / np.maximum(np.sqrt(nu), 1e-5)
+  np.testing.assert_allclose(p["w"], expected, rtol=1e-5, atol=1e-9)
+  # optax's rmsprop (ε added) differs exactly where √ν is near the floor: the tiny-gradient weights.
+  plain = optim.optimizer(base_config().stages.hint.optimizer, 10, 5, "k")
+  q, s = {"w": jnp.zeros(6)}, plain.init({"w": jnp.zeros(6)})
+  for g in grads:
+    u, s = plain.update(g, s, q)
+    q = optax.apply_updates(q, u)
+  relative = np.abs(np.asarray(q["w"]) - expected) / np.maximum(np.abs(expected), 1e-30)
+  assert relative[3] > 0.5 and relative[0] < 1e-3  # 1e-7 gradients: a 10× smaller step with ε added
+
+
+def test_the_regressor_takes_its_own_max_norm_and_no_conv_learning_rate_scale():
+  # The authors' generateConvRegressor: max_kernel_norm 0.9, no W_lr_scale, while the student's convs are
+  # scaled by 0.05 and limited to max_norm_conv.
+  cfg = base_config().stages.hint.optimizer
+  cfg.update(dict(name="sgd", learning_rate=1.0, conv_lr_scale=0.05, max_norm_conv=10.0))
+  tx = optim.optimizer(cfg, 10, 5, "stages.hint.optimizer", regressor_limits={"regressor0": 0.9})
+  kernel = lambda: {"conv": {"kernel": jnp.zeros((1, 1, 2, 1)), "bias": jnp.zeros(1)}}
+  params = {"student": {"conv1": kernel()}, "regressor0": kernel()}
+  grad = {"conv": {"kernel": -jnp.array([3.0, 4.0]).reshape(1, 1, 2, 1), "bias": -jnp.ones(1)}}
+  new = optax.apply_updates(
+    params, tx.update({"student": {"conv1": grad}, "regressor0": grad}, tx.init(params), params)[0]
+  )
+  np.testing.assert_allclose(new["student"]["conv1"]["conv"]["kernel"].ravel(), [0.15, 0.2], rtol=1e-6)  # × 0.05
+  np.testing.assert_allclose(new["student"]["conv1"]["conv"]["bias"], [0.05], rtol=1e-6)
+  np.testing.assert_allclose(new["regressor0"]["conv"]["kernel"].ravel(), [0.54, 0.72], rtol=1e-6)  # 5 → 0.9
+  np.testing.assert_allclose(new["regressor0"]["conv"]["bias"], [1.0], rtol=1e-6)  # unscaled
+
+
+def test_the_hint_stage_gives_the_regressor_hint_regressor_max_norm(digits_exp):
+  stage = stage_named(digits_exp, "hint")
+  params, _ = stage.init(jax.random.PRNGKey(0), None)
+  labels = stage.param_labels(params)
+  tx = optim.partitioned(stage.tx, labels)
+  params["regressor0"] = jax.tree.map(lambda p: jnp.full_like(p, 10.0), params["regressor0"])
+  new = optax.apply_updates(params, tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)[0])
+  kernel = new["regressor0"]["conv"]["kernel"]
+  norms = np.sqrt(np.sum(np.square(kernel), axis=(0, 1, 2)))
+  np.testing.assert_allclose(norms, 0.9, rtol=1e-5)
+  assert digits_exp.config.hint.regressor_max_norm == 0.9
+
+
+@pytest.mark.parametrize("name", ["maxout_mnist_teacher", "fitnet_mnist"])
+def test_the_mnist_yamls_models_have_untied_biases_and_the_regressor_copies_the_hint_layers(name):
+  from fitnets_jax import features, hints, models
+  from fitnets_jax.methods.base import network
+
+  net = network(name, models.get_model(name, 10), (28, 28, 1))
+  params = net.abstract_variables()["params"]
+  conv1 = next(l for l in net.layers if l.name == "conv1")
+  assert not conv1.tied_bias and "bias" not in params["conv1"]["conv"]
+  assert params["conv1"]["untied_bias"].shape == (24, 24, 32) if name == "fitnet_mnist" else (21, 21, 96)
+  cifar = network("fitnet1", models.get_model("fitnet1", 10), (32, 32, 3))
+  assert cifar.abstract_variables()["params"]["conv1"]["conv"]["bias"].shape == (32,)  # the CIFAR yamls: tied_b 1
+  if name == "maxout_mnist_teacher":  # MNIST hint pair: the regressor onto the teacher's conv2 is untied too
+    from conftest import load_config
+
+    config = load_config("mnist")
+    student = network("fitnet_mnist", models.get_model("fitnet_mnist", 10), (28, 28, 1))
+    (pair,) = hints.pairs(config, student, {"teacher": net})
+    reg = pair.regressor.init(jax.random.PRNGKey(0), jnp.zeros((1,) + pair.guided.shape))["params"]
+    assert reg["untied_bias"].shape == pair.hint.shape[:2] + (96,) and "bias" not in reg["conv"]
+    assert features.regressor_kernel(pair.guided, pair.hint) == (1, 1)
+
+
+def test_the_paper_configs_follow_the_authors_data_and_student_recipes():
+  from conftest import load_config
+
+  cifar, svhn, mnist = (load_config(n) for n in ("cifar10", "svhn", "mnist"))
+  assert cifar.dataset.shift == 4 and cifar.dataset.stats_examples == 0  # pad_randomized 4; ZCA on all 50K
+  assert svhn.dataset.lcn_all_channels and svhn.dataset.validation_examples == 6000  # splitted_train: 598,388
+  assert svhn.stages.teacher.epochs == 250  # the yaml's whole schedule
+  for c in (cifar, svhn, mnist):
+    for stage in ("hint", "student"):
+      assert c.stages[stage].optimizer.rms_floor == 1e-5 and c.stages[stage].optimizer.name == "rmsprop"
+    assert c.hint.regressor_max_norm == 0.9 and c.hint.reduction == "authors"

@@ -1,8 +1,12 @@
 """`at`: attention transfer (Zagoruyko & Komodakis 2017), trained with the labels in one stage.
 
-Stage `at`: L = H(y, P_S) + Σ_pairs w·β/2·mean((Q_S − Q_T)²) over the configured hint pairs
+Stage `at`: L = H(y, P_S) + Σ_pairs w·β·mean((Q_S − Q_T)²) over the configured hint pairs
 (`hint` or `hints`, every one of kind 'attention'), with Q = vec(mean_c A²)/‖·‖₂ (eq. 2–3;
-β = `attention.beta`, 1000 in the paper). The teacher runs in inference mode. To add attention
+β = `attention.beta`, 1000 as in the authors' `cifar.py`). The authors' code adds β·mean per group
+(`attention.form='authors'`, the default); `attention.form='paper'` halves it (eq. 3's β/2). Maps of
+unequal size are compared after average-pooling the larger side's features (`attention.pool=
+'features'`, as RepDistiller and mdistiller) or its attention map ('map'); docs/conventions.md
+gives every factor. The teacher runs in inference mode. To add attention
 to a KD or FitNets student instead, set `kd.attention=True`.
 """
 
@@ -17,7 +21,9 @@ def defaults():
   return {
     "attention": ml_collections.ConfigDict(
       dict(
-        beta=1000.0,  # β of the attention-transfer loss β/2·mean((Q_S − Q_T)²)
+        beta=1000.0,  # β of the attention-transfer loss β·mean((Q_S − Q_T)²) (the authors' cifar.py)
+        form="authors",  # authors: β·mean per pair (their code) | paper: β/2·mean (eq. 3's ½)
+        pool="features",  # unequal sizes: average-pool the larger features (RepDistiller, mdistiller) | map
       )
     )
   }
@@ -32,7 +38,7 @@ def at_stage(ctx):
     "hint.kind=attention (or kind in each `hints` entry).",
   )
   by_teacher, guided_names = hint_captures(pairs)
-  student, beta = ctx.student, ctx.config.attention.beta
+  student, options = ctx.student, hints.loss_options(ctx.config)
 
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
     x, y = batch["image"], batch["label"]
@@ -41,7 +47,7 @@ def at_stage(ctx):
     )
     t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
     attention = sum(
-      hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, beta) for p in pairs
+      hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, options) for p in pairs
     )
     ce = losses.cross_entropy(logits, y)
     return ce + attention, (

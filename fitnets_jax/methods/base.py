@@ -240,20 +240,22 @@ class Context:
     check(n > 0, f"stages.{stage_key} would run 0 steps; set stages.{stage_key}.epochs or .steps > 0.")
     return n
 
-  def optimizer(self, stage_key, num_steps):
+  def optimizer(self, stage_key, num_steps, regressor_limits=None):
+    """`stages.<stage_key>.optimizer` as an optax transformation (`regressor_limits`: `optim.optimizer`)."""
+    key = f"stages.{stage_key}.optimizer"
     return optim.optimizer(
-      self.stage_config(stage_key).optimizer, num_steps, self.steps_per_epoch, f"stages.{stage_key}.optimizer"
+      self.stage_config(stage_key).optimizer, num_steps, self.steps_per_epoch, key, regressor_limits
     )
 
-  def student_stage(self, name, stage_key, loss, **fields):
+  def student_stage(self, name, stage_key, loss, regressor_limits=None, **fields):
     """A stage that trains the student with the teachers' help: its length and optimizer from
     `stages.<stage_key>`, its init the student's carried (or fresh) variables unless `fields` gives
-    another; `fields` sets any other Stage field."""
+    another; `regressor_limits` names the hint regressors trained beside it (`optim.optimizer`);
+    `fields` sets any other Stage field."""
     num_steps = self.steps(stage_key)
     fields = {"init": network_init(self.student, "student"), "uses_teacher": True, **fields}
-    return Stage(
-      name=name, trains="student", num_steps=num_steps, tx=self.optimizer(stage_key, num_steps), loss=loss, **fields
-    )
+    tx = self.optimizer(stage_key, num_steps, regressor_limits)
+    return Stage(name=name, trains="student", num_steps=num_steps, tx=tx, loss=loss, **fields)
 
 
 def build_network(key, cfg, num_classes, image_shape, dtype="float32"):

@@ -44,6 +44,7 @@ def defaults():
         adapter=True,  # code: a learned linear layer A_i on F_i before d | False: F_i itself (paper)
         feature_on_last_shallow=False,  # code skips d for the shallow exit just before the deepest
         attention=True,  # code: sigmoid attention mask before each exit's bottleneck | False (paper)
+        attention_norm=True,  # BN + ReLU after the mask's SepConv (the authors' resnet.py) | False (its rev. 307141b)
       )
     )
   }
@@ -70,14 +71,14 @@ def section_outputs(student):
   return [output for _, output in student.sections]
 
 
-def exit_heads(student, num_classes, attention=True):
+def exit_heads(student, num_classes, attention=True, attention_norm=True):
   """{"exit1": Network, …}: the head after each section of `student` but the last."""
   outputs = section_outputs(student)
   shapes = {l.name: l.shape for l in student.layers}
   return {
     f"exit{i + 1}": network(
       f"exit head after {name}",
-      ExitHead(exit_blocks(shapes, outputs, i), num_classes, attention),
+      ExitHead(exit_blocks(shapes, outputs, i), num_classes, attention, attention_norm),
       shapes[name],
       student.dtype,
     )
@@ -114,7 +115,7 @@ def byot_stage(ctx):
   one_of("byot.feature", cfg.feature, FEATURE_TERMS)
   check(cfg.feature_weight >= 0, f"byot.feature_weight={cfg.feature_weight!r} must be ≥ 0.")
   outputs = section_outputs(student)
-  heads = exit_heads(student, ctx.num_classes, cfg.attention)
+  heads = exit_heads(student, ctx.num_classes, cfg.attention, cfg.attention_norm)
   distilled = feature_exits(cfg, len(heads))
   width = dict((l.name, l.shape) for l in student.layers)[outputs[-1]][-1]
   adapter = nn.Dense(width)  # A_i: F_i → the deepest feature's width (nn.Linear in the authors' code)
@@ -205,7 +206,8 @@ def byot_stage(ctx):
 
 def report_heads(config, student, num_classes):
   """The exit heads the layers report lists (none for a student without sections: setup refuses it)."""
-  return exit_heads(student, num_classes, config.byot.attention) if len(student.sections) > 1 else {}
+  byot = config.byot
+  return exit_heads(student, num_classes, byot.attention, byot.attention_norm) if len(student.sections) > 1 else {}
 
 
 METHOD = Method(name="byot", stages=lambda ctx: [byot_stage(ctx)], defaults=defaults, extra_networks=report_heads)

@@ -1,8 +1,10 @@
 """`dml`: Deep Mutual Learning (Zhang et al., CVPR 2018) — K ≥ 2 networks learn from each other.
 
 No pretrained teacher: the cohort (`config.cohort`, architectures may differ) trains together
-from scratch. Network k minimises L_k = H(y, p_k) + 1/(K−1)·Σ_{l≠k} KL(p_l^τ ‖ p_k^τ)
-(`losses.mutual_learning_loss`), its peers' predictions being targets for this update only.
+from scratch. Network k minimises L_k = H(y, p_k) + Σ_{l≠k} KL(p_l^τ ‖ p_k^τ) as the authors'
+TensorFlow code adds its peers' terms (`dml.peers='sum'`), or with the sum divided by K−1 as the
+paper's eq. 10 (`dml.peers='mean'`); the two agree for K = 2 (`losses.mutual_learning_loss`). The
+peers' predictions are targets for this update only.
 
 Update order `alternating` (the paper's Algorithm 1): update network 1, recompute its
 predictions, update network 2 against them, and so on, all inside one jitted step.
@@ -38,6 +40,7 @@ def defaults():
       dict(
         temperature=1.0,  # τ of the peers' KL terms (the paper: 1)
         order="alternating",  # alternating: update net 1, recompute, update net 2, … | simultaneous
+        peers="sum",  # K > 2: sum the K−1 KL terms (the authors' code) | mean (the paper's eq. 10)
       )
     ),
   }
@@ -68,6 +71,7 @@ def networks(config):
 def dml_stage(ctx):
   cfg = ctx.config.dml
   one_of("dml.order", cfg.order, ORDERS)
+  one_of("dml.peers", cfg.peers, losses.PEER_REDUCTIONS)
   check(cfg.temperature > 0, f"dml.temperature={cfg.temperature!r} must be > 0.")
   specs = cohort(ctx.config)
   names = [name for name, *_ in specs]
@@ -98,7 +102,7 @@ def dml_stage(ctx):
 
       def loss_fn(p, name=name, peers=peers):
         logits, _, stats = run(name, p, batch_stats[name], x, rng)
-        loss, parts = losses.mutual_learning_loss(logits, peers, y, cfg.temperature)
+        loss, parts = losses.mutual_learning_loss(logits, peers, y, cfg.temperature, cfg.peers)
         return loss, (parts, stats, logits)
 
       (loss, (parts, stats, logits)), grads[name] = jax.value_and_grad(loss_fn, has_aux=True)(params[name])

@@ -1,7 +1,9 @@
 """`fitnets`: hints, then KD (Romero et al. 2015, Algorithm 1).
 
 Stage `hint`: the student up to and including the guided layer, plus a convolutional regressor,
-minimise ½‖u_h(x) − r(v_g(x))‖² against the teacher's hint layer (eq. 3). Everything after the
+minimise ½(u_h(x) − r(v_g(x)))² against the teacher's hint layer (eq. 3), reduced as the authors'
+`HintCost` does by default (`hint.reduction`, `losses.hint_loss`). The regressor is initialised
+U(±0.05), has max-norm 0.9 and no learning-rate scale, as the authors' `generateConvRegressor`. Everything after the
 guided layer — parameters and batch statistics — is frozen bit for bit, and is not computed:
 only the two networks' prefixes are captured, and XLA drops the unused rest.
 Several hint pairs (`config.hints`, see `fitnets_jax.hints`) train progressively — stage
@@ -30,6 +32,8 @@ def defaults():
         kind="regression",  # regression: FitNets' regressor + L2 | attention: attention transfer
         weight=1.0,  # this pair's weight in the loss
         regressor_init=0.05,  # U(±r) initialisation of the regressor; 0: lecun normal
+        regressor_max_norm=0.9,  # max-norm of each regressor's kernel columns (the authors' code: 0.9); 0: none
+        reduction="authors",  # ½(u − r)²: authors (sum over rows, mean over the rest) | paper (eq. 3) | mse
         order="progressive",  # several pairs (`hints`): progressive (one phase per pair) | joint
       )
     ),
@@ -42,7 +46,7 @@ def defaults():
 def hint_stage(ctx, name, pairs):
   """Trains the student up to the deepest guided layer of `pairs` (and their regressors) on their losses."""
   student = ctx.student
-  beta = ctx.config.attention.beta
+  options = hints.loss_options(ctx.config)
   last = max((p.guided for p in pairs), key=lambda l: [x.name for x in student.layers].index(l.name))
   trained = features.prefix_paths(student.layers, last.name)
   by_teacher, guided_names = hint_captures(pairs)
@@ -67,7 +71,7 @@ def hint_stage(ctx, name, pairs):
     _, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng, capture=guided_names)
     t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
     terms = [
-      hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], params.get(f"regressor{i}"), beta)
+      hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], params.get(f"regressor{i}"), options)
       for i, p in enumerate(pairs)
     ]
     value = sum(terms)
@@ -77,7 +81,11 @@ def hint_stage(ctx, name, pairs):
     stats = features.merge_prefix(stats, batch_stats["student"], trained)
     return value, (scalars, {"student": stats})
 
-  return ctx.student_stage(name, "hint", loss, init=init, labels=labels, evaluate=False, teacher_layers=by_teacher)
+  limit = float(ctx.config.hint.regressor_max_norm)
+  limits = {f"regressor{i}": limit for i, p in enumerate(pairs) if p.regressor is not None}
+  return ctx.student_stage(
+    name, "hint", loss, regressor_limits=limits, init=init, labels=labels, evaluate=False, teacher_layers=by_teacher
+  )
 
 
 def hint_stages(ctx):

@@ -79,7 +79,7 @@ def kd_stage(ctx, name="kd"):
       "hint.kind=attention (or list pairs in `hints`).",
     )
   by_teacher, guided_names = hint_captures(pairs)
-  beta = ctx.config.attention.beta
+  options = hints.loss_options(ctx.config)
 
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
     x, y = batch["image"], batch["label"]
@@ -96,7 +96,7 @@ def kd_stage(ctx, name="kd"):
     if pairs:
       t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
       parts["attention"] = sum(
-        hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, beta) for p in pairs
+        hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, options) for p in pairs
       )
       total = total + parts["attention"]
     parts["accuracy"] = losses.accuracy(s_logits, y)

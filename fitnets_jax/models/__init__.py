@@ -4,14 +4,15 @@
 |---|---|
 | maxout_cifar_teacher | Goodfellow's CIFAR-10 maxout net: 96/192/192 ch, kernels 8/8/5, pads 4/3/3, pools 4/4/2 s2, fc 500×5 |
 | fitnet1 … fitnet4 | FitNets Table 7 students: 3×3 maxout convs (2 pieces), 2×2 pools between blocks, global 8×8 pool, fc 500×5 |
-| maxout_mnist_teacher | Goodfellow's MNIST maxout net: 48/48/24 ch, pieces 2/2/4, kernels 8/8/5, pads 0/3/3, pools 4/4/2 s2 |
-| fitnet_mnist | the authors' MNIST FitNet yaml: 16-16-16-16-12-12 ch, pieces 2/2/2/2/4/4, kernels 5/3/5/3/3/3, pads 0/0/3/0/3/0, pools 4 s2 after conv2 and conv4, 2 s2 after conv6 |
+| maxout_mnist_teacher | Goodfellow's MNIST maxout net: 48/48/24 ch, pieces 2/2/4, kernels 8/8/5, pads 0/3/3, pools 4/4/2 s2, untied biases |
+| fitnet_mnist | the authors' MNIST FitNet yaml: 16-16-16-16-12-12 ch, pieces 2/2/2/2/4/4, kernels 5/3/5/3/3/3, pads 0/0/3/0/3/0, pools 4 s2 after conv2 and conv4, 2 s2 after conv6, untied biases |
 | maxout_svhn_teacher | Goodfellow's SVHN maxout net (pylearn2 svhn.yaml): 64/128/128 ch, kernels 5, pads 4/3/3, pools 3 s2, fc 400×5 |
 | fitnet_svhn | 13 layers (paper §3.2): FitNet 3's 11 convs + fc + softmax |
 | digits_teacher | 8×8 digits teacher: maxout convs 32-64-64 with batch norm, fc 128×2 (179K params) |
 | digits_student | 8×8 digits FitNet: 10 thin maxout convs (6×5, 12×5), no batch norm, fc 32×2 (18K params) |
 | digits_student_bn | 6 maxout convs 8-8-16-16-16-16 with batch norm, fc 32×2 (22K params) |
 | digits_thin_D | the depth family (FitNets §4.4 on digits): D weight layers = D − 2 maxout convs in two halves of width w and 2w, a 2×2 pool after each, fc 32×2, softmax; no batch norm; w chosen so the model has ≈ 18K parameters (D = 5 … 41) |
+| digits_macs_D | the same layout at a fixed number of multiplications, as the paper's §4.4 fixes them: w chosen for ≈ 363K MACs (digits_student's), U(±0.005) initialisation as the paper's models |
 | resnetD, resnetDxW | CIFAR ResNet-D (D = 6n+2: 8, 14, 20, 26, 32, 56, 110, …), sections 16W/32W/64W |
 | wrn_D_K | wide ResNet WRN-D-K (D = 6n+4), pre-activation, sections 16K/32K/64K |
 | digits_resnetD | ResNet-D for 8×8 digits: sections 8/16/32 |
@@ -67,17 +68,23 @@ _SPECS = {
     name: dict(convs=_fitnet(blocks), dense_units=500, dense_pieces=5, init_range=PAPER_INIT)
     for name, blocks in _FITNET_BLOCKS.items()
   },
+  # Both MNIST yamls leave tied_b unset: pylearn2's default, a bias per output position (untied).
   "maxout_mnist_teacher": dict(
-    convs=(ConvSpec(48, 2, 8, 0, 4, 2), ConvSpec(48, 2, 8, 3, 4, 2), ConvSpec(24, 4, 5, 3, 2, 2)), init_range=PAPER_INIT
+    convs=(
+      ConvSpec(48, 2, 8, 0, 4, 2, tied_bias=False),
+      ConvSpec(48, 2, 8, 3, 4, 2, tied_bias=False),
+      ConvSpec(24, 4, 5, 3, 2, 2, tied_bias=False),
+    ),
+    init_range=PAPER_INIT,
   ),
   "fitnet_mnist": dict(  # the authors' MNIST_fitnet_valid.yaml
     convs=(
-      ConvSpec(16, 2, 5, 0),
-      ConvSpec(16, 2, 3, 0, 4, 2),
-      ConvSpec(16, 2, 5, 3),
-      ConvSpec(16, 2, 3, 0, 4, 2),
-      ConvSpec(12, 4, 3, 3),
-      ConvSpec(12, 4, 3, 0, 2, 2),
+      ConvSpec(16, 2, 5, 0, tied_bias=False),
+      ConvSpec(16, 2, 3, 0, 4, 2, tied_bias=False),
+      ConvSpec(16, 2, 5, 3, tied_bias=False),
+      ConvSpec(16, 2, 3, 0, 4, 2, tied_bias=False),
+      ConvSpec(12, 4, 3, 3, tied_bias=False),
+      ConvSpec(12, 4, 3, 0, 2, 2, tied_bias=False),
     ),
     init_range=PAPER_INIT,
   ),
@@ -101,9 +108,11 @@ _SPECS = {
 MODEL_NAMES = tuple(_SPECS)
 FAMILIES = (
   "resnetD or resnetDxW (D = 6n+2, e.g. resnet8, resnet26, resnet32x4), resnet10/18/34 (four sections), "
-  "wrn_D_K (D = 6n+4, e.g. wrn_16_2), digits_resnetD, digits_thin_D (D = 5 … 41, e.g. digits_thin_11)"
+  "wrn_D_K (D = 6n+4, e.g. wrn_16_2), digits_resnetD, digits_thin_D or digits_macs_D (D = 5 … 41, e.g. "
+  "digits_thin_11)"
 )
 THIN_PARAMS = 18_000  # digits_thin_D's parameter budget: digits_student's size
+THIN_MACS = 362_816  # digits_macs_D's multiplication budget: digits_student's MACs
 THIN_DEPTHS = range(5, 42)
 
 
@@ -122,32 +131,46 @@ def thin_params(depth, width, channels=1, classes=10, fc=32):
   return convs + (2 * 2 * widths[-1] + 1) * 2 * fc + (fc + 1) * classes
 
 
-def thin_width(depth):
-  """The first-half width w whose digits_thin_<depth> comes closest to THIN_PARAMS parameters."""
-  return min(range(1, 64), key=lambda w: abs(thin_params(depth, w) - THIN_PARAMS))
-
-
-def thin_student(depth):
-  """digits_thin_<depth>'s MaxoutNet fields; its guided layer for a hint is conv<first half> (4×4×w)."""
+def thin_macs(depth, width, channels=1, classes=10, fc=32):
+  """digits_thin_<depth>'s multiply-accumulates per example at first-half width `width`: 3×3 convs over
+  8×8 maps in the first half and 4×4 in the second (2 pieces), fc and softmax."""
   first, second = thin_halves(depth)
-  w = thin_width(depth)
-  return dict(
+  widths = [channels] + [width] * first + [2 * width] * second
+  area = [64] * first + [16] * second
+  convs = sum(a * 9 * c_in * 2 * c_out for a, c_in, c_out in zip(area, widths, widths[1:]))
+  return convs + 2 * 2 * widths[-1] * 2 * fc + fc * classes
+
+
+def thin_width(depth, budget="params"):
+  """The first-half width w whose digits_thin_<depth> comes closest to THIN_PARAMS parameters, or with
+  `budget='macs'` to THIN_MACS multiply-accumulates (digits_macs_<depth>)."""
+  cost, target = (thin_params, THIN_PARAMS) if budget == "params" else (thin_macs, THIN_MACS)
+  return min(range(1, 64), key=lambda w: abs(cost(depth, w) - target))
+
+
+def thin_student(depth, budget="params"):
+  """digits_thin_<depth>'s (or, with budget='macs', digits_macs_<depth>'s) MaxoutNet fields; its guided
+  layer for a hint is conv<first half> (4×4×w)."""
+  first, second = thin_halves(depth)
+  w = thin_width(depth, budget)
+  fields = dict(
     convs=_plain((w,) * first + (2 * w,) * second, pool_after=(first, first + second)), dense_units=32, dense_pieces=2
   )
+  return fields if budget == "params" else {**fields, "init_range": PAPER_INIT}
 
 
 def _thin(name, key):
-  """The MaxoutNet fields of `name` when it is digits_thin_<D>, else None."""
-  match = re.fullmatch(r"digits_thin_(\d+)", name)
+  """The MaxoutNet fields of `name` when it is digits_thin_<D> or digits_macs_<D>, else None."""
+  match = re.fullmatch(r"digits_(thin|macs)_(\d+)", name)
   if not match:
     return None
-  depth = int(match.group(1))
+  family, depth = match.group(1), int(match.group(2))
   if depth not in THIN_DEPTHS:
     raise FitnetsError(
-      f"{key}={name!r}: the thin digits family has {THIN_DEPTHS.start} … {THIN_DEPTHS.stop - 1} weight layers "
-      "(D − 2 convs, fc, softmax), e.g. digits_thin_11."
+      f"{key}={name!r}: the thin digits families have {THIN_DEPTHS.start} … {THIN_DEPTHS.stop - 1} weight layers "
+      f"(D − 2 convs, fc, softmax), e.g. digits_{family}_11."
     )
-  return thin_student(depth)
+  return thin_student(depth, "params" if family == "thin" else "macs")
 
 
 def _resnet(name, num_classes, dropout, key):

@@ -7,7 +7,9 @@ gives its logits. A separable block is the authors' SepConv: depthwise 3×3 (str
 BN, ReLU, depthwise 3×3, 1×1 to the new width, BN, ReLU.
 
 With `attention` (the authors' released code; not in the paper), the section output is first
-multiplied by a mask: sigmoid(upsample(SepConv_stride2(x))), bilinear back to x's size.
+multiplied by a mask: sigmoid(upsample(ReLU(BN(SepConv_stride2(x))))), bilinear back to x's size.
+The BN and ReLU after the SepConv are in the authors' `resnet.py` as its derivatives copy it; its
+stored revision 307141b has the SepConv alone (`attention_norm=False`).
 """
 
 import flax.linen as nn
@@ -41,11 +43,15 @@ class ExitHead(nn.Module):
   blocks: tuple
   num_classes: int
   attention: bool = False
+  attention_norm: bool = True  # BN and ReLU after the attention's SepConv
 
   @nn.compact
   def __call__(self, x, train=False):
     if self.attention:
       mask = SeparableBlock(x.shape[-1], 2, name="attention")(x, train)
+      if self.attention_norm:
+        mask = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="attention_bn")(mask)
+        mask = jax.nn.relu(mask)
       x = x * jax.nn.sigmoid(jax.image.resize(mask, x.shape, "bilinear"))
     for i, (features, stride) in enumerate(self.blocks):
       x = SeparableBlock(features, stride, name=f"sepconv{i + 1}")(x, train)

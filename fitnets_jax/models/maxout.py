@@ -81,10 +81,18 @@ class ConvSpec:
   pool: int = 0  # 0: no pooling
   pool_stride: int = 0  # 0: same as pool
   global_pool: bool = False  # max over the whole remaining map (FitNets' final 8×8 pool)
+  tied_bias: bool = True  # False: one bias per output position and channel (pylearn2's default tied_b: 0)
+
+
+def untied_bias(module, x):
+  """`x` plus an untied bias: one learned value per position and channel of `x` (pylearn2's conv layers
+  with tied_b 0: `b` of shape (channels, rows, cols)), initialised at 0."""
+  return x + module.param("untied_bias", nn.initializers.zeros, x.shape[1:], jnp.float32).astype(x.dtype)
 
 
 class MaxoutConv(nn.Module):
-  """conv → (batch norm) → maxout → (max pool). Captured output: after the pooling."""
+  """conv → (batch norm) → maxout → (max pool). Captured output: after the pooling. With an untied
+  bias (`spec.tied_bias` False) the bias is per position, added to the convolution's output."""
 
   spec: ConvSpec
   batch_norm: bool = False
@@ -94,6 +102,10 @@ class MaxoutConv(nn.Module):
   @property
   def pieces(self):
     return self.spec.pieces
+
+  @property
+  def tied_bias(self):
+    return self.spec.tied_bias
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -109,10 +121,12 @@ class MaxoutConv(nn.Module):
       s.features * s.pieces,
       (s.kernel, s.kernel),
       padding=padding,
-      use_bias=not self.batch_norm,
+      use_bias=not self.batch_norm and s.tied_bias,
       kernel_init=kernel_init(self.init_range),
       name="conv",
     )(x)
+    if not s.tied_bias and not self.batch_norm:
+      x = untied_bias(self, x)
     if self.batch_norm:
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn")(x)
     x = maxout(x, s.pieces)

@@ -1,0 +1,325 @@
+"""docs/conventions.md, row by row: each loss and preprocessing step against NumPy transcriptions of
+the reference implementations' formulas (the authors' code, RepDistiller, mdistiller, torchdistill),
+written here from their math, in float64. Values are compared at the factor the page states;
+gradients against central differences of the transcription. Every row of the page names its test,
+and `test_every_row_of_the_conventions_page_names_a_test_here` checks that the names exist.
+"""
+
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fitnets_jax import losses, preprocessing
+
+RNG = np.random.default_rng(7)
+PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "conventions.md"
+
+
+def np_softmax(z):
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def np_log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def np_ce(logits, labels):
+  return -np.mean(np_log_softmax(logits)[np.arange(len(labels)), labels])
+
+
+def numeric_grad(f, x, h=1e-6):
+  """Central differences of the float64 function f at x."""
+  x = np.array(x, np.float64)
+  g = np.zeros_like(x)
+  for i in np.ndindex(x.shape):
+    up, down = x.copy(), x.copy()
+    up[i] += h
+    down[i] -= h
+    g[i] = (f(up) - f(down)) / (2 * h)
+  return g
+
+
+def check(ours, reference, x, factor=1.0, rtol=1e-5, atol=1e-7):
+  """ours(x) == factor · reference(x) in value, and their gradients in x agree at that factor."""
+  x32 = jnp.asarray(x, jnp.float32)
+  np.testing.assert_allclose(float(ours(x32)), factor * reference(np.asarray(x, np.float64)), rtol=rtol, atol=atol)
+  np.testing.assert_allclose(np.asarray(jax.grad(ours)(x32)), factor * numeric_grad(reference, x), rtol=1e-3, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- KD
+
+
+def np_kl_sum_over_classes_mean_over_batch(log_q, p):
+  """torch's kl_div(log q, p) summed over classes, divided by the batch (RepDistiller: size_average=False
+  then / batch; mdistiller: .sum(1).mean(); torchdistill: KLDivLoss(reduction='batchmean'))."""
+  return np.sum(p * (np.log(p) - log_q)) / len(p)
+
+
+S, T, Y = RNG.normal(size=(4, 6)) * 2, RNG.normal(size=(4, 6)) * 3, np.array([0, 5, 2, 2])
+
+
+def test_hinton_kd_matches_repdistiller_mdistiller_and_torchdistill():
+  alpha, tau = 0.9, 4.0
+
+  def reference(s):  # γ·CE + α·τ²·KL with γ = 1 − α: RD's -r/-a, MD's CE_WEIGHT/KD_WEIGHT, TD's α/β
+    kl = np_kl_sum_over_classes_mean_over_batch(np_log_softmax(s / tau), np_softmax(T / tau))
+    return (1 - alpha) * np_ce(s, Y) + alpha * tau**2 * kl
+
+  check(lambda s: losses.hinton_kd_loss(s, T, Y, alpha, tau)[0], reference, S)
+
+
+def test_fitnets_kd_matches_the_authors_kdcost():
+  lam, tau = 4.0, 3.0
+
+  def reference(s):  # KDCost: H(y, P_S) + λ·H(P_T^τ, P_S^τ), both mean over the batch, no τ²
+    soft = -np.mean(np.sum(np_softmax(T / tau) * np_log_softmax(s / tau), -1))
+    return np_ce(s, Y) + lam * soft
+
+  check(lambda s: losses.fitnets_kd_loss(s, T, Y, lam, tau)[0], reference, S)
+
+
+# ------------------------------------------------------------------------------------------ hints
+
+U = RNG.normal(size=(2, 3, 4, 5))  # NHWC: H = 3 rows, W = 4 columns, C = 5 channels
+R = RNG.normal(size=(2, 3, 4, 5))
+
+
+def np_hint_cost_c01b(hint, student_output):
+  """The authors' HintCost on pylearn2's C01B tensors: ½(hint − out)², summed over axis 1 (the rows),
+  then T.mean over what is left (channels, columns, batch)."""
+  c01b = lambda x: np.transpose(x, (3, 1, 2, 0))
+  return np.mean(np.sum(0.5 * (c01b(hint) - c01b(student_output)) ** 2, axis=1))
+
+
+def np_mse(a, b):
+  """RepDistiller's HintLoss / mdistiller's FitNet: nn.MSELoss / F.mse_loss, mean over every element."""
+  return np.mean((a - b) ** 2)
+
+
+def test_hint_authors_reduction_matches_the_authors_hint_cost():
+  check(lambda r: losses.hint_loss(U, r, "authors"), lambda r: np_hint_cost_c01b(U, r), R)
+
+
+def test_hint_reductions_relate_to_repdistiller_and_mdistiller_mse_by_the_stated_factors():
+  h, w, c = U.shape[1:]
+  check(lambda r: losses.hint_loss(U, r, "mse"), lambda r: np_mse(r, U), R)
+  check(lambda r: losses.hint_loss(U, r, "authors"), lambda r: np_mse(r, U), R, factor=h / 2)
+  check(lambda r: losses.hint_loss(U, r, "paper"), lambda r: np_mse(r, U), R, factor=h * w * c / 2)
+  check(lambda r: losses.hint_loss(U, r, "paper"), lambda r: np_hint_cost_c01b(U, r), R, factor=w * c)
+
+
+# -------------------------------------------------------------------------------------- attention
+
+FT = RNG.normal(size=(2, 4, 4, 3))  # teacher features, NHWC
+FS = RNG.normal(size=(2, 8, 8, 2))  # student features, twice the size, other channels
+
+
+def np_normalize(x):
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def np_at(f_nchw, reduce=np.mean):
+  """The authors' `at`: F.normalize(x.pow(2).mean(1).view(b, −1)) on NCHW features (torchdistill's
+  paper mode sums over channels instead: `reduce=np.sum`, the same map once normalised)."""
+  return np_normalize(reduce(f_nchw**2, axis=1).reshape(len(f_nchw), -1))
+
+
+def np_adaptive_avg_pool(f_nchw, size):
+  b, c, h, w = f_nchw.shape
+  return f_nchw.reshape(b, c, size, h // size, size, w // size).mean(axis=(3, 5))
+
+
+def nchw(x):
+  return np.transpose(x, (0, 3, 1, 2))
+
+
+def np_at_loss_repdistiller(f_s, f_t):
+  """RepDistiller's / mdistiller's AT pair: the larger features adaptive-average-pooled to the
+  smaller size, then (at(f_s) − at(f_t)).pow(2).mean() (the authors' cifar.py term, β outside)."""
+  f_s, f_t = nchw(f_s), nchw(f_t)
+  if f_s.shape[2] > f_t.shape[2]:
+    f_s = np_adaptive_avg_pool(f_s, f_t.shape[2])
+  elif f_t.shape[2] > f_s.shape[2]:
+    f_t = np_adaptive_avg_pool(f_t, f_s.shape[2])
+  return np.mean((np_at(f_s) - np_at(f_t)) ** 2)
+
+
+def test_attention_authors_form_matches_the_authors_code_at_equal_sizes():
+  f_s = RNG.normal(size=FT.shape[:3] + (6,))
+  check(lambda s: losses.attention_loss(FT, s, 1000.0), lambda s: 1000.0 * np_at_loss_repdistiller(s, FT), f_s)
+  check(lambda s: losses.attention_loss(FT, s, 1000.0, "paper"), lambda s: np_at_loss_repdistiller(s, FT), f_s, 500.0)
+
+
+def test_attention_feature_pooling_matches_repdistiller_and_mdistiller():
+  check(lambda s: losses.attention_loss(FT, s, 1.0, pool="features"), lambda s: np_at_loss_repdistiller(s, FT), FS)
+
+
+def test_attention_map_matches_torchdistill_paper_mode_normalisation():
+  # torchdistill's paper mode: Σ_b ‖at_sum(s) − at_sum(t)‖₂ / batch; its map equals ours once normalised.
+  f = RNG.normal(size=(2, 4, 4, 3))
+  np.testing.assert_allclose(losses.attention_map(f), np_at(nchw(f), np.sum), rtol=1e-5)
+  expected = np.mean(np.linalg.norm(np_at(nchw(FT[:, :4, :4]), np.sum) - np_at(nchw(f), np.sum), axis=1))
+  q_s, q_t = losses.attention_map(f), losses.attention_map(FT[:, :4, :4])
+  np.testing.assert_allclose(np.mean(np.linalg.norm(q_s - q_t, axis=1)), expected, rtol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------- FSP
+
+F1 = RNG.normal(size=(2, 4, 4, 3))
+F2 = RNG.normal(size=(2, 4, 4, 5))
+G_T = np.asarray(losses.fsp_matrix(RNG.normal(size=F1.shape), RNG.normal(size=F2.shape)), np.float64)
+
+
+def np_fsp_repdistiller(bot, top):
+  """RepDistiller's compute_fsp at equal sizes: (bot.unsqueeze(1) · top.unsqueeze(2)).mean(−1) →
+  (b, C_top, C_bot), the mean over positions of products."""
+  bot, top = nchw(bot).reshape(len(bot), bot.shape[-1], -1), nchw(top).reshape(len(top), top.shape[-1], -1)
+  return np.mean(bot[:, None] * top[:, :, None], axis=-1)
+
+
+def test_fsp_matrix_and_loss_relate_to_repdistiller_by_m_times_n():
+  np.testing.assert_allclose(
+    np.transpose(losses.fsp_matrix(F1, F2), (0, 2, 1)), np_fsp_repdistiller(F1, F2), rtol=1e-5, atol=1e-6
+  )
+  m, n = F1.shape[-1], F2.shape[-1]
+
+  def reference(f2):  # RepDistiller's compute_loss: (s − t).pow(2).mean()
+    return np.mean((np_fsp_repdistiller(F1, f2) - np.transpose(G_T, (0, 2, 1))) ** 2)
+
+  check(lambda f2: losses.fsp_loss([G_T], [losses.fsp_matrix(F1, f2)], [1.0]), reference, F2, factor=m * n)
+
+
+def test_fsp_max_pooling_matches_torchdistill():
+  big = RNG.normal(size=(2, 8, 8, 3))  # the larger map is adaptive-max-pooled to the smaller (torchdistill)
+  pooled = nchw(big).reshape(2, 3, 4, 2, 4, 2).max(axis=(3, 5))
+  flat = lambda x: x.reshape(len(x), x.shape[1], -1)
+  expected = flat(pooled) @ np.transpose(flat(nchw(F2)), (0, 2, 1)) / 16
+  np.testing.assert_allclose(losses.fsp_matrix(big, F2), expected, rtol=1e-5, atol=1e-6)
+
+
+# -------------------------------------------------------------------------------------------- DML
+
+PEERS = [RNG.normal(size=(4, 6)) * s for s in (2.0, 1.5)]
+
+
+def np_dml_kl(own, peer):
+  """The authors' kl_loss_compute(logits1 = own, logits2 = peer): mean over the batch of
+  Σ p2·log(1e-8 + p2 / (p1 + 1e-8))."""
+  p1, p2 = np_softmax(own), np_softmax(peer)
+  return np.mean(np.sum(p2 * np.log(1e-8 + p2 / (p1 + 1e-8)), 1))
+
+
+def test_dml_sum_matches_the_authors_code_and_mean_is_the_papers_eq_10():
+  def authors(s):  # net_loss = CE + Σ_{j≠i} kl_loss_compute(net_i, net_j)
+    return np_ce(s, Y) + sum(np_dml_kl(s, p) for p in PEERS)
+
+  # The 1e-8 guards move the value by about 1e-7: within the tolerance.
+  check(lambda s: losses.mutual_learning_loss(s, PEERS, Y, 1.0, "sum")[0], authors, S, rtol=1e-5, atol=1e-6)
+
+  def paper(s):
+    return np_ce(s, Y) + sum(np_dml_kl(s, p) for p in PEERS) / len(PEERS)
+
+  check(lambda s: losses.mutual_learning_loss(s, PEERS, Y, 1.0, "mean")[0], paper, S, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- BYOT
+
+EXITS = [RNG.normal(size=(4, 6)) * s for s in (1.0, 2.0)]  # two shallow exits; the deepest is T
+
+
+def test_byot_matches_the_authors_train_py_up_to_the_targets_entropy():
+  alpha, tau = 0.3, 3.0
+  target = np_softmax(T / tau)
+
+  def authors(first):  # CE(deep) + Σ_shallow [α·CrossEntropy(out/τ, teacher/τ) + (1 − α)·CE]
+    shallow = [first, EXITS[1]]
+    soft = lambda z: -np.mean(np.sum(target * np_log_softmax(z / tau), 1))
+    return np_ce(T, Y) + sum(alpha * soft(z) + (1 - alpha) * np_ce(z, Y) for z in shallow)
+
+  entropy = -np.mean(np.sum(target * np.log(target), 1))
+
+  def ours(first):
+    total, _ = losses.self_distillation_loss([first, EXITS[1], T], [None] * 3, Y, alpha, tau, 0.0, "off")
+    return total
+
+  # KL = soft CE − H(target): the value is lower by α·H per shallow exit, the gradient is the same.
+  x32 = jnp.asarray(EXITS[0], jnp.float32)
+  np.testing.assert_allclose(float(ours(x32)), authors(EXITS[0]) - 2 * alpha * entropy, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(jax.grad(ours)(x32)), numeric_grad(authors, EXITS[0]), rtol=1e-3, atol=1e-6)
+
+
+def np_upsample_bilinear_x2(x):
+  """PyTorch's nn.Upsample(scale_factor=2, mode='bilinear') (align_corners=False) on (b, h, w):
+  source coordinate (i + ½)/2 − ½, clamped at 0, linear between its two neighbours."""
+
+  def axis_weights(n):
+    src = np.maximum((np.arange(2 * n) + 0.5) / 2 - 0.5, 0.0)
+    lo = np.floor(src).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = src - lo
+    m = np.zeros((2 * n, n))
+    m[np.arange(2 * n), lo] += 1 - frac
+    m[np.arange(2 * n), hi] += frac
+    return m
+
+  rows, cols = axis_weights(x.shape[1]), axis_weights(x.shape[2])
+  return np.einsum("ih,bhw,jw->bij", rows, x, cols)
+
+
+def test_byot_attention_upsampling_matches_pytorch_bilinear():
+  x = RNG.normal(size=(2, 4, 5))
+  ours = jax.image.resize(jnp.asarray(x[..., None], jnp.float32), (2, 8, 10, 1), "bilinear")[..., 0]
+  np.testing.assert_allclose(ours, np_upsample_bilinear_x2(x), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------- preprocessing
+
+IMAGES = RNG.integers(0, 256, (30, 4, 4, 3)).astype(np.float64)
+
+
+def np_pylearn2_gcn(x, scale=55.0, min_divisor=1e-8):
+  """pylearn2's global_contrast_normalize(X, scale, subtract_mean=True, use_std=False, sqrt_bias=0):
+  X − row mean, divided by √(Σ X²)/scale, divisors below min_divisor set to 1; on the 0–255 pixels."""
+  x = x - x.mean(axis=1, keepdims=True)
+  norms = np.sqrt((x**2).sum(axis=1, keepdims=True)) / scale
+  norms[norms < min_divisor] = 1.0
+  return x / norms
+
+
+def np_pylearn2_zca(x, filter_bias=0.1):
+  """pylearn2's ZCA.fit: eigh(XᵀX/n + filter_bias·I) of the centred rows, P = V·diag(1/√λ)·Vᵀ."""
+  mean = x.mean(axis=0)
+  c = x - mean
+  eigs, eigv = np.linalg.eigh(c.T @ c / len(x) + filter_bias * np.eye(x.shape[1]))
+  return mean, (eigv * np.sqrt(1.0 / eigs)) @ eigv.T
+
+
+def test_gcn_and_zca_match_pylearn2():
+  flat = IMAGES.reshape(len(IMAGES), -1)
+  ours = preprocessing.gcn(flat / 255.0, 55.0)  # scale-free: [0, 1] here, 0–255 in pylearn2's CIFAR10(gcn=55)
+  np.testing.assert_allclose(ours, np_pylearn2_gcn(flat), rtol=1e-6, atol=1e-6)
+  mean, w = preprocessing.zca_fit(ours, 0.1)
+  ref_mean, ref_w = np_pylearn2_zca(np_pylearn2_gcn(flat))
+  np.testing.assert_allclose((ours - mean) @ w, (np_pylearn2_gcn(flat) - ref_mean) @ ref_w, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ page
+
+
+def test_every_row_of_the_conventions_page_names_a_test_here():
+  names = re.findall(r"`(test_[a-z0-9_]+)`", PAGE.read_text())
+  defined = "".join(path.read_text() for path in PAGE.parents[1].joinpath("tests").glob("test_*.py"))
+  assert len(names) >= 12
+  missing = [n for n in names if f"def {n}(" not in defined]
+  assert not missing, f"docs/conventions.md names tests that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("reduction", losses.HINT_REDUCTIONS)
+def test_the_hint_reductions_are_the_pages_rows(reduction):
+  assert f"`{reduction}`" in PAGE.read_text()
