@@ -214,8 +214,14 @@ def test_a_run_resumed_on_1_device_matches_the_4_device_run(name, overrides, tmp
   for four, one in zip(read_metrics(full), read_metrics(work), strict=True):
     assert set(four) == set(one)
     for key, value in four.items():
-      if key != "images_per_s":
-        assert one[key] == (pytest.approx(value, rel=1e-4, abs=1e-5) if isinstance(value, float) else value), key
+      if key == "images_per_s":
+        continue
+      # A test accuracy of an exit still near chance may flip one near-tied argmax of the 360 images
+      # (measured: BYOT's exit1, 39 against 40 with the attention's batch norm); the losses stay within 1e-4.
+      tolerance = (
+        dict(abs=1.5 / 360) if key.endswith("accuracy") and four["split"] == "test" else dict(rel=1e-4, abs=1e-5)
+      )
+      assert one[key] == (pytest.approx(value, **tolerance) if isinstance(value, float) else value), key
   (_, want), (_, got) = final_state(full), final_state(work)
   for a, b in zip(jax.tree.leaves(want["params"]), jax.tree.leaves(got["params"]), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
