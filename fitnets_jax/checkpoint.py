@@ -2,14 +2,15 @@
 
 Layout in the workdir:
   checkpoints/<global step>/{state, meta}   the current stage's TrainState and JSON metadata
-  checkpoints_damaged/<global step>         checkpoints found unreadable at a restart (`resume`), kept
-                                            for inspection
+  checkpoints_damaged/<global step>         checkpoints found damaged at a restart (`resume`), kept
+                                            for inspection (`bring_back_set_aside` returns them)
   <role>/variables, <role>/network.json     a network on its own: the teacher when its stage ends
                                             (teacher1/, … for several), the student (each DML network)
                                             when the run ends (`fitnets_jax.saved`); runs from before
                                             network.json wrote teacher/teacher.json, still read
 """
 
+import errno
 import hashlib
 import json
 import sys
@@ -22,7 +23,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 from fitnets_jax import files
-from fitnets_jax.errors import FitnetsError, WorkdirWriteError
+from fitnets_jax.errors import FitnetsError, WorkdirReadError, WorkdirWriteError, os_error_in
 
 TEACHER_DIR = "teacher"
 NETWORK_INFO = "network.json"
@@ -32,6 +33,38 @@ DIGEST_KEY = "state_sha256"  # in a checkpoint's metadata: the digest of its sta
 
 class DamagedCheckpoint(Exception):
   """A checkpoint read back without error whose values differ from those that were saved."""
+
+
+DAMAGE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR)  # a file missing, or not what it should be
+READ_ATTEMPTS, READ_RETRY_S = 3, 1.0  # an I/O error while reading is tried again this often, this far apart
+DAMAGED_DIR = "checkpoints_damaged"
+
+
+def is_damage(error):
+  """Whether a failed read is evidence of damage (quarantine the checkpoint) rather than a transient
+  fault of the disk or bucket (retry, never move anything): a digest mismatch, a missing file, or a
+  file that cannot be decoded are damage; any other OSError in the chain (EIO, a timeout, …) is not."""
+  cause = os_error_in(error)
+  return cause is None or cause.errno in DAMAGE_ERRNOS or isinstance(cause, FileNotFoundError)
+
+
+def read_with_retries(read, what):
+  """`read()`, tried READ_ATTEMPTS times while it fails with a transient I/O error (`is_damage` false);
+  then a WorkdirReadError (exit 74) naming `what`. Damage is raised at once, for the caller to set aside."""
+  for attempt in range(1, READ_ATTEMPTS + 1):
+    try:
+      return read()
+    except Exception as e:  # noqa: BLE001  (orbax/tensorstore/json all raise their own types)
+      if is_damage(e):
+        raise
+      if attempt == READ_ATTEMPTS:
+        cause = os_error_in(e)
+        raise WorkdirReadError(
+          f"Could not read {what} ({type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[0][:200]}) "
+          f"after {READ_ATTEMPTS} tries {READ_RETRY_S:g} s apart. That is an I/O error, not damage, so nothing "
+          "was moved or changed; run the same command again once the disk or bucket answers."
+        ) from None
+      time.sleep(READ_RETRY_S * attempt)
 
 
 def digest(tree):
@@ -86,7 +119,7 @@ class RunCheckpoints:
 
   def set_aside(self, step):
     """Moves an unreadable checkpoint to checkpoints_damaged/ (never deletes it); returns where."""
-    quarantine = files.join(files.path(self.directory).parent, "checkpoints_damaged")
+    quarantine = files.join(files.path(self.directory).parent, DAMAGED_DIR)
     target, suffix = files.join(quarantine, str(step)), 1
     while files.exists(target):
       target = files.join(quarantine, f"{step}.{suffix}")
@@ -160,9 +193,12 @@ def resume(checkpoints, workdir, stages, abstract_state_of):
   damaged = []
   for step in reversed(checkpoints.steps()):
     started = time.perf_counter()
+    where = f"the checkpoint at global step {step} in {checkpoints.directory}"
     try:
-      meta = checkpoints.meta(step)
-    except Exception as e:  # noqa: BLE001  (orbax/tensorstore/json all raise their own types)
+      meta = read_with_retries(lambda: checkpoints.meta(step), where)
+    except WorkdirReadError:
+      raise
+    except Exception as e:  # noqa: BLE001  (evidence of damage: is_damage)
       damaged.append(_set_aside(checkpoints, step, e))
       continue
     if meta.get("stages") != names:
@@ -172,8 +208,10 @@ def resume(checkpoints, workdir, stages, abstract_state_of):
       )
     index = meta["stage_index"]
     try:
-      state = checkpoints.restore(step, abstract_state_of(index), meta)
-    except Exception as e:  # noqa: BLE001  (DamagedCheckpoint, or orbax's own errors)
+      state = read_with_retries(lambda: checkpoints.restore(step, abstract_state_of(index), meta), where)
+    except WorkdirReadError:
+      raise
+    except Exception as e:  # noqa: BLE001  (DamagedCheckpoint, or orbax's own errors for a broken file)
       damaged.append(_set_aside(checkpoints, step, e))
       continue
     stage = stages[index]
@@ -185,14 +223,40 @@ def resume(checkpoints, workdir, stages, abstract_state_of):
       flush=True,
     )
     return Resumed(step, index, meta["stage_step"], state, meta)
-  quarantine = files.join(workdir, "checkpoints_damaged")
+  quarantine = files.join(workdir, DAMAGED_DIR)
   if damaged or files.isdir(quarantine):
     raise FitnetsError(
       f"--workdir={workdir!r} has no readable checkpoint left: the unreadable ones are in {quarantine}. "
-      "Starting again from step 0 would silently discard the run, so nothing else was changed; to start "
-      f"over in this workdir delete {quarantine}, or use a new --workdir."
+      "Starting again from step 0 would silently discard the run, so nothing else was changed. If they were "
+      "set aside by mistake (the disk is fixed), --config.bring_back_set_aside=True moves them back and "
+      f"checks them again; to start over in this workdir delete {quarantine}, or use a new --workdir."
     )
   return None
+
+
+def bring_back_set_aside(workdir):
+  """Moves every checkpoint in checkpoints_damaged/ back into checkpoints/ (where no live checkpoint has
+  its step), so the resume that follows checks each again: a checkpoint really damaged is set aside again,
+  one set aside by a fault that is gone is used. Returns the steps brought back."""
+  quarantine, live = files.join(workdir, DAMAGED_DIR), files.join(workdir, "checkpoints")
+  if not files.isdir(quarantine):
+    return []
+  back = []
+  for name in sorted(files.listdir(quarantine)):
+    step = name.split(".")[0]
+    if step.isdigit() and not files.exists(files.join(live, step)):
+      if jax.process_index() == 0:
+        files.move(files.join(quarantine, name), files.join(live, step))
+      back.append(int(step))
+  if jax.process_index() == 0 and not files.listdir(quarantine):
+    files.rmtree(quarantine)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices("checkpoints brought back")
+  if back:
+    print(f"Brought back the checkpoints set aside at global steps {sorted(back)}; each is checked again.", flush=True)
+  return sorted(back)
 
 
 def _set_aside(checkpoints, step, error):

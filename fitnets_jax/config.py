@@ -107,6 +107,8 @@ def base_config():
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
   c.on_nan = "stop"  # stop | skip_step: what a NaN/Inf loss or gradient does
+  c.resume_with_changed_inputs = False  # resume although the data or a reused teacher changed since the checkpoint
+  c.bring_back_set_aside = False  # move checkpoints_damaged/ back into checkpoints/ first, each checked again
   c.dtype = "float32"  # float32 | bfloat16: activations' dtype (params, optimizer, losses stay float32)
 
   c.dataset = ml_collections.ConfigDict(
@@ -166,6 +168,8 @@ def base_config():
 # how the hosts find each other, and what a NaN does.
 # Any other difference means another experiment, and the run refuses to resume.
 SAFE_TO_CHANGE = (
+  "resume_with_changed_inputs",
+  "bring_back_set_aside",
   "log_every_steps",
   "eval_every_steps",
   "checkpoint_every_steps",

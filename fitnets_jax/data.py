@@ -20,6 +20,7 @@ host count.
 
 import dataclasses
 import gzip
+import hashlib
 import importlib.util
 import io
 import itertools
@@ -77,6 +78,7 @@ class Data:
   validation: Callable = None
   train_all: Callable = None  # () → the whole training split (every host's), in id order
   global_order: bool = False  # one order over all hosts' examples; each host takes its rows of a batch
+  fingerprint: str = ""  # SHA-256 of what identifies the training data (`fingerprint`), the same on every host
 
   def normalize(self, batch):
     """A float32 [0, 1] tf batch, preprocessed."""
@@ -336,6 +338,17 @@ def _tfds(cfg):
   return spec, sample
 
 
+def fingerprint(*parts):
+  """SHA-256 of arrays and plain values: what a checkpoint records of its training data, so a resume on
+  other data is caught. In-memory datasets give every array (the same on every host); a TFDS dataset its
+  name, splits, sizes and the images the preprocessing is fitted on (the first of the split)."""
+  h = hashlib.sha256()
+  for part in parts:
+    a = np.ascontiguousarray(part) if isinstance(part, np.ndarray) else None
+    h.update(f"{a.dtype}:{a.shape};".encode() + a.tobytes() if a is not None else f"{part!r};".encode())
+  return h.hexdigest()
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -427,8 +440,10 @@ def load(cfg, synthetic_examples=0, source=None):
     *arrays, classes = synthetic_arrays(cfg, synthetic_examples)
     spec = _in_memory(cfg.name, *arrays, classes)
     sample = arrays[0][: cfg.stats_examples or None]
+    digest = fingerprint(*arrays)
   elif cfg.name not in SOURCES:
     spec, sample = _tfds(cfg)
+    digest = fingerprint(cfg.name, cfg.train_split, cfg.test_split, spec["num_train"], spec["num_test"], sample)
   else:
     if cfg.name == "digits":
       *arrays, classes = *digits_arrays(), 10
@@ -443,6 +458,7 @@ def load(cfg, synthetic_examples=0, source=None):
     )
     spec = _in_memory(cfg.name, *arrays, classes, cfg.validation_examples)
     sample = arrays[0][: spec["num_train"]][: cfg.stats_examples or None]
+    digest = fingerprint(*arrays)
   check(
     spec["num_train"] > 0 and spec["num_test"] > 0,
     f"dataset {cfg.name!r} has {spec['num_train']} training and {spec['num_test']} test examples; "
@@ -462,6 +478,7 @@ def load(cfg, synthetic_examples=0, source=None):
     augment_shift=cfg.shift,
     augment_pad_mode=cfg.pad_mode,
     augment_cutout=cfg.cutout,
+    fingerprint=digest,
   )
 
 

@@ -41,10 +41,7 @@ class WorkdirWriteError(RunStopped):
   @classmethod
   def of(cls, what, path, error, newest=None):
     """The error for a failed write of `what` at `path`, naming the OSError found in `error`'s chain."""
-    cause = error
-    while cause is not None and not isinstance(cause, OSError):
-      cause = cause.__cause__ or cause.__context__
-    reason = cause or error
+    reason = os_error_in(error) or error
     text = (str(reason).strip().splitlines() or [""])[0][:300]
     kept = (
       f" The checkpoints saved before are intact (the newest: global step {newest}),"
@@ -56,6 +53,21 @@ class WorkdirWriteError(RunStopped):
       "before this point is lost. Free disk space or make the folder writable (or fix the bucket's "
       "permissions), then run the same command again to resume."
     )
+
+
+class WorkdirReadError(RunStopped):
+  """A checkpoint could not be read for a reason that is not damage (an I/O error that outlasted the
+  retries); nothing was moved or changed."""
+
+  exit_code = 74  # EX_IOERR
+
+
+def os_error_in(error):
+  """The first OSError in `error`'s chain of causes (orbax and tensorstore wrap them), or None."""
+  cause = error
+  while cause is not None and not isinstance(cause, OSError):
+    cause = cause.__cause__ or cause.__context__
+  return cause
 
 
 def or_exit(fn, *args):

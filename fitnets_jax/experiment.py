@@ -32,6 +32,14 @@ class Experiment:
   teacher_variables: dict  # role → host arrays, for reused teachers
   teacher_sources: dict  # role → checkpoint folder, for reused teachers
   teacher_weights: Optional[Any] = None  # multi_teacher: (roles, validation_accuracy) → (μ, accuracies)
+  inputs: dict = dataclasses.field(default_factory=dict)  # what checkpoints record of the data and reused teachers
+
+  def describe_inputs(self):
+    """{input: (what the config names, its SHA-256)}: the training data and each reused teacher."""
+    dataset = self.config.dataset
+    named = {"data": f"dataset.name={dataset.name!r}" + (f", dataset.path={dataset.path!r}" if dataset.path else "")}
+    named.update({role: f"the {role} read from {self.teacher_sources[role]}" for role in self.teacher_sources})
+    return {key: (named[key], value) for key, value in self.inputs.items()}
 
   @property
   def teacher(self):
@@ -218,10 +226,12 @@ def prepare(config, workdir, synthetic_examples=0, source=None):
   )
   stages = method.stages(ctx)
   variables, sources, teacher_stages = {}, {}, []
+  inputs = {"data": dataset.fingerprint}
   for role, key, cfg, _ in specs:
     if cfg.checkpoint:
       variables[role] = reused_teacher(key, cfg, teachers[role])
       sources[role] = checkpoint.teacher_dir(cfg.checkpoint)
+      inputs[role] = checkpoint.digest(variables[role])
     else:
       teacher_stages.append(supervised_stage(ctx, role, teachers[role], role, trains=role))
   teacher_cache.check_config(config, dataset, bool(specs))
@@ -237,4 +247,5 @@ def prepare(config, workdir, synthetic_examples=0, source=None):
     variables,
     sources,
     method.teacher_weights,
+    inputs,
   )

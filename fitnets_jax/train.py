@@ -14,6 +14,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import threading
 import time
 
@@ -33,7 +34,7 @@ from fitnets_jax import (
   train_step,
   workdir_lock,
 )
-from fitnets_jax.errors import NonFiniteLoss, Preempted, WorkdirWriteError
+from fitnets_jax.errors import FitnetsError, NonFiniteLoss, Preempted, WorkdirWriteError
 from fitnets_jax.parallel import prefetch_to_device
 
 
@@ -83,11 +84,15 @@ class Run:
 def train_and_evaluate(exp, workdir):
   """Trains (or resumes) every stage of `exp` in `workdir`; returns summary.json's dict."""
   offsets = train_step.stage_offsets(exp.stages)
+  if exp.config.bring_back_set_aside:
+    checkpoint.bring_back_set_aside(workdir)
   checkpoints = checkpoint.RunCheckpoints(files.join(workdir, "checkpoints"), exp.config.keep_checkpoints, offsets[1:])
   writer = metrics.Writer(workdir)
   resumed = checkpoint.resume(checkpoints, workdir, exp.stages, lambda index: restore_target(exp, index))
   if resumed:
     results = resumed.meta["results"]
+    for role in check_inputs(exp, resumed, workdir):  # accepted: the new teacher is measured afresh
+      results["teachers"].pop(role, None)
     pending = [{k: np.float32(v) for k, v in scalars.items()} for scalars in resumed.meta.get("pending", [])]
     writer.resume_at(resumed.step, offsets, [s.name for s in exp.stages], resumed.meta.get("metrics_records"))
   else:
@@ -123,6 +128,31 @@ def train_and_evaluate(exp, workdir):
   summary = metrics.summary(exp, results, workdir)
   writer.close()
   return summary
+
+
+def check_inputs(exp, resumed, workdir):
+  """The inputs (the training data, a reused teacher) that differ from those `resumed`'s checkpoint recorded.
+  A difference is refused (a FitnetsError naming each) unless `resume_with_changed_inputs` accepts it;
+  then it is returned, with a warning. Checkpoints from before inputs were recorded check nothing."""
+  recorded = resumed.meta.get("inputs") or {}
+  changed = {
+    key: (what, recorded[key], now)
+    for key, (what, now) in exp.describe_inputs().items()
+    if recorded.get(key) not in (None, now)
+  }
+  if not changed:
+    return []
+  listed = "; ".join(f"{what} (SHA-256 {old[:12]}… then, {new[:12]}… now)" for what, old, new in changed.values())
+  if not exp.config.resume_with_changed_inputs:
+    raise FitnetsError(
+      f"--workdir={workdir!r} was checkpointed (global step {resumed.step}) on other inputs than this run reads: "
+      f"{listed}. Resuming would silently train on different data or a different teacher, so nothing was changed. "
+      "Restore the inputs it was trained on, use a new --workdir, or set --config.resume_with_changed_inputs=True "
+      "to go on with the new ones (their teachers are then measured again)."
+    )
+  if jax.process_index() == 0:
+    print(f"warning: resuming on changed inputs, as resume_with_changed_inputs asks: {listed}.", file=sys.stderr)
+  return list(changed)
 
 
 def restore_target(exp, index):
@@ -247,6 +277,7 @@ def save(run, index, stage_step, state, pending=()):
     "pending": [{k: float(v) for k, v in scalars.items()} for scalars in jax.device_get(list(pending))],
     "metrics_records": run.writer.records,  # what a truncated metrics.jsonl is checked against
     "config": json.loads(run.exp.config.to_json_best_effort()),  # the same-experiment guard's copy
+    "inputs": run.exp.inputs,  # the data's and reused teachers' SHA-256, checked on resume (`check_inputs`)
   }
   run.checkpoints.save(run.offsets[index] + stage_step, state, meta)
 

@@ -601,3 +601,136 @@ def test_seeds_refused_leave_no_folder_behind_and_a_shared_teacher_is_named(tmp_
   )
   assert shared.returncode == 2
   assert "has no {seed}, so all 2 seeds distil from this one teacher" in shared.stdout
+
+
+# ---------------------------------------------------------------------------- inputs changed under a run
+
+
+def saved_random_teacher(folder, seed, classes=4, shape=(6, 6, 3)):
+  """A valid digits_teacher for write_npz's data saved at folder/teacher, with random weights of `seed`."""
+  net = experiment.build_network("teacher", tiny_digits().teacher, classes, shape)
+  params, stats = net.init(jax.random.PRNGKey(seed))
+  checkpoint.save_network(folder, "teacher", {"params": params, "batch_stats": stats}, net.describe())
+
+
+def rolled_back(full, work, steps):
+  """A copy of the finished run `full` rolled back to before `steps` (as a kill leaves it)."""
+  shutil.copytree(full, work)
+  os.remove(os.path.join(work, "summary.json"))
+  for step in steps:
+    shutil.rmtree(os.path.join(work, "checkpoints", str(step)))
+  return work
+
+
+def test_a_resume_on_another_teacher_or_other_data_is_refused_unless_asked(tmp_path):
+  """Checkpoints record the SHA-256 of the training data and of each reused teacher. A KD run whose
+  teacher.checkpoint now holds another valid teacher, or whose npz changed, is refused with exit 2's
+  one paragraph; resume_with_changed_inputs=True goes on, and the new teacher is measured again."""
+  from helpers import write_npz
+
+  teacher = str(tmp_path / "teacher_run")
+  saved_random_teacher(teacher, 0)
+  path = write_npz(tmp_path / "data.npz")
+  config = lambda **o: tiny_digits(
+    "kd", student=12, **{"teacher.checkpoint": teacher, "dataset.name": "npz", "dataset.path": path, **o}
+  )
+  full = str(tmp_path / "full")
+  first = train.run(config(), full)
+  meta = checkpoint.RunCheckpoints(os.path.join(full, "checkpoints"), 100).meta(12)
+  assert set(meta["inputs"]) == {"data", "teacher"}
+  # Another teacher in the same folder.
+  shutil.rmtree(os.path.join(teacher, "teacher"))
+  saved_random_teacher(teacher, 1)
+  work = rolled_back(full, str(tmp_path / "other_teacher"), (8, 12))
+  before = sorted(os.listdir(os.path.join(work, "checkpoints")))
+  changed = r"checkpointed \(global step 4\) on other inputs than this run reads: the teacher read from .*\(SHA-256 "
+  with pytest.raises(FitnetsError, match=changed):
+    train.run(config(), work)
+  assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == before
+  summary = train.run(config(resume_with_changed_inputs=True), work)
+  fresh = train.run(config(), str(tmp_path / "fresh"))  # the new teacher, measured by a run of its own
+  assert summary["teacher"]["test_accuracy"] == fresh["teacher"]["test_accuracy"] != first["teacher"]["test_accuracy"]
+  # Other data under the same dataset.path.
+  work = rolled_back(str(tmp_path / "fresh"), str(tmp_path / "other_data"), (8, 12))
+  rng = np.random.default_rng(5)
+  write_npz(path, train_images=rng.integers(0, 256, (40, 6, 6, 3), dtype=np.uint8))
+  with pytest.raises(FitnetsError, match=r"on other inputs than this run reads: dataset.name='npz', dataset.path="):
+    train.run(config(), work)
+
+
+# ---------------------------------------------------------------------------- I/O errors while restoring
+
+# Started as `python -c FAULTY_MAIN <flags>`: the real command line, with reads of checkpoint metadata
+# failing with EIO while the file named by FITNETS_TEST_EIO holds a positive count (decremented per
+# failure; "always" never runs out): a disk or bucket that errs for a while.
+FAULTY_MAIN = """
+import errno, os, runpy, sys
+from fitnets_jax import checkpoint
+read_meta = checkpoint.RunCheckpoints.meta
+def failing_meta(self, step):
+  path = os.environ["FITNETS_TEST_EIO"]
+  left = open(path).read().strip() if os.path.exists(path) else "0"
+  if left == "always" or int(left) > 0:
+    if left != "always":
+      open(path, "w").write(str(int(left) - 1))
+    raise OSError(errno.EIO, "Input/output error")
+  return read_meta(self, step)
+checkpoint.RunCheckpoints.meta = failing_meta
+checkpoint.READ_RETRY_S = 0.1
+sys.argv[0] = "fitnets_jax.main"
+runpy.run_module("fitnets_jax.main", run_name="__main__")
+"""
+
+
+def faulty_run(workdir, faults, counter, *flags):
+  with open(counter, "w") as f:
+    f.write(faults)
+  return subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      FAULTY_MAIN,
+      "--config",
+      "configs/digits.py",
+      "--workdir",
+      str(workdir),
+      *SMALL_FLAGS,
+      "--config.method=scratch",
+      *flags,
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "FITNETS_TEST_EIO": str(counter)},
+  )
+
+
+def test_an_io_error_while_restoring_is_retried_then_exit_74_and_never_taken_for_damage(tmp_path):
+  """Real processes. An EIO that outlasts the retries exits 74 with nothing moved; one that clears within
+  them resumes as if nothing happened; checkpoints set aside by mistake come back with one key."""
+  full, counter = str(tmp_path / "full"), str(tmp_path / "eio")
+  train.run(tiny_digits("scratch"), full)  # 16 steps, checkpoints every 4
+  work = rolled_back(full, str(tmp_path / "work"), (12, 16))
+  before = sorted(os.listdir(os.path.join(work, "checkpoints")))
+  stuck = faulty_run(work, "always", counter)
+  assert stuck.returncode == 74, stuck.stderr[-3000:]
+  assert "after 3 tries" in stuck.stderr and "not damage, so nothing was moved" in stuck.stderr
+  assert "Traceback" not in stuck.stderr
+  assert sorted(os.listdir(os.path.join(work, "checkpoints"))) == before
+  assert not os.path.exists(os.path.join(work, "checkpoints_damaged"))
+  passing = faulty_run(work, "2", counter)  # two failures, then the disk answers
+  assert passing.returncode == 0, passing.stderr[-3000:]
+  assert_same_run(work, full)
+  # Checkpoints an earlier version set aside by mistake: the run refuses, then one key brings them back.
+  work = rolled_back(full, str(tmp_path / "set_aside"), (16,))
+  os.makedirs(os.path.join(work, "checkpoints_damaged"))
+  for step in ("4", "8", "12"):
+    os.rename(os.path.join(work, "checkpoints", step), os.path.join(work, "checkpoints_damaged", step))
+  refused = faulty_run(work, "0", counter)
+  assert refused.returncode == 2 and "--config.bring_back_set_aside=True moves them back" in refused.stderr
+  back = faulty_run(work, "0", counter, "--config.bring_back_set_aside=True")
+  assert back.returncode == 0, back.stderr[-3000:]
+  assert "Brought back the checkpoints set aside at global steps [4, 8, 12]" in back.stdout
+  assert not os.path.exists(os.path.join(work, "checkpoints_damaged"))
+  assert_same_run(work, full)
