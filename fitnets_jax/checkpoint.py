@@ -334,15 +334,32 @@ def teacher_dir(path):
   )
 
 
-def teacher_info(path):
-  return json.loads(files.read_text(info_file(teacher_dir(path))))
+def read_info(folder, key):
+  """A saved network's info file (network.json) in `folder` as a dict; a file that cannot be read or
+  decoded is one FitnetsError paragraph naming `key` (what pointed at the folder)."""
+  path = info_file(folder) or files.join(folder, NETWORK_INFO)
+  try:
+    info = json.loads(files.read_text(path))
+  except (OSError, ValueError) as e:  # missing, unreadable, or not JSON (a damaged file)
+    raise FitnetsError(
+      f"{key}: {path} cannot be read ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}); "
+      "it describes the saved network (model, digest), so the network cannot be used. Restore the folder from a "
+      "copy, or train the network again."
+    ) from None
+  if not isinstance(info, dict):
+    raise FitnetsError(f"{key}: {path} holds {type(info).__name__}, not the JSON object a saved network's info is.")
+  return info
+
+
+def teacher_info(path, key="teacher.checkpoint"):
+  return read_info(teacher_dir(path), f"{key}={path!r}")
 
 
 def read_network(folder, key):
   """A saved network's variables from `folder`, checked against the digest in its info file; unreadable
   or damaged files are one paragraph naming `key` (what pointed at the folder)."""
   directory = files.join(folder, "variables")
-  recorded = json.loads(files.read_text(info_file(folder))).get("variables_sha256")
+  recorded = read_info(folder, key).get("variables_sha256")
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       restored = checkpointer.restore(files.path(directory))

@@ -100,15 +100,16 @@ def make_mesh(config):
 
 def check_workdir(workdir):
   """Refuses a workdir that cannot be written, leaving none of the folders the probe made (the run
-  creates them once it starts: `--seeds` checks every seed's folder before the first one trains)."""
+  creates them once it starts: `--seeds` checks every seed's folder before the first one trains).
+  Only the folders this call created are removed, deepest first, and each only while empty: a run
+  started meanwhile in a sibling folder under a new parent keeps everything."""
   check(workdir, "--workdir is required: the folder for checkpoints, metrics and summary.json.")
-  new = files.absolute(workdir)
-  while not files.is_remote(new) and not files.exists(os.path.dirname(new)):
-    new = os.path.dirname(new)
-  made = not files.is_remote(new) and not files.exists(new)
+  made, folder = [], files.absolute(workdir)
+  while not files.is_remote(folder) and not files.exists(folder):
+    made.append(folder)
+    folder = os.path.dirname(folder)
   files.check_reachable(workdir)
-  if made:
-    files.rmtree(new)
+  files.remove_empty_folders(made)
 
 
 def check_same_experiment(config, workdir):
@@ -187,7 +188,7 @@ def trained_networks(config, method):
 
 def reused_teacher(key, role_cfg, teacher):
   """Host variables of a teacher checkpoint, checked against the configured teacher model."""
-  info = checkpoint.teacher_info(role_cfg.checkpoint)
+  info = checkpoint.teacher_info(role_cfg.checkpoint, f"{key}.checkpoint")
   check(
     info.get("model") == teacher.name,
     f"{key}.checkpoint={role_cfg.checkpoint!r} holds a {info.get('model')!r} teacher but "

@@ -111,6 +111,16 @@ def rmtree(p):
     q.rmtree()
 
 
+def remove_empty_folders(folders):
+  """Removes each local folder of `folders` in order while it is empty; stops at the first that holds
+  anything (or is gone), so nothing but empty folders is ever deleted."""
+  for folder in folders:
+    try:
+      os.rmdir(folder)
+    except OSError:
+      return
+
+
 def move(src, dst):
   """Renames `src` to `dst` (a folder too); the parent of `dst` is created."""
   makedirs(path(dst).parent)

@@ -44,14 +44,7 @@ class Writer:
     if not self.enabled or not files.exists(self.path):
       self.records = 0
       return 0
-    lines = files.read_text(self.path).splitlines()
-    records = []
-    for line in lines:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:  # the last line of a run killed while appending it
-        pass
-    kept = [r for r in records if keep(r)]
+    kept = [r for r in read_records(self.path) if keep(r)]
     files.write_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
     self.records = len(kept)
     return self.records
@@ -114,6 +107,38 @@ def summary(exp, results, workdir):
   if jax.process_index() == 0:
     files.write_atomically(files.join(workdir, "summary.json"), json.dumps(summary, indent=2))
   return summary
+
+
+RECORD_FIELDS = {"stage": str, "step": int, "split": str}
+
+
+def _record(line):
+  """The metrics record on `line`, or None when the line is not one (cut short, or changed on disk)."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  ok = isinstance(record, dict) and all(
+    isinstance(record.get(k), t) and not isinstance(record.get(k), bool) for k, t in RECORD_FIELDS.items()
+  )
+  return record if ok else None
+
+
+def read_records(path):
+  """The records of a metrics.jsonl file. A line that is not a record ({stage, step, split, …}) is
+  skipped: the last line of a run killed while appending is only cut short, and one changed byte must not
+  block a resume or a report; any but a cut-short last line is counted in a warning."""
+  lines = files.read_bytes(path).decode("utf-8", errors="replace").splitlines()
+  records = [_record(line) for line in lines]
+  malformed = sum(r is None for r in records[:-1])
+  if malformed:
+    print(
+      f"warning: {path}: skipped {malformed} malformed line(s) of {len(lines)} (changed or damaged on disk); "
+      "the other records are used.",
+      file=sys.stderr,
+      flush=True,
+    )
+  return [r for r in records if r is not None]
 
 
 def global_steps(records):

@@ -27,7 +27,7 @@ import re
 
 import numpy as np
 
-from fitnets_jax import files, inference, plots, saved
+from fitnets_jax import files, inference, metrics, plots, saved
 from fitnets_jax.config import SAFE_TO_CHANGE, flatten
 from fitnets_jax.errors import FitnetsError, check, or_exit
 
@@ -50,14 +50,8 @@ def read_run(path):
       found[name] = json.loads(files.read_text(file))
     except ValueError as e:
       raise FitnetsError(f"{file} is not valid JSON ({e}); pass only finished runs.") from None
-  records = []
   metrics_file = files.join(path, "metrics.jsonl")
-  if files.isfile(metrics_file):
-    for line in files.read_text(metrics_file).splitlines():
-      try:
-        records.append(json.loads(line))
-      except ValueError:  # a line cut short by a kill
-        pass
+  records = metrics.read_records(metrics_file) if files.isfile(metrics_file) else []
   return {
     "dir": path,
     "name": run_name(path),

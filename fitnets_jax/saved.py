@@ -14,7 +14,6 @@ network's own folder, and returns a `SavedNetwork`, whose `predict(images)` maps
 as the dataset stores them, to logits. It reads neither the dataset nor the run's config.
 """
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +83,7 @@ class SavedNetwork:
 
   def __init__(self, folder):
     self.folder = folder
-    self.info = json.loads(files.read_text(checkpoint.info_file(folder)))
+    self.info = checkpoint.read_info(folder, f"the saved network in {folder}")
     for key in ("model", "num_classes", "image_shape"):
       check(
         key in self.info,

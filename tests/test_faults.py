@@ -404,14 +404,16 @@ def test_a_local_lock_is_held_by_one_run_and_freed_when_its_holder_dies(tmp_path
 
 def test_a_lost_teacher_folder_is_recovered_from_the_teacher_stage_checkpoint(tmp_path, capsys):
   """A run resumed in its KD stage loads the teacher it trained from workdir/teacher. With that folder
-  deleted, its weights deleted or its bytes flipped, the teacher stage's last checkpoint (always
-  kept) holds the same weights: the run saves them there again and ends as an uninterrupted one."""
+  deleted, its weights deleted, its bytes flipped or its network.json cut short, the teacher stage's last
+  checkpoint (always kept) holds the same weights: the run saves them there again and ends as an
+  uninterrupted one."""
   full = str(tmp_path / "full")
   train.run(tiny_digits(), full)  # teacher 24, hint 8, KD 16 steps: checkpoints every 4
   damages = {
     "deleted": lambda w: shutil.rmtree(os.path.join(w, "teacher")),
     "weights deleted": lambda w: shutil.rmtree(os.path.join(w, "teacher", "variables")),
     "bytes flipped": lambda w: flip_bytes(largest_variables_file(os.path.join(w, "teacher"))),
+    "network.json damaged": lambda w: open(os.path.join(w, "teacher", "network.json"), "w").write('{"model": "dig'),
   }
   for name, damage in damages.items():
     work = str(tmp_path / name.replace(" ", "_"))
@@ -734,3 +736,53 @@ def test_an_io_error_while_restoring_is_retried_then_exit_74_and_never_taken_for
   assert "Brought back the checkpoints set aside at global steps [4, 8, 12]" in back.stdout
   assert not os.path.exists(os.path.join(work, "checkpoints_damaged"))
   assert_same_run(work, full)
+
+
+def test_the_write_probe_removes_only_the_empty_folders_it_made_never_a_sibling_run(tmp_path, monkeypatch):
+  """check_workdir creates runs/new/a/b to probe it and removes what it made; a run that started meanwhile
+  in runs/new/other loses nothing."""
+  from fitnets_jax import files
+
+  target = tmp_path / "runs" / "new" / "a" / "b"
+  sibling = tmp_path / "runs" / "new" / "other"
+  probe = files.check_reachable
+
+  def probe_while_a_sibling_starts(workdir, **kwargs):
+    probe(workdir, **kwargs)
+    sibling.mkdir(parents=True)
+    (sibling / "config.json").write_text("{}")
+
+  monkeypatch.setattr(files, "check_reachable", probe_while_a_sibling_starts)
+  experiment.check_workdir(str(target))
+  assert (sibling / "config.json").read_text() == "{}"
+  assert not (tmp_path / "runs" / "new" / "a").exists() and (tmp_path / "runs" / "new").exists()
+  monkeypatch.setattr(files, "check_reachable", probe)
+  experiment.check_workdir(str(tmp_path / "fresh" / "x"))  # alone: every folder it made is gone again
+  assert not (tmp_path / "fresh").exists()
+
+
+def test_a_changed_byte_in_metrics_jsonl_is_skipped_with_a_count_on_resume_and_in_the_report(tmp_path, capsys):
+  from fitnets_jax import report
+
+  work = str(tmp_path / "run")
+  train.run(tiny_digits("scratch", student=12), work)  # records at steps 4, 8, 12 and the test record
+  shutil.rmtree(os.path.join(work, "checkpoints", "12"))  # back to step 8, as a kill there leaves it
+  os.remove(os.path.join(work, "summary.json"))
+  path = os.path.join(work, "metrics.jsonl")
+  with open(path, "rb") as f:
+    lines = f.read().splitlines(keepends=True)
+  lines[0] = lines[0].replace(b'"stage"', b'"stbge"', 1)  # valid JSON, but not a record any more
+  lines[1] = lines[1][:5] + b"\xff" + lines[1][6:]  # not UTF-8, not JSON
+  with open(path, "wb") as f:
+    f.write(b"".join(lines))
+  capsys.readouterr()
+  summary = train.run(tiny_digits("scratch", student=12), work)
+  err = capsys.readouterr().err
+  assert "skipped 2 malformed line(s)" in err and summary["student"]["test_accuracy"] is not None
+  with open(path, "rb") as f:  # damage the finished run's file again: the report reads past it too
+    lines = f.read().splitlines(keepends=True)
+  lines[-1] = b'{"stage": 3, "step": "x"}\n'
+  with open(path, "wb") as f:
+    f.write(b"".join(lines) + b'{"stage": "scratch", "step": 12, "split": "train", "loss": 1.0}\n')
+  rows = report.write([work], str(tmp_path / "report"), curves=False)
+  assert len(rows) == 1 and "skipped 1 malformed line(s)" in capsys.readouterr().err
