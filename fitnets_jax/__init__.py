@@ -17,8 +17,9 @@ def run(config, workdir, data=None):
   return train.run(config, workdir, data)
 
 
-def load_model(path, network="student"):
-  """A saved network ready to predict from raw images; see `fitnets_jax.saved.load_model`."""
+def load_model(path, network="student", trust_code=False):
+  """A saved network ready to predict from raw images, its files verified first; see
+  `fitnets_jax.saved.load_model` (and its security model for `trust_code`)."""
   from fitnets_jax import saved
 
-  return saved.load_model(path, network)
+  return saved.load_model(path, network, trust_code)

@@ -27,6 +27,7 @@ from fitnets_jax.errors import FitnetsError, WorkdirReadError, WorkdirWriteError
 
 TEACHER_DIR = "teacher"
 NETWORK_INFO = "network.json"
+MANIFEST = "SHA256SUMS"  # a saved network's files (network.json, preprocessing.npz) and their SHA-256
 INFO_FILES = (NETWORK_INFO, "teacher.json")  # teacher.json: a teacher saved by an earlier version
 DIGEST_KEY = "state_sha256"  # in a checkpoint's metadata: the digest of its state's values
 
@@ -287,7 +288,8 @@ def saved_config(workdir):
 
 def read_state(workdir, step, abstract_state):
   """The train state saved at global `step` in `workdir`'s checkpoints, read without touching the run's
-  folder (for inspection; a run resumes through RunCheckpoints)."""
+  folder (for inspection; a run resumes through RunCheckpoints), checked against the digest its metadata
+  recorded: a changed value is one FitnetsError paragraph, never a silent read."""
   directory = files.join(files.absolute(workdir), "checkpoints")
   path = files.join(directory, str(step), "state")
   if not files.isdir(path):
@@ -296,8 +298,61 @@ def read_state(workdir, step, abstract_state):
       f"{workdir!r} has no checkpoint at global step {step} (kept: {kept or 'none'}); a run keeps "
       "every stage's last checkpoint, so that stage has not finished in this workdir yet."
     )
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(files.path(path), abstract_state)
+  where = files.join(directory, str(step))
+  try:
+    recorded = json.loads(files.read_text(files.join(where, "meta", "metadata"))).get(DIGEST_KEY)
+    with ocp.StandardCheckpointer() as checkpointer:
+      state = checkpointer.restore(files.path(path), abstract_state)
+  except Exception as e:  # noqa: BLE001  (a missing or truncated file: orbax's, tensorstore's and json's types)
+    raise FitnetsError(
+      f"the checkpoint {where} cannot be read ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]})."
+    ) from None
+  if recorded is not None and digest(state) != recorded:
+    raise FitnetsError(
+      f"the checkpoint {where} differs from the one that was saved (its state's SHA-256 does not match the one "
+      "recorded in its metadata): a file was changed on disk, so it is not read."
+    )
+  return state
+
+
+def file_sha256(path):
+  return hashlib.sha256(files.read_bytes(path)).hexdigest()
+
+
+def write_manifest(folder):
+  """Writes `folder`/SHA256SUMS: the SHA-256 of every file of a saved network (its variables are covered
+  by the `variables_sha256` that network.json records)."""
+  names = sorted(n for n in files.listdir(folder) if n != MANIFEST and files.isfile(files.join(folder, n)))
+  text = "".join(f"{file_sha256(files.join(folder, n))}  {n}\n" for n in names)
+  files.write_atomically(files.join(folder, MANIFEST), text)
+
+
+def verify_manifest(folder, key):
+  """Checks every file `folder`/SHA256SUMS lists against its SHA-256 before anything of it is used; a
+  missing, changed or extra-listed file is one FitnetsError paragraph naming `key`. A folder saved by an
+  earlier version (no SHA256SUMS) is used with a warning that it cannot be verified."""
+  manifest = files.join(folder, MANIFEST)
+  if not files.isfile(manifest):
+    print(
+      f"warning: {folder} has no {MANIFEST} (saved by an earlier version): its files cannot be verified.",
+      file=sys.stderr,
+      flush=True,
+    )
+    return
+  try:
+    listed = [line.split("  ", 1) for line in files.read_text(manifest).splitlines() if line.strip()]
+    expected = {name: sha for sha, name in listed}
+  except (OSError, ValueError) as e:
+    raise FitnetsError(f"{key}: {manifest} cannot be read ({type(e).__name__}: {e}).") from None
+  for name, sha in sorted(expected.items()):
+    path = files.join(folder, name)
+    found = file_sha256(path) if files.isfile(path) else None
+    if found != sha:
+      raise FitnetsError(
+        f"{key}: {path} {'is missing' if found is None else 'differs from the file that was saved'} (its SHA-256 "
+        f"does not match {MANIFEST}): the saved network was changed or damaged on disk, so it is not used. Restore "
+        "the folder from a copy, or train the network again."
+      )
 
 
 def save_network(workdir, role, variables, info):
@@ -313,6 +368,7 @@ def save_network(workdir, role, variables, info):
       files.write_atomically(
         files.join(directory, NETWORK_INFO), json.dumps({**info, "variables_sha256": digest(variables)}, indent=2)
       )
+      write_manifest(directory)
   except Exception as e:  # noqa: BLE001
     raise WorkdirWriteError.of(f"the {role}'s variables", directory, e) from None
 
@@ -337,6 +393,7 @@ def teacher_dir(path):
 def read_info(folder, key):
   """A saved network's info file (network.json) in `folder` as a dict; a file that cannot be read or
   decoded is one FitnetsError paragraph naming `key` (what pointed at the folder)."""
+  verify_manifest(folder, key)
   path = info_file(folder) or files.join(folder, NETWORK_INFO)
   try:
     info = json.loads(files.read_text(path))

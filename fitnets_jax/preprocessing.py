@@ -110,10 +110,16 @@ class Preprocessing:
   def load(cls, folder, described):
     """The preprocessing saved in `folder` with `described` (its `describe()`)."""
     one_of("preprocessing.kind", described["kind"], KINDS)
-    arrays = {}
-    if files.isfile(files.join(folder, ARRAYS_FILE)):
-      with files.open_path(files.join(folder, ARRAYS_FILE), "rb") as raw, np.load(raw) as saved:
-        arrays = {k: saved[k] for k in saved.files}
+    arrays, path = {}, files.join(folder, ARRAYS_FILE)
+    if files.isfile(path):
+      try:  # allow_pickle=False: an npz that holds pickled objects is refused, never unpickled
+        with files.open_path(path, "rb") as raw, np.load(raw, allow_pickle=False) as saved:
+          arrays = {k: saved[k] for k in saved.files}
+      except Exception as e:  # noqa: BLE001  (zipfile's, numpy's and pickle's own errors)
+        raise FitnetsError(
+          f"{path} cannot be read as plain arrays ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); "
+          "a saved preprocessing holds only numeric arrays. Save the network again."
+        ) from None
     wanted = {"standardize": {"mean", "std"}, "gcn_zca": {"mean", "w"}}.get(described["kind"], set())
     if not wanted <= set(arrays):
       raise FitnetsError(

@@ -9,11 +9,22 @@ BYOT's network with its exit heads). A folder holds:
                      preprocessing's kind, BYOT's exit heads, and the variables' SHA-256
   preprocessing.npz  the fitted preprocessing's arrays (mean/std, or GCN+ZCA's mean and W)
 
+  SHA256SUMS         the SHA-256 of network.json and preprocessing.npz
+
 `load_model(path, network="student")` takes a run's workdir (and the network's role) or the
 network's own folder, and returns a `SavedNetwork`, whose `predict(images)` maps raw uint8 images,
 as the dataset stores them, to logits. It reads neither the dataset nor the run's config.
+
+Security model: a saved network is data, checked before it is used. Every file is verified against
+SHA256SUMS (and the variables against the digest network.json records) before anything is read from
+it, an npz is read without unpickling, and the variables must fit the named model. A network.json
+names its model; a model of this package is built, while one of another module (`package.module:factory`)
+is imported only when that module is already imported or the caller passes `trust_code=True`:
+loading a folder from elsewhere never runs code it names. The digests catch damage and edits, not an
+attacker who rewrites SHA256SUMS too: treat a folder of unknown origin as code only with trust_code.
 """
 
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -81,13 +92,14 @@ class SavedNetwork:
   """A saved network, ready to predict: `info` (network.json), `module`, `variables`, `preprocessing`,
   and `heads` ({exit name: (the layer it follows, its module)}, for BYOT's exits)."""
 
-  def __init__(self, folder):
+  def __init__(self, folder, trust_code=False):
     self.folder = folder
-    self.info = checkpoint.read_info(folder, f"the saved network in {folder}")
-    for key in ("model", "num_classes", "image_shape"):
+    key = f"load_model({folder!r})"
+    self.info = checkpoint.read_info(folder, key)  # every file checked against SHA256SUMS first
+    for field in ("model", "num_classes", "image_shape"):
       check(
-        key in self.info,
-        f"{checkpoint.info_file(folder)} lacks {key!r}: it was saved by an earlier version that recorded no "
+        field in self.info,
+        f"{checkpoint.info_file(folder)} lacks {field!r}: it was saved by an earlier version that recorded no "
         "preprocessing; train the network again to save it with everything predict needs.",
       )
     check(
@@ -97,9 +109,12 @@ class SavedNetwork:
     )
     self.preprocessing = Preprocessing.load(folder, self.info["preprocessing"])
     self.input_shape = tuple(self.info["image_shape"])
+    check_code(self.info["model"], key, trust_code)
     self.module = models.get_model(self.info["model"], self.info["num_classes"], key=f"{folder}: model")
     self.network = network(self.info["model"], self.module, self.input_shape, self.info.get("dtype", "float32"))
-    self.variables = jax.tree.map(jnp.asarray, checkpoint.read_network(folder, f"load_model({folder!r})"))
+    restored = checkpoint.read_network(folder, key)
+    check_fits(restored, self.network.abstract_variables(), key, self.info["model"])
+    self.variables = jax.tree.map(jnp.asarray, restored)
     self.heads = {
       e["name"]: (e["after"], ExitHead(tuple(map(tuple, e["blocks"])), self.info["num_classes"], e["attention"]))
       for e in self.info.get("exits", [])
@@ -157,6 +172,32 @@ class SavedNetwork:
     return [np.asarray(z) for z in self._predict_exits(self.check_images(images))]
 
 
+def check_code(model, key, trust_code):
+  """Refuses a model named as `package.module:factory` outside this package unless its module is
+  already imported or `trust_code` is set: a saved network's network.json never makes load_model run code."""
+  module = model.partition(":")[0] if ":" in model else ""
+  if trust_code or not module or module == "fitnets_jax" or module.startswith("fitnets_jax.") or module in sys.modules:
+    return
+  raise FitnetsError(
+    f"{key}: the saved network names the model {model!r}, whose module {module!r} is not imported; loading it "
+    "would run that module's code. Import it yourself first if you trust it, or pass trust_code=True."
+  )
+
+
+def check_fits(restored, abstract, key, model):
+  """The restored variables must have exactly the model's parameters and shapes (the exit heads aside)."""
+  shapes = lambda tree: {jax.tree_util.keystr(p): tuple(l.shape) for p, l in jax.tree_util.tree_leaves_with_path(tree)}
+  have = shapes({k: v for k, v in restored.items() if k != "exits"})
+  want = shapes({k: v for k, v in abstract.items() if k in ("params", "batch_stats")})
+  for name in sorted(set(have) | set(want)):
+    if have.get(name) != want.get(name):
+      raise FitnetsError(
+        f"{key}: the saved variables do not fit the model {model!r} that network.json names: {name} has shape "
+        f"{have.get(name, 'missing')} saved but {want.get(name, 'missing')} in the model. The folder is inconsistent; "
+        "save the network again."
+      )
+
+
 def network_folder(path, network="student"):
   """The folder of `network` in the run `path`, or `path` itself when it is a saved network's folder."""
   for candidate in (path, files.join(path, network)):
@@ -172,7 +213,8 @@ def network_folder(path, network="student"):
   )
 
 
-def load_model(path, network="student"):
+def load_model(path, network="student", trust_code=False):
   """The network `network` ("student", "teacher", "net2", …) saved in the run `path`, or the network
-  saved in the folder `path`, ready to `predict` from raw images."""
-  return SavedNetwork(network_folder(path, network))
+  saved in the folder `path`, ready to `predict` from raw images; its files are verified first, and a
+  model of another package is imported only with `trust_code` (see the module's security model)."""
+  return SavedNetwork(network_folder(path, network), trust_code)

@@ -2,8 +2,10 @@
 variables, hint maps, the frozen-layer check, λ, attention maps, metric series, plots (FSP matrices:
 tests/test_notebooks.py, on the third notebook's FSP run)."""
 
+import glob
 import io
 import os
+import shutil
 
 import jax
 import matplotlib.image
@@ -134,3 +136,26 @@ def test_the_other_plots_draw_valid_pngs(tmp_path):
   buffer = io.BytesIO()
   plots.accuracy_bars({"a": 0.5}).savefig(buffer, format="png")
   assert buffer.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_checkpoint_changed_on_disk_is_refused_not_read(fitnets_run, tmp_path):
+  # explore reads a stage's checkpoint through its digest, as a resume does: 533 changed values and a few
+  # NaNs must not be shown as the stage's weights.
+  from fitnets_jax import checkpoint, train_step
+
+  run = fitnets_run
+  exp, index = run.experiment, run.stage_index("hint")
+  st, rng, _, tx = train_step.stage_setup(exp, index)
+  step = train_step.stage_offsets(exp.stages)[index + 1]
+  copy = str(tmp_path / "copy")
+  shutil.copytree(run.workdir, copy)
+  data_file = max(glob.glob(f"{copy}/checkpoints/{step}/state/**/d/*", recursive=True), key=os.path.getsize)
+  with open(data_file, "r+b") as f:
+    f.seek(os.path.getsize(data_file) // 2)
+    byte = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  abstract = train_step.abstract_state(st, tx, rng, exp.mesh)
+  checkpoint.read_state(run.workdir, step, abstract)  # the original reads
+  with pytest.raises(FitnetsError, match=r"differs from the one that was saved .*SHA-256|cannot be read"):
+    checkpoint.read_state(copy, step, abstract)

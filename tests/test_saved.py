@@ -4,6 +4,8 @@ dataset, exported (StableHLO, SavedModel) with its preprocessing, and timed agai
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -30,7 +32,7 @@ def test_a_run_saves_its_student_and_teacher_to_predict_from_raw_images(run_dir)
   work, summary = run_dir
   for role, record in (("student", summary["student"]), ("teacher", summary["teacher"])):
     folder = os.path.join(work, role)
-    assert sorted(os.listdir(folder)) == ["network.json", "preprocessing.npz", "variables"]
+    assert sorted(os.listdir(folder)) == ["SHA256SUMS", "network.json", "preprocessing.npz", "variables"]
     info = json.load(open(os.path.join(folder, "network.json")))
     assert (info["model"], info["num_classes"], info["image_shape"], info["dataset"]) == (
       record["model"],
@@ -87,6 +89,87 @@ def test_bad_inputs_to_load_and_predict_are_one_paragraph(run_dir, tmp_path):
     saved.load_model(work, "net3")
   with pytest.raises(FitnetsError, match=r"has no exit heads: only a network trained with method=byot"):
     model.predict_exits(TEST_IMAGES)
+
+
+def edited_copy(work, tmp_path, name, edit, resign=False):
+  """A copy of the run's student folder with `edit(folder)` applied; with `resign`, SHA256SUMS is written
+  again, as someone who edits consistently would (the edit then has to be caught by the other checks)."""
+  from fitnets_jax import checkpoint
+
+  folder = str(tmp_path / name)
+  shutil.copytree(os.path.join(work, "student"), folder)
+  edit(folder)
+  if resign:
+    checkpoint.write_manifest(folder)
+  return folder
+
+
+def edit_json(folder, change):
+  path = os.path.join(folder, "network.json")
+  info = json.load(open(path))
+  change(info)
+  json.dump(info, open(path, "w"))
+
+
+def test_every_file_of_a_saved_network_is_verified_before_it_is_used(run_dir, tmp_path):
+  """network.json and preprocessing.npz are under SHA256SUMS: a changed preprocessing kind or a shifted
+  mean would otherwise give logits off by tens; an npz of pickled objects, a model renamed or resized,
+  and a model of an unknown module are refused even when SHA256SUMS was rewritten to match."""
+  work, _ = run_dir
+
+  def shift_mean(folder):
+    arrays = dict(np.load(os.path.join(folder, "preprocessing.npz")))
+    arrays["mean"] = arrays["mean"] + 0.5
+    np.savez(os.path.join(folder, "preprocessing.npz"), **arrays)
+
+  kind = lambda f: edit_json(f, lambda info: info["preprocessing"].update(kind="none"))
+  for name, edit in (("kind", kind), ("mean", shift_mean)):
+    folder = edited_copy(work, tmp_path, name, edit)
+    with pytest.raises(FitnetsError, match=r"differs from the file that was saved .*SHA256SUMS"):
+      fitnets_jax.load_model(folder)
+  pickled = lambda f: np.savez(os.path.join(f, "preprocessing.npz"), mean=np.array([{"a": 1}], object), std=[1.0])
+  folder = edited_copy(work, tmp_path, "pickled", pickled, resign=True)
+  with pytest.raises(FitnetsError, match=r"preprocessing.npz cannot be read as plain arrays"):
+    fitnets_jax.load_model(folder)
+  renamed = lambda f: edit_json(f, lambda info: info.update(model="digits_student_bn"))
+  folder = edited_copy(work, tmp_path, "renamed", renamed, resign=True)
+  with pytest.raises(FitnetsError, match=r"the saved variables do not fit the model 'digits_student_bn'"):
+    fitnets_jax.load_model(folder)
+  resized = lambda f: edit_json(f, lambda info: info.update(num_classes=12))
+  folder = edited_copy(work, tmp_path, "resized", resized, resign=True)
+  with pytest.raises(FitnetsError, match=r"\['params'\]\['logits'\]\['bias'\] has shape \(10,\) saved but \(12,\)"):
+    fitnets_jax.load_model(folder)
+  # The CLI tools read through the same checks: one paragraph, exit 2.
+  folder = edited_copy(work, tmp_path, "cli", shift_mean)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "fitnets_jax.export",
+      "--workdir",
+      folder,
+      "--format",
+      "stablehlo",
+      "--out",
+      str(tmp_path / "x"),
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 2 and "differs from the file that was saved" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_a_saved_network_never_makes_load_model_import_code_it_names(run_dir, tmp_path):
+  work, _ = run_dir
+  foreign = lambda f: edit_json(f, lambda info: info.update(model="antigravity_for_tests:factory"))
+  folder = edited_copy(work, tmp_path, "foreign", foreign, resign=True)
+  with pytest.raises(FitnetsError, match=r"module 'antigravity_for_tests' is not imported; loading it would run"):
+    fitnets_jax.load_model(folder)
+  assert "antigravity_for_tests" not in sys.modules
+  with pytest.raises(FitnetsError, match=r"antigravity_for_tests:factory.*ModuleNotFoundError"):
+    fitnets_jax.load_model(folder, trust_code=True)  # trusted: imported (here it does not exist)
 
 
 @pytest.mark.parametrize(
