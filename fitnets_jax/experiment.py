@@ -5,6 +5,7 @@ anything is written to the workdir.
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Optional
 
@@ -71,6 +72,30 @@ def check_run_keys(config):
   one_of("on_nan", config.on_nan, ("stop", "skip_step"))
   one_of("dtype", config.dtype, COMPUTE_DTYPES)
   check(config.num_devices >= 0, f"num_devices={config.num_devices!r} must be ≥ 0 (0: all devices).")
+  check(
+    isinstance(config.seed, int) and 0 <= config.seed < MAX_INT32,
+    f"seed={config.seed!r} must be an integer in 0 … {MAX_INT32 - 1} (it seeds JAX's and tf.data's generators).",
+  )
+
+
+MAX_INT32 = 2**31  # step counters and seeds are int32 inside the compiled step and tf.data
+
+
+def check_batch_memory(config, image_shape):
+  """Refuses a batch whose float32 images alone would not fit in half of this host's memory: such a run
+  would train a whole stage and die of a MemoryError at its first evaluation, on every restart."""
+  try:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):  # not a POSIX host: nothing to compare with
+    return
+  per_image = 4 * math.prod(image_shape)
+  for key in ("batch_size", "eval_batch_size"):
+    size = config[key] // jax.process_count() * per_image
+    check(
+      size <= memory // 2,
+      f"{key}={config[key]}: one batch of {tuple(image_shape)} float32 images takes {size / 2**30:.1f} GiB on this "
+      f"host, more than half of its {memory / 2**30:.1f} GiB of memory; lower {key}.",
+    )
 
 
 def make_mesh(config):
@@ -197,19 +222,22 @@ def reused_teacher(key, role_cfg, teacher):
   return checkpoint.load_teacher(role_cfg.checkpoint, teacher.abstract_variables(), f"{key}.checkpoint")
 
 
-def prepare(config, workdir, synthetic_examples=0, source=None):
+def prepare(config, workdir, synthetic_examples=0, source=None, read_only=False):
   """Validates `config` and builds the experiment; raises FitnetsError on any bad input. With
   `synthetic_examples`, random images of the dataset's shape stand in for it (benchmarks); `source`
-  is the `data.Arrays` of `dataset.name='arrays'`."""
+  is the `data.Arrays` of `dataset.name='arrays'`; `read_only`: the workdir is only read (`explore`),
+  so neither its lock nor whether it can be written is checked."""
   check_types(config)
   check_run_keys(config)
   if workdir and files.is_remote(workdir):  # a bucket that does not answer fails now, not after loading
     files.check_reachable(workdir, write=False)
-  workdir_lock.check_free(workdir)
+  if not read_only:
+    workdir_lock.check_free(workdir)
   check_same_experiment(config, workdir)
   method = methods.get(config.method)
   mesh = make_mesh(config)
   dataset = data.load(config.dataset, synthetic_examples, source)
+  check_batch_memory(config, dataset.image_shape)
   steps_per_epoch = dataset.num_train // config.batch_size
   check(
     steps_per_epoch > 0,
@@ -236,7 +264,8 @@ def prepare(config, workdir, synthetic_examples=0, source=None):
     else:
       teacher_stages.append(supervised_stage(ctx, role, teachers[role], role, trains=role))
   teacher_cache.check_config(config, dataset, bool(specs))
-  check_workdir(workdir)
+  if not read_only:
+    check_workdir(workdir)
   return Experiment(
     config,
     dataset,

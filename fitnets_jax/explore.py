@@ -49,10 +49,11 @@ class Run:
 
 
 def open_run(workdir):
-  """The finished run in `workdir` (summary.json, metrics.jsonl, config.json), with its experiment rebuilt."""
+  """The finished run in `workdir` (summary.json, metrics.jsonl, config.json), with its experiment rebuilt;
+  only read, so a read-only workdir (an archive, a mounted bucket) works too."""
   files = report.read_run(workdir)
   config = ml_collections.ConfigDict(files["config"])
-  return Run(workdir, config, experiment.prepare(config, workdir), files["summary"], files["metrics"])
+  return Run(workdir, config, experiment.prepare(config, workdir, read_only=True), files["summary"], files["metrics"])
 
 
 def test_batch(run, n=8):

@@ -7,6 +7,7 @@ reads and writes checkpoints through the same `epath` paths, and TensorBoard thr
 own filesystems, so a workdir on a bucket is shared by every host of a pod slice.
 """
 
+import errno
 import os
 import threading
 import uuid
@@ -127,18 +128,27 @@ def move(src, dst):
   path(src).rename(path(dst))
 
 
+class NoFlock(OSError):
+  """The filesystem of a local workdir does not support flock (ENOSYS, ENOLCK, EOPNOTSUPP)."""
+
+
+NO_FLOCK_ERRNOS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+
+
 def try_lock(p):
   """Local file `p` (created if missing) opened and locked exclusively, or None while another process
   holds it. The operating system releases the lock when the handle is closed or the process ends,
-  however it ends (flock: POSIX systems)."""
+  however it ends (flock: POSIX systems). A filesystem without flock raises NoFlock."""
   import fcntl
 
   handle = os.open(absolute(p), os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:  # BlockingIOError: held by another process
+  except OSError as e:
     os.close(handle)
-    return None
+    if e.errno in NO_FLOCK_ERRNOS:
+      raise NoFlock(e.errno, f"flock is not supported on {p}: {e.strerror}") from None
+    return None  # EWOULDBLOCK / EAGAIN: held by another process
   return handle
 
 

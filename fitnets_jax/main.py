@@ -21,11 +21,11 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 
 def stop_during_start_up(signum, frame):
-  """SIGTERM outside the training loop (which saves a checkpoint first): while starting, or between the
-  runs of --seeds. Nothing is lost: every finished stage is saved."""
+  """SIGTERM or Ctrl-C (SIGINT) outside the training loop (which saves a checkpoint first): while
+  starting, or between the runs of --seeds. Nothing is lost: every finished stage is saved."""
   sys.stdout.flush()
   print(
-    "preempted: stopped on SIGTERM outside the training loop (while starting, or between runs); every "
+    "preempted: stopped on SIGTERM or Ctrl-C outside the training loop (while starting, or between runs); every "
     "finished stage is saved, nothing was lost. Run the same command again to resume.",
     file=sys.stderr,
     flush=True,
@@ -37,6 +37,7 @@ def stop_during_start_up(signum, frame):
 
 if __name__ == "__main__":
   signal.signal(signal.SIGTERM, stop_during_start_up)  # first: a preemption may come at any moment
+  signal.signal(signal.SIGINT, stop_during_start_up)  # Ctrl-C is a stop like SIGTERM: exit 75, nothing lost
 
 from absl import app, flags, logging
 

@@ -105,7 +105,11 @@ def summary(exp, results, workdir):
   if "teacher_cache" in results:
     summary["teacher_cache"] = results["teacher_cache"]
   if jax.process_index() == 0:
-    files.write_atomically(files.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+    path = files.join(workdir, "summary.json")
+    try:
+      files.write_atomically(path, json.dumps(summary, indent=2))
+    except OSError as e:
+      raise WorkdirWriteError.of("summary.json", path, e) from None
   return summary
 
 

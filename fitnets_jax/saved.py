@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fitnets_jax import checkpoint, compiler, files, models
-from fitnets_jax.errors import FitnetsError, check
+from fitnets_jax.errors import FitnetsError, WorkdirWriteError, check
 from fitnets_jax.methods.base import forward, network
 from fitnets_jax.models.exits import ExitHead
 from fitnets_jax.preprocessing import Preprocessing
@@ -57,8 +57,11 @@ def save(workdir, role, net, variables, data, test_accuracy=None, exits=None):
   """Saves `variables` of Network `net` with everything `load_model` needs under workdir/<role>."""
   folder = files.absolute(files.join(workdir, role))
   if jax.process_index() == 0:
-    files.makedirs(folder)
-    data.preprocessing.save(folder)
+    try:
+      files.makedirs(folder)
+      data.preprocessing.save(folder)
+    except OSError as e:
+      raise WorkdirWriteError.of(f"the {role}'s preprocessing", folder, e) from None
   checkpoint.save_network(workdir, role, variables, network_info(net, data, test_accuracy, exits))
 
 

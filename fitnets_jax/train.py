@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -46,24 +47,27 @@ def _mean_scalars(values):
 
 
 class StopRequest:
-  """SIGTERM sets a flag that the loop reads at the next step boundary (single-host runs; on
-  multi-host TPU slices orbax's preemption sync point tells every host at the same step)."""
+  """SIGTERM or Ctrl-C (SIGINT) sets a flag that the loop reads at the next step boundary, where it saves
+  a checkpoint and exits 75 (single-host runs; on multi-host TPU slices orbax's preemption sync point
+  tells every host at the same step)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
     return self
 
   def _handle(self, signum, frame):
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +83,11 @@ class Run:
   stop: StopRequest
   offsets: list  # each stage's first global step (train_step.stage_offsets)
   results: dict
+  lock: Any = None  # the workdir's lock (workdir_lock.WorkdirLock): a lost lock stops the run at its next step
 
 
-def train_and_evaluate(exp, workdir):
-  """Trains (or resumes) every stage of `exp` in `workdir`; returns summary.json's dict."""
+def train_and_evaluate(exp, workdir, lock=None):
+  """Trains (or resumes) every stage of `exp` in `workdir` (held by `lock`); returns summary.json's dict."""
   offsets = train_step.stage_offsets(exp.stages)
   if exp.config.bring_back_set_aside:
     checkpoint.bring_back_set_aside(workdir)
@@ -99,7 +104,7 @@ def train_and_evaluate(exp, workdir):
     results, pending = {"stages": {}, "teachers": {}}, []
     writer.truncate(lambda r: False)  # a run killed before its first checkpoint logs afresh
   with StopRequest() as stop:
-    run = Run(exp, workdir, writer, checkpoints, evaluation.Evaluator(exp), stop, offsets, results)
+    run = Run(exp, workdir, writer, checkpoints, evaluation.Evaluator(exp), stop, offsets, results, lock)
     carry, trained_teachers, teacher = None, {}, None
     for index, stage in enumerate(exp.stages):
       if resumed and index < resumed.stage_index:
@@ -107,7 +112,7 @@ def train_and_evaluate(exp, workdir):
       if stop.requested:  # between stages: the previous stage's end is saved
         checkpoints.close()
         raise Preempted(
-          f"Stopped before stage {stage.name!r} on SIGTERM; its previous stage is saved. "
+          f"Stopped before stage {stage.name!r} on SIGTERM or Ctrl-C; its previous stage is saved. "
           f"Run the same command again to resume from {workdir}."
         )
       if stage.uses_teacher and teacher is None:
@@ -186,6 +191,9 @@ def train_stage(run, index, tx, labels, state, teacher, pending):
   tick, tick_step = time.perf_counter(), start
   preempted = False
   for s in range(start, stage.num_steps):
+    if run.lock is not None and run.lock.lost:  # the workdir may be another run's now: write nothing more
+      run.checkpoints.close()
+      run.lock.check_held()
     state, scalars = step_fn(state, batch, teacher)
     pending.append(scalars)
     done = s + 1
@@ -214,7 +222,7 @@ def train_stage(run, index, tx, labels, state, teacher, pending):
     if stopping:
       run.checkpoints.close()
       raise Preempted(
-        f"Stopped on SIGTERM/preemption in stage {stage.name!r} at step {done}/{stage.num_steps}; "
+        f"Stopped on SIGTERM, Ctrl-C or preemption in stage {stage.name!r} at step {done}/{stage.num_steps}; "
         f"a checkpoint is saved. Run the same command again to resume from {run.workdir}."
       )
   record.update(
@@ -233,7 +241,7 @@ def train_stage(run, index, tx, labels, state, teacher, pending):
   if preempted and index < len(exp.stages) - 1:  # stopped at the stage's last step: its end is saved
     run.checkpoints.close()
     raise Preempted(
-      f"Stopped on SIGTERM/preemption at the end of stage {stage.name!r}; it is saved. Run the same command "
+      f"Stopped on SIGTERM, Ctrl-C or preemption at the end of stage {stage.name!r}; it is saved. Run the same command "
       f"again to resume from {run.workdir}."
     )
   return state
@@ -326,10 +334,10 @@ def run(config, workdir, source=None):
   cluster.initialize(config)
   cluster.warn_if_accelerator_idle()
   exp = experiment.prepare(config, workdir, source=source)
-  with workdir_lock.WorkdirLock(workdir):
+  with workdir_lock.WorkdirLock(workdir) as lock:
     if jax.process_index() == 0:
       try:
         files.write_atomically(files.join(workdir, experiment.CONFIG_FILE), config.to_json_best_effort(indent=2))
       except OSError as e:
         raise WorkdirWriteError.of("the run's config", files.join(workdir, experiment.CONFIG_FILE), e) from None
-    return train_and_evaluate(exp, workdir)
+    return train_and_evaluate(exp, workdir, lock)

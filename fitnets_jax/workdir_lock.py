@@ -5,11 +5,12 @@ host, process id, start time and command, which the lock file records). A killed
 blocks its restart:
   - a local workdir (or a shared filesystem with POSIX locks) is locked with `flock`, which the
     operating system releases when the holder's process ends, however it ends;
-  - a workdir on an object store (gs://, …) has no locks, so there the holder rewrites its record
-    with a fresh `heartbeat` time every HEARTBEAT_S seconds, and a record silent for STALE_S seconds
-    is taken over (the hosts' clocks are assumed to agree to seconds, as NTP keeps cloud VMs). The
-    record is written, then read back after a moment: of two starts racing within that moment, the
-    one whose record was overwritten stops.
+  - a workdir on an object store (gs://, …) has no locks, and neither has a local filesystem without
+    flock (ENOSYS, ENOLCK: said in a warning); there the holder rewrites its record every
+    HEARTBEAT_S seconds, and a record silent for STALE_S seconds is taken over. The record is
+    written, then read back after a moment: of two starts racing within that moment, the one whose
+    record was overwritten stops. A holder that cannot renew its record for STALE_S seconds, or finds
+    it taken over, stops at its next step (exit 75, without saving: the workdir may be another run's).
 On several hosts, process 0 alone takes the lock and tells the other processes whether the run may
 go on, so every host of one run decides alike.
 """
@@ -25,7 +26,7 @@ import uuid
 import jax
 
 from fitnets_jax import files
-from fitnets_jax.errors import FitnetsError
+from fitnets_jax.errors import FitnetsError, Preempted
 
 LOCK_FILE = "run.lock"
 HEARTBEAT_S = 10.0
@@ -64,9 +65,14 @@ def _heartbeat_fresh(record, now=None):
   return isinstance(heartbeat, (int, float)) and (time.time() if now is None else now) - heartbeat < STALE_S
 
 
-def _refusal(workdir, record):
+def _refusal(workdir, record, live=False):
+  """The refusal naming the holder; `live`: an operating-system lock is held now (no heartbeat to age)."""
   record = record or {}
-  age = f", last seen {time.time() - record['heartbeat']:.0f} s ago" if "heartbeat" in record else ""
+  age = (
+    ", holding the lock now"
+    if live
+    else (f", last seen {time.time() - record['heartbeat']:.0f} s ago" if "heartbeat" in record else "")
+  )
   return FitnetsError(
     f"--workdir={workdir!r} is in use by another run: process {record.get('pid', '?')} on host "
     f"{record.get('host', '?')!r}, started {record.get('started', '?')}{age} (`{record.get('command', '')}`). Two "
@@ -87,10 +93,30 @@ def check_free(workdir):
     if _heartbeat_fresh(record):
       raise _refusal(workdir, record)
   elif files.isfile(path):
-    handle = files.try_lock(path)
+    try:
+      handle = _open_lock(workdir, path)
+    except files.NoFlock:
+      if _heartbeat_fresh(read(workdir)):
+        raise _refusal(workdir, read(workdir)) from None
+      return
     if handle is None:
-      raise _refusal(workdir, read(workdir))
+      raise _refusal(workdir, read(workdir), live=True)
     files.unlock(handle)
+
+
+def _open_lock(workdir, path):
+  """files.try_lock, with a workdir that cannot be written (a read-only filesystem, no permission) refused
+  as bad input: one paragraph, exit 2."""
+  try:
+    return files.try_lock(path)
+  except files.NoFlock:
+    raise
+  except OSError as e:
+    raise FitnetsError(
+      f"--workdir={workdir!r} cannot be written ({type(e).__name__}: {e.strerror or e}): a run writes its lock, "
+      "checkpoints and metrics there, even to resume or to find it finished. Use a writable copy, or another "
+      "--workdir."
+    ) from None
 
 
 class WorkdirLock:
@@ -103,19 +129,35 @@ class WorkdirLock:
     self._handle = None
     self._stop = threading.Event()
     self._thread = None
+    self.lost = ""  # why the lock was lost (heartbeat mode): the training loop stops on it
+    self.live = False  # refused: another process holds the operating system's lock now
 
   def _text(self):
     return json.dumps(_record(self.token), indent=2)
 
   def _take(self):
     """Process 0: takes the lock; returns None, or the record of the live run that holds it."""
-    files.makedirs(self.workdir)
+    try:
+      files.makedirs(self.workdir)
+    except OSError as e:
+      raise FitnetsError(f"--workdir={self.workdir!r} cannot be created ({type(e).__name__}: {e}).") from None
     if not self.remote:
-      self._handle = files.try_lock(self.path)
-      if self._handle is None:
-        return read(self.workdir) or {}
-      files.write_locked(self._handle, self._text())
-      return None
+      try:
+        self._handle = _open_lock(self.workdir, self.path)
+      except files.NoFlock as e:
+        print(
+          f"warning: {self.path}: {e.strerror}; locking the workdir with a heartbeat record instead, as on a "
+          f"bucket (a killed run's lock is taken over after {STALE_S:.0f} s).",
+          file=sys.stderr,
+          flush=True,
+        )
+        self.remote = True
+      else:
+        if self._handle is None:
+          self.live = True
+          return read(self.workdir) or {}
+        files.write_locked(self._handle, self._text())
+        return None
     record = read(self.workdir)
     if _heartbeat_fresh(record):
       return record
@@ -141,17 +183,32 @@ class WorkdirLock:
           "this run did not start and changed nothing."
         )
     if refused is not None:
-      raise _refusal(self.workdir, refused)
+      raise _refusal(self.workdir, refused, live=self.live)
     return self
 
   def _beat(self):
+    renewed = time.monotonic()
     while not self._stop.wait(HEARTBEAT_S):
       try:
         if (read(self.workdir) or {}).get("token") != self.token:
-          return  # taken over after a long silence: the other run owns the workdir now
+          self.lost = "another run took the workdir's lock over after this run's heartbeat went silent"
+          return
         files.write_atomically(self.path, self._text())
-      except Exception:  # noqa: BLE001  (a bucket's hiccup must not stop the run; the next beat retries)
-        pass
+        renewed = time.monotonic()
+      except Exception as e:  # noqa: BLE001  (a bucket's hiccup must not stop the run; the next beat retries)
+        if time.monotonic() - renewed >= STALE_S:
+          self.lost = f"its heartbeat could not be renewed for {STALE_S:.0f} s ({type(e).__name__}: {e})"
+          return
+
+  def check_held(self):
+    """Raises Preempted (exit 75) once the lock is lost: the run stops without saving anything more, since
+    the workdir may belong to another run now."""
+    if self.lost:
+      raise Preempted(
+        f"This run lost the lock of --workdir={self.workdir!r}: {self.lost}. It stopped without writing more "
+        "(another run may own the workdir now); its checkpoints up to now are intact. Check which run should "
+        "continue, then rerun the same command to resume."
+      )
 
   def release(self):
     """Gives the lock back: a local lock file is emptied and unlocked (never deleted: a start that

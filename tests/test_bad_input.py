@@ -70,6 +70,10 @@ CASES = [
   # types
   ({"batch_size": Raw("64")}, r"batch_size='64' has the wrong type; it must be an integer \(the default is 128\)"),
   ({"seed": None}, r"seed=None has the wrong type; it must be an integer"),
+  # ranges that used to fail late: after config.json was written, or after a whole stage
+  ({"seed": -1}, r"seed=-1 must be an integer in 0 … 2147483647"),
+  ({"eval_batch_size": 10**9}, r"eval_batch_size=1000000000: one batch of \(8, 8, 1\) float32 images takes 238.4 GiB"),
+  ({"stages.student.steps": 10**19}, r"stages.student would run 1e\+19 steps .* at most 2147483647"),
   (
     {"stages.student.optimizer.learning_rate": Raw("0.1")},
     r"learning_rate='0.1' has the wrong type; it must be a number",

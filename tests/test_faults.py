@@ -148,7 +148,8 @@ def test_sigkill_at_random_moments_then_restart_matches_an_uninterrupted_run(tmp
   assert_same_run(work, reference)
 
 
-def test_sigterm_saves_exits_75_and_the_restart_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_saves_exits_75_and_the_restart_matches_an_uninterrupted_run(sig, tmp_path):
   flags = [
     "--config.num_devices=1",
     "--config.batch_size=32",
@@ -163,11 +164,12 @@ def test_sigterm_saves_exits_75_and_the_restart_matches_an_uninterrupted_run(tmp
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   for line in proc.stdout:
     if line.startswith("[kd] step 4/16"):
-      proc.send_signal(signal.SIGTERM)  # a preemption notice
+      proc.send_signal(sig)  # a preemption notice, or Ctrl-C
       break
   proc.stdout.read()
   assert proc.wait(timeout=120) == 75, proc.stderr.read()[-2000:]  # Preempted.exit_code
-  assert "preempted: Stopped on SIGTERM/preemption in stage 'kd' at step" in proc.stderr.read()
+  err = proc.stderr.read()
+  assert "preempted: Stopped on SIGTERM, Ctrl-C or preemption in stage 'kd' at step" in err and "Traceback" not in err
   resumed = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "Resuming from" in resumed.stdout and "stage 'kd' at step" in resumed.stdout
@@ -390,13 +392,119 @@ def test_a_local_lock_is_held_by_one_run_and_freed_when_its_holder_dies(tmp_path
     text=True,
   )
   assert holder.stdout.readline().strip() == "held"
-  with pytest.raises(FitnetsError, match=rf"process {holder.pid} on host"):
-    workdir_lock.check_free(work)
+  with pytest.raises(FitnetsError, match=rf"process {holder.pid} on host .*, holding the lock now \("):
+    workdir_lock.check_free(work)  # a live OS lock: no "last seen" age from a record never renewed
   holder.kill()
   holder.wait()
   lock = workdir_lock.WorkdirLock(work).acquire()  # at once: the killed holder's lock went with its process
   assert workdir_lock.read(work)["pid"] == os.getpid()
   lock.release()
+
+
+def test_a_filesystem_without_flock_falls_back_to_a_heartbeat_record_with_a_warning(tmp_path, monkeypatch, capsys):
+  import fcntl
+
+  def no_flock(fd, operation):
+    raise OSError(errno.ENOSYS, "Function not implemented")
+
+  monkeypatch.setattr(fcntl, "flock", no_flock)
+  work = str(tmp_path / "run")
+  lock = workdir_lock.WorkdirLock(work).acquire()
+  assert "flock is not supported" in capsys.readouterr().err and workdir_lock.read(work)["token"] == lock.token
+  with pytest.raises(FitnetsError, match=r"in use by another run: process .*, last seen \d+ s ago"):
+    workdir_lock.check_free(work)  # the fresh record holds the workdir
+  with pytest.raises(FitnetsError, match="in use by another run"):
+    workdir_lock.WorkdirLock(work).acquire()
+  lock.release()
+  workdir_lock.check_free(work)
+  workdir_lock.WorkdirLock(work).acquire().release()  # free again: no refusal "forever"
+
+
+def test_a_holder_that_cannot_renew_its_heartbeat_or_is_taken_over_stops_with_exit_75(tmp_path, monkeypatch):
+  from fitnets_jax import files
+  from fitnets_jax.errors import Preempted
+
+  monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
+  monkeypatch.setattr(workdir_lock, "STALE_S", 0.3)
+  monkeypatch.setattr(workdir_lock, "_settle", lambda: None)
+  work = str(tmp_path / "run")
+  lock = workdir_lock.WorkdirLock(work)
+  lock.remote = True  # the heartbeat mode of buckets and of filesystems without flock
+  lock.acquire()
+  write = files.write_atomically
+  monkeypatch.setattr(files, "write_atomically", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "EIO")))
+  deadline = time.time() + 10
+  while not lock.lost and time.time() < deadline:
+    time.sleep(0.05)
+  with pytest.raises(Preempted, match=r"lost the lock .*could not be renewed for 0 s .*EIO") as info:
+    lock.check_held()
+  assert info.value.exit_code == 75
+  monkeypatch.setattr(files, "write_atomically", write)
+  lock.release()
+  taken = workdir_lock.WorkdirLock(work)
+  taken.remote = True
+  taken.acquire()
+  write(os.path.join(work, "run.lock"), json.dumps({"token": "another", "heartbeat": time.time()}))
+  deadline = time.time() + 10
+  while not taken.lost and time.time() < deadline:
+    time.sleep(0.05)
+  assert "another run took the workdir's lock over" in taken.lost
+  # The training loop asks at every step and writes nothing more once the lock is lost.
+  acquire = workdir_lock.WorkdirLock.acquire
+
+  def acquired_then_lost(self):
+    acquire(self)
+    self.lost = "a test"
+    return self
+
+  monkeypatch.setattr(workdir_lock.WorkdirLock, "acquire", acquired_then_lost)
+  with pytest.raises(Preempted, match=r"lost the lock of --workdir=.*: a test\. It stopped without writing more"):
+    train.run(tiny_digits("scratch"), str(tmp_path / "loop"))
+  assert not os.path.exists(tmp_path / "loop" / "checkpoints" / "4")
+
+
+def read_only_mount(source, target):
+  """Mounts `source` read-only at `target` (a bind mount), or skips: mounting needs CAP_SYS_ADMIN."""
+  os.makedirs(target, exist_ok=True)
+  mounted = subprocess.run(["mount", "--bind", source, target], capture_output=True)
+  if mounted.returncode != 0:
+    pytest.skip(f"no bind mounts here ({mounted.stderr.decode().strip()[:100]}): a read-only workdir needs one")
+  if subprocess.run(["mount", "-o", "remount,ro,bind", target], capture_output=True).returncode != 0:
+    subprocess.run(["umount", target])
+    pytest.skip("a bind mount could not be made read-only here")
+
+
+def test_a_read_only_workdir_is_exit_2_for_a_run_and_readable_by_explore(tmp_path):
+  """Real processes on a real read-only filesystem (EROFS; as root, permission bits would not stop writes)."""
+  source, target = str(tmp_path / "source"), str(tmp_path / "ro")
+  train.run(tiny_digits("scratch", student=8), os.path.join(source, "run"))
+  read_only_mount(source, target)
+  try:
+    result = subprocess.run(
+      command(os.path.join(target, "run"), *SMALL_FLAGS, "--config.method=scratch", "--config.stages.student.steps=8"),
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "cannot be written (OSError: Read-only file system)" in result.stderr and "Traceback" not in result.stderr
+    explored = subprocess.run(
+      [
+        sys.executable,
+        "-c",
+        "import sys; from fitnets_jax import explore; "
+        "print(explore.open_run(sys.argv[1]).summary['student']['test_accuracy'])",
+        os.path.join(target, "run"),
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert explored.returncode == 0 and float(explored.stdout.split()[-1]) >= 0, explored.stderr[-3000:]
+  finally:
+    subprocess.run(["umount", target])
 
 
 # ---------------------------------------------------------------------------- teacher files
@@ -541,8 +649,9 @@ def test_a_disk_that_fills_mid_run_exits_74_and_the_rerun_resumes(tmp_path):
 # ---------------------------------------------------------------------------- SIGTERM while starting
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
 @pytest.mark.parametrize("when", ["2 s after launch", "at the backend line"])
-def test_sigterm_while_starting_exits_75_with_a_message(when, tmp_path):
+def test_sigterm_while_starting_exits_75_with_a_message(when, sig, tmp_path):
   proc = subprocess.Popen(
     command(tmp_path / "run", *SMALL_FLAGS), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
   )
@@ -552,10 +661,10 @@ def test_sigterm_while_starting_exits_75_with_a_message(when, tmp_path):
     for line in proc.stdout:
       if line.startswith("JAX "):  # loading the data, building the networks
         break
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(sig)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 75, err[-3000:]
-  assert "preempted: stopped on SIGTERM outside the training loop" in err and "Traceback" not in err
+  assert "preempted: stopped on SIGTERM or Ctrl-C outside the training loop" in err and "Traceback" not in err
   assert "[teacher]" not in out
 
 
@@ -786,3 +895,24 @@ def test_a_changed_byte_in_metrics_jsonl_is_skipped_with_a_count_on_resume_and_i
     f.write(b"".join(lines) + b'{"stage": "scratch", "step": 12, "split": "train", "loss": 1.0}\n')
   rows = report.write([work], str(tmp_path / "report"), curves=False)
   assert len(rows) == 1 and "skipped 1 malformed line(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["student/preprocessing.npz", "summary.json"])
+def test_write_failures_at_the_end_of_a_run_exit_74_and_the_rerun_finishes(target, tmp_path, monkeypatch):
+  from fitnets_jax import files
+
+  work = str(tmp_path / "run")
+  write = files.write_atomically if target == "summary.json" else files.open_path
+
+  def failing(path, *args, **kwargs):
+    if str(path).endswith(target):
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return write(path, *args, **kwargs)
+
+  monkeypatch.setattr(files, "write_atomically" if target == "summary.json" else "open_path", failing)
+  with pytest.raises(WorkdirWriteError, match=r"Could not write .* \(OSError: \[Errno 28\] No space left") as info:
+    train.run(tiny_digits("scratch", student=8), work)
+  assert info.value.exit_code == 74
+  monkeypatch.undo()
+  summary = train.run(tiny_digits("scratch", student=8), work)  # the last stage is saved: only the end is redone
+  assert summary["student"]["test_accuracy"] is not None and os.path.isfile(os.path.join(work, target))

@@ -238,6 +238,11 @@ class Context:
     )
     n = cfg.steps or int(round(cfg.epochs * self.steps_per_epoch))
     check(n > 0, f"stages.{stage_key} would run 0 steps; set stages.{stage_key}.epochs or .steps > 0.")
+    check(
+      n < 2**31,
+      f"stages.{stage_key} would run {n:.3g} steps (steps={cfg.steps!r}, epochs={cfg.epochs!r}); a stage's steps "
+      "are counted in int32, so at most 2147483647.",
+    )
     return n
 
   def optimizer(self, stage_key, num_steps, regressor_limits=None):
