@@ -69,6 +69,11 @@ def read_text(p):
   return path(p).read_text()
 
 
+def modified(p):
+  """The modification time of file `p` by its storage's own clock (a bucket's object metadata)."""
+  return path(p).stat().mtime
+
+
 def read_bytes(p):
   return path(p).read_bytes()
 

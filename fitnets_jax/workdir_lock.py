@@ -7,7 +7,9 @@ blocks its restart:
     operating system releases when the holder's process ends, however it ends;
   - a workdir on an object store (gs://, …) has no locks, and neither has a local filesystem without
     flock (ENOSYS, ENOLCK: said in a warning); there the holder rewrites its record every
-    HEARTBEAT_S seconds, and a record silent for STALE_S seconds is taken over. The record is
+    HEARTBEAT_S seconds, and a record silent for STALE_S seconds is taken over. Silence is measured by
+    the storage's clock (the record's modification time against a probe object's), never by comparing
+    two hosts' clocks. The record is
     written, then read back after a moment: of two starts racing within that moment, the one whose
     record was overwritten stops. A holder that cannot renew its record for STALE_S seconds, or finds
     it taken over, stops at its next step (exit 75, without saving: the workdir may be another run's).
@@ -60,19 +62,40 @@ def read(workdir):
     return None
 
 
-def _heartbeat_fresh(record, now=None):
-  heartbeat = (record or {}).get("heartbeat")
-  return isinstance(heartbeat, (int, float)) and (time.time() if now is None else now) - heartbeat < STALE_S
+def _silence(workdir):
+  """Seconds since the lock record in `workdir` was last written, by the storage's own clock: the record's
+  modification time against that of a probe object written now, so hosts whose clocks disagree still
+  agree on how long a holder has been silent. None when the storage gives no times (then the record's own
+  `heartbeat` is compared with this host's clock)."""
+  probe = files.join(workdir, f".lock-clock-{uuid.uuid4().hex}")
+  try:
+    files.write_atomically(probe, "")
+    try:
+      return files.modified(probe) - files.modified(files.join(workdir, LOCK_FILE))
+    finally:
+      files.remove(probe)
+  except Exception:  # noqa: BLE001  (no stat on this storage, or no write: fall back to the record's time)
+    return None
+
+
+def _heartbeat_fresh(record, workdir=None):
+  """Whether a heartbeat record is live: written less than STALE_S ago (by the storage's clock)."""
+  if not record:
+    return False
+  silent = _silence(workdir) if workdir else None
+  if silent is not None:
+    return silent < STALE_S
+  heartbeat = record.get("heartbeat")
+  return isinstance(heartbeat, (int, float)) and time.time() - heartbeat < STALE_S
 
 
 def _refusal(workdir, record, live=False):
   """The refusal naming the holder; `live`: an operating-system lock is held now (no heartbeat to age)."""
   record = record or {}
-  age = (
-    ", holding the lock now"
-    if live
-    else (f", last seen {time.time() - record['heartbeat']:.0f} s ago" if "heartbeat" in record else "")
-  )
+  silent = None if live or not record else _silence(workdir)
+  if silent is None and "heartbeat" in record:
+    silent = time.time() - record["heartbeat"]
+  age = ", holding the lock now" if live else (f", last seen {max(silent, 0):.0f} s ago" if silent is not None else "")
   return FitnetsError(
     f"--workdir={workdir!r} is in use by another run: process {record.get('pid', '?')} on host "
     f"{record.get('host', '?')!r}, started {record.get('started', '?')}{age} (`{record.get('command', '')}`). Two "
@@ -90,13 +113,13 @@ def check_free(workdir):
   path = files.join(workdir, LOCK_FILE)
   if files.is_remote(path):
     record = read(workdir)
-    if _heartbeat_fresh(record):
+    if _heartbeat_fresh(record, workdir):
       raise _refusal(workdir, record)
   elif files.isfile(path):
     try:
       handle = _open_lock(workdir, path)
     except files.NoFlock:
-      if _heartbeat_fresh(read(workdir)):
+      if _heartbeat_fresh(read(workdir), workdir):
         raise _refusal(workdir, read(workdir)) from None
       return
     if handle is None:
@@ -159,7 +182,7 @@ class WorkdirLock:
         files.write_locked(self._handle, self._text())
         return None
     record = read(self.workdir)
-    if _heartbeat_fresh(record):
+    if _heartbeat_fresh(record, self.workdir):
       return record
     files.write_atomically(self.path, self._text())
     _settle()

@@ -12,6 +12,7 @@ import time
 import pytest
 from etils.epath import backend as epath_backend
 from etils.epath import gpath
+from etils.epath import stat_utils as epath_stat
 
 from fitnets_jax import checkpoint, experiment, files, metrics, plots, report, workdir_lock
 from fitnets_jax.errors import FitnetsError
@@ -26,6 +27,8 @@ class MemoryBackend(epath_backend.Backend):
   def __init__(self):
     self.objects = {}
     self.folders = set()
+    self.mtimes = {}  # object → its modification time by the bucket's clock, `now()`
+    self.now = time.time
 
   def _children(self, path):
     prefix = path.rstrip("/") + "/"
@@ -40,11 +43,13 @@ class MemoryBackend(epath_backend.Backend):
       data = self.objects[path]
       return io.BytesIO(data) if "b" in mode else io.StringIO(data.decode())
     store, initial = self.objects, (self.objects.get(path, b"") if "a" in mode else b"")
+    mtimes, now = self.mtimes, self.now
 
     class Upload(io.BytesIO if "b" in mode else io.StringIO):
       def close(self):
         value = self.getvalue()
         store[path] = initial + (value if isinstance(value, bytes) else value.encode())
+        mtimes[path] = now()
         super().close()
 
     return Upload()
@@ -83,6 +88,7 @@ class MemoryBackend(epath_backend.Backend):
     src, dst = os.fspath(path).rstrip("/"), os.fspath(dst).rstrip("/")
     for key in [k for k in self.objects if k == src or k.startswith(src + "/")]:
       self.objects[dst + key[len(src) :]] = self.objects.pop(key)
+      self.mtimes[dst + key[len(src) :]] = self.now()  # a bucket renames by copying: a new object
     self.folders = {dst + k[len(src) :] if k == src or k.startswith(src + "/") else k for k in self.folders}
 
   replace = rename
@@ -91,7 +97,10 @@ class MemoryBackend(epath_backend.Backend):
     self.objects[os.fspath(dst)] = self.objects[os.fspath(path)]
 
   def stat(self, path):
-    raise NotImplementedError
+    path = os.fspath(path)
+    if path not in self.objects:
+      raise FileNotFoundError(path)
+    return epath_stat.StatResult(is_directory=False, length=len(self.objects[path]), mtime=int(self.mtimes[path]))
 
 
 @pytest.fixture
@@ -171,8 +180,10 @@ def test_run_files_go_to_the_bucket(bucket, monkeypatch, digits_config):
 
 
 def test_a_bucket_workdir_is_held_by_a_heartbeat_and_a_silent_holder_is_taken_over(bucket, monkeypatch):
-  """An object store has no locks: a record whose heartbeat is fresh refuses a second start; one silent
-  for STALE_S is a killed run's, taken over; of two starts writing at once, the one overwritten stops."""
+  """An object store has no locks: a record written less than STALE_S ago refuses a second start; one
+  silent for STALE_S is a killed run's, taken over; of two starts writing at once, the one overwritten
+  stops. Silence is measured by the bucket's clock (object times), so a holder whose own clock runs
+  minutes behind is not taken over while it writes."""
   run = "gs://lab/runs/locked"
   monkeypatch.setattr(workdir_lock, "_settle", lambda: None)
   other = {
@@ -180,24 +191,24 @@ def test_a_bucket_workdir_is_held_by_a_heartbeat_and_a_silent_holder_is_taken_ov
     "host": "worker-7",
     "pid": 4242,
     "started": "2026-12-01 10:00:00 UTC",
-    "heartbeat": time.time(),
+    "heartbeat": time.time() - 5 * workdir_lock.STALE_S,  # its host's clock runs 5 minutes behind
     "command": "python -m fitnets_jax.main --config configs/svhn.py",
   }
-  files.write_atomically(f"{run}/run.lock", json.dumps(other))
+  files.write_atomically(f"{run}/run.lock", json.dumps(other))  # written now, by the bucket's clock
   with pytest.raises(
     FitnetsError,
     match=r"in use by another run: process 4242 on host 'worker-7', started "
-    r"2026-12-01 10:00:00 UTC, last seen \d+ s ago \(`python -m fitnets_jax.main",
+    r"2026-12-01 10:00:00 UTC, last seen \d s ago \(`python -m fitnets_jax.main",
   ):
     workdir_lock.check_free(run)
   with pytest.raises(FitnetsError, match="process 4242 on host 'worker-7'"):
     workdir_lock.WorkdirLock(run).acquire()
-  files.write_atomically(f"{run}/run.lock", json.dumps({**other, "heartbeat": time.time() - workdir_lock.STALE_S - 1}))
+  bucket.mtimes[f"{run}/run.lock"] -= workdir_lock.STALE_S + 1  # then silent for a minute, by the bucket's clock
   workdir_lock.check_free(run)
-  lock = workdir_lock.WorkdirLock(run).acquire()  # a killed holder's lock, silent for a minute: taken over
+  lock = workdir_lock.WorkdirLock(run).acquire()  # a killed holder's lock: taken over
   assert workdir_lock.read(run)["token"] == lock.token and workdir_lock.read(run)["pid"] == os.getpid()
   lock.release()
-  assert not files.exists(f"{run}/run.lock")
+  assert not files.exists(f"{run}/run.lock") and not [k for k in bucket.objects if "lock-clock" in k]
   # Two starts at once: while this one waits to read its record back, the other's overwrites it.
   monkeypatch.setattr(workdir_lock, "_settle", lambda: files.write_atomically(f"{run}/run.lock", json.dumps(other)))
   with pytest.raises(FitnetsError, match="process 4242 on host 'worker-7'"):
