@@ -260,6 +260,36 @@ def bring_back_set_aside(workdir):
   return sorted(back)
 
 
+def check_hosts_agree(checkpoints, workdir):
+  """On several hosts, before anything is restored: every host's view of the workdir (its newest
+  checkpoint, the steps it lists, its config.json) must be process 0's, or every host refuses with one
+  paragraph naming both views (exit 2) instead of waiting on collectives that never match: hosts that
+  see different workdirs (per-host folders by mistake, a stale NFS cache) would hang."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+
+  multihost_utils.sync_global_devices("workdir views")  # process 0 has written config.json by now
+  steps = checkpoints.steps()
+  config = files.join(workdir, "config.json")
+  config_sha = file_sha256(config)[:8] if files.isfile(config) else "0"
+  view = [steps[-1] if steps else -1, len(steps), int(config_sha, 16) - 2**31]
+  gathered = multihost_utils.process_allgather(np.asarray(view, np.int64).astype(np.int32))
+  views = [[int(x) for x in row] for row in np.asarray(gathered)]
+  describe = lambda v: (
+    f"newest checkpoint {'none' if v[0] < 0 else f'at global step {v[0]}'}, {v[1]} checkpoint(s), config.json "
+    + ("missing" if v[2] == -(2**31) else f"SHA-256 {v[2] + 2**31:08x}…")
+  )
+  differ = [i for i in range(len(views)) if views[i] != views[0]]
+  if differ:
+    i = differ[0]
+    raise FitnetsError(
+      f"The hosts see different workdirs at --workdir={workdir!r}: process 0 sees {describe(views[0])}; process {i} "
+      f"sees {describe(views[i])}. Every host must see the same folder (a bucket, or one shared filesystem without "
+      "stale caches), so nothing was restored or changed. Point every host at the same workdir."
+    )
+
+
 def _set_aside(checkpoints, step, error):
   where = checkpoints.set_aside(step)
   reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__

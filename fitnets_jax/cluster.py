@@ -74,3 +74,22 @@ def warn_if_accelerator_idle():
       file=sys.stderr,
       flush=True,
     )
+
+
+def agree(failure):
+  """On several hosts, every host learns whether any host refused the run (`failure`: this host's
+  FitnetsError or None) before any of them goes on: a host that refused raises its own paragraph, the
+  others one naming it, so none is left waiting in a collective for a host that has exited."""
+  if jax.process_count() > 1:
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    refused = np.asarray(multihost_utils.process_allgather(np.int32(failure is not None))).reshape(-1)
+    first = int(np.argmax(refused)) if refused.any() else None
+    if failure is None and first is not None:
+      failure = FitnetsError(
+        f"process {first} refused the run as bad input (its own message says why); this process stops too, "
+        "having changed nothing."
+      )
+  if failure is not None:
+    raise failure

@@ -93,6 +93,7 @@ def train_and_evaluate(exp, workdir, lock=None):
     checkpoint.bring_back_set_aside(workdir)
   checkpoints = checkpoint.RunCheckpoints(files.join(workdir, "checkpoints"), exp.config.keep_checkpoints, offsets[1:])
   writer = metrics.Writer(workdir)
+  checkpoint.check_hosts_agree(checkpoints, workdir)
   resumed = checkpoint.resume(checkpoints, workdir, exp.stages, lambda index: restore_target(exp, index))
   if resumed:
     results = resumed.meta["results"]
@@ -333,7 +334,11 @@ def run(config, workdir, source=None):
   writes) summary.json. `source`: the `data.Arrays` of `dataset.name='arrays'`."""
   cluster.initialize(config)
   cluster.warn_if_accelerator_idle()
-  exp = experiment.prepare(config, workdir, source=source)
+  try:
+    exp, failure = experiment.prepare(config, workdir, source=source), None
+  except FitnetsError as e:
+    exp, failure = None, e
+  cluster.agree(failure)  # on several hosts, all go on or all stop
   with workdir_lock.WorkdirLock(workdir) as lock:
     if jax.process_index() == 0:
       try:

@@ -1,6 +1,7 @@
 """Several hosts for real: 2 processes on localhost joined by jax.distributed (gloo CPU collectives),
 2 forced CPU devices each, sharing one workdir as the hosts of a pod slice share a bucket."""
 
+import json
 import os
 import signal
 import socket
@@ -35,8 +36,9 @@ def free_port():
 class Cluster:
   """One launch of the command line as processes 0 and 1 of a 2-host cluster."""
 
-  def __init__(self, workdir, *extra):
+  def __init__(self, workdir, *extra, host_workdirs=None):
     port = free_port()
+    workdirs = host_workdirs or [workdir, workdir]
     env = dict(
       os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1"
     )
@@ -49,7 +51,7 @@ class Cluster:
           "--config",
           os.path.join(ROOT, "configs", "digits.py"),
           "--workdir",
-          str(workdir),
+          str(workdirs[i]),
           "--config.distributed=True",
           f"--config.cluster.coordinator_address=127.0.0.1:{port}",
           "--config.cluster.num_processes=2",
@@ -151,3 +153,33 @@ def test_two_hosts_match_one_host_and_resume_after_sigterm_and_sigkill(tmp_path)
   assert codes == [0, 0], logs
   assert "Resuming from" in logs[0]
   assert_same_run(str(stopped), str(two_hosts / "seed_0"))
+
+
+def test_hosts_that_see_different_workdirs_refuse_with_both_views_instead_of_hanging(tmp_path):
+  """Per-host folders by mistake (or a stale NFS cache): process 0's workdir holds a run's checkpoints,
+  process 1's is empty. Both exit 2 at once with one paragraph naming both views; nothing is restored.
+  A refusal on one host alone (process 0's config.json is another experiment's) stops both hosts too."""
+  shared = tmp_path / "host0"
+  train.run(tiny_digits(**STEPS, num_devices=4, checkpoint_every_steps=4, keep_checkpoints=100), str(shared))
+  os.remove(shared / "summary.json")
+  codes, logs = Cluster(shared, host_workdirs=[shared, tmp_path / "host1"]).wait(timeout=300)
+  assert codes == [2, 2], logs  # the runs differ in dataset.flip: only process 0 can see it
+  assert "holds another experiment: its config.json differs in dataset.flip" in logs[0]
+  assert "process 0 refused the run as bad input" in logs[1] and "Traceback" not in logs[1], logs[1][-3000:]
+  config = json.load(open(shared / "config.json"))
+  config["dataset"]["flip"] = True  # the same experiment now: the hosts' views are compared
+  json.dump(config, open(shared / "config.json", "w"))
+  newest = max(int(d) for d in os.listdir(shared / "checkpoints") if d.isdigit())
+  before = sorted(os.listdir(shared / "checkpoints"))
+  started = time.time()
+  codes, logs = Cluster(shared, host_workdirs=[shared, tmp_path / "host1"]).wait(timeout=300)
+  assert codes == [2, 2], logs
+  for log in logs:
+    assert (
+      f"process 0 sees newest checkpoint at global step {newest}, {len(before) - 1} checkpoint(s)" in log
+      or f"process 0 sees newest checkpoint at global step {newest}" in log
+    ), log[-3000:]
+    assert "process 1 sees newest checkpoint none, 0 checkpoint(s), config.json missing" in log, log[-3000:]
+    assert "Traceback" not in log
+  assert time.time() - started < 200  # at once, not after a collective's timeout
+  assert sorted(os.listdir(shared / "checkpoints")) == before
