@@ -125,8 +125,13 @@ def run_all(config_path, workdir, seeds):
       )
   runs = seed_runs(config, workdir, seeds) if seeds else [(config, workdir)]
   if seeds:
-    for c, w in runs:  # every seed's bad input fails before the first seed trains
-      experiment.prepare(c, w)
+    failure = None
+    try:
+      for c, w in runs:  # every seed's bad input fails before the first seed trains
+        experiment.prepare(c, w)
+    except FitnetsError as e:
+      failure = e
+    cluster.agree(failure)  # on several hosts, all go on or all stop
   for c, w in runs:
     print_summary(train.run(c, w), w)
 
