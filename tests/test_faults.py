@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fitnets_jax import FitnetsError, checkpoint, experiment, train, workdir_lock
-from fitnets_jax.errors import WorkdirWriteError
+from fitnets_jax.errors import Preempted, WorkdirWriteError
 
 from conftest import ROOT, tiny_digits
 from helpers import assert_same_run, comparable_summary, final_state
@@ -148,8 +148,7 @@ def test_sigkill_at_random_moments_then_restart_matches_an_uninterrupted_run(tmp
   assert_same_run(work, reference)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-def test_sigterm_saves_exits_75_and_the_restart_matches_an_uninterrupted_run(sig, tmp_path):
+def test_sigterm_saves_exits_75_and_the_restart_matches_an_uninterrupted_run(tmp_path, sig=signal.SIGTERM):
   flags = [
     "--config.num_devices=1",
     "--config.batch_size=32",
@@ -178,12 +177,34 @@ def test_sigterm_saves_exits_75_and_the_restart_matches_an_uninterrupted_run(sig
   assert_same_run(work, reference)
 
 
+def test_ctrl_c_while_training_saves_and_stops_like_sigterm(tmp_path, monkeypatch):
+  """Ctrl-C (SIGINT) at KD step 4: a checkpoint there, Preempted (exit 75), and the restart ends as an
+  uninterrupted run. In process, the signal sent from the loop's own log call (the command line's SIGTERM
+  path is the test above; Ctrl-C while starting is a real process below)."""
+  log_train = train.log_train
+
+  def interrupted(run, index, done, *args):
+    values = log_train(run, index, done, *args)
+    if run.exp.stages[index].name == "kd" and done == 4:
+      os.kill(os.getpid(), signal.SIGINT)
+    return values
+
+  monkeypatch.setattr(train, "log_train", interrupted)
+  work = str(tmp_path / "run")
+  with pytest.raises(Preempted, match=r"Stopped on SIGTERM, Ctrl-C or preemption in stage 'kd' at step 4/16"):
+    train.run(tiny_digits(), work)
+  monkeypatch.undo()
+  assert max(int(d) for d in os.listdir(os.path.join(work, "checkpoints")) if d.isdigit()) == 36  # 24 + 8 + 4
+  train.run(tiny_digits(), work)
+  reference = str(tmp_path / "reference")
+  train.run(tiny_digits(), reference)
+  assert_same_run(work, reference)
+
+
 def test_a_preemption_agreed_on_a_stages_last_step_stops_there_and_resumes(tmp_path, monkeypatch):
   # On several hosts orbax names one step at which every host stops; when that step ends a stage, the
   # stop must not be lost (the stage's end is saved, then exit 75), and the restart ends as an
   # uninterrupted run does.
-  from fitnets_jax.errors import Preempted
-
   config = lambda: tiny_digits(teacher=8, hint=4, student=4, num_devices=1)
   work = str(tmp_path / "stopped")
   monkeypatch.setattr(ocp.CheckpointManager, "reached_preemption", lambda self, step: step == 8)
@@ -422,7 +443,6 @@ def test_a_filesystem_without_flock_falls_back_to_a_heartbeat_record_with_a_warn
 
 def test_a_holder_that_cannot_renew_its_heartbeat_or_is_taken_over_stops_with_exit_75(tmp_path, monkeypatch):
   from fitnets_jax import files
-  from fitnets_jax.errors import Preempted
 
   monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.05)
   monkeypatch.setattr(workdir_lock, "STALE_S", 0.3)
@@ -649,8 +669,15 @@ def test_a_disk_that_fills_mid_run_exits_74_and_the_rerun_resumes(tmp_path):
 # ---------------------------------------------------------------------------- SIGTERM while starting
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-@pytest.mark.parametrize("when", ["2 s after launch", "at the backend line"])
+@pytest.mark.parametrize(
+  "when,sig",
+  [
+    ("2 s after launch", signal.SIGTERM),
+    ("at the backend line", signal.SIGTERM),
+    ("at the backend line", signal.SIGINT),
+  ],
+  ids=["SIGTERM 2 s after launch", "SIGTERM at the backend line", "Ctrl-C at the backend line"],
+)
 def test_sigterm_while_starting_exits_75_with_a_message(when, sig, tmp_path):
   proc = subprocess.Popen(
     command(tmp_path / "run", *SMALL_FLAGS), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

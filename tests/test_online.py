@@ -243,7 +243,11 @@ def test_a_run_resumed_on_1_device_matches_the_4_device_run(name, overrides, tmp
     assert exits[-1]["macs"] == summary["student"]["macs"] and exits[-1]["test_accuracy"] == test["accuracy"]
     assert all(a["macs"] < b["macs"] for a, b in zip(exits, exits[1:]))
     assert summary["ensemble_accuracy"] == test["ensemble_accuracy"]
-    assert resumed["exits"] == exits
+    for got, want in zip(resumed["exits"], exits, strict=True):  # a near-chance exit may flip one image (above)
+      assert {k: v for k, v in got.items() if k != "test_accuracy"} == {
+        k: v for k, v in want.items() if k != "test_accuracy"
+      }
+      assert got["test_accuracy"] == pytest.approx(want["test_accuracy"], abs=1.5 / 360)
     # The network is saved with its exit heads: each exit predicts from raw images as the run evaluated it.
     model = saved.load_model(full)
     assert [(e["name"], e["after"]) for e in model.info["exits"]] == [("exit1", "section1"), ("exit2", "section2")]
