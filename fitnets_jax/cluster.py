@@ -33,7 +33,9 @@ def initialize(config):
     process_id=c.process_id if c.process_id >= 0 else None,
   )
   try:
-    jax.distributed.initialize(**given, initialization_timeout=c.timeout_s)
+    jax.distributed.initialize(
+      **given, initialization_timeout=c.timeout_s, heartbeat_timeout_seconds=c.heartbeat_timeout_s
+    )
   except (ValueError, RuntimeError, TypeError) as e:
     set_keys = ", ".join(f"cluster.{k}={v!r}" for k, v in given.items() if v is not None) or "no cluster.* keys"
     raise FitnetsError(
@@ -45,14 +47,21 @@ def initialize(config):
     ) from None
 
 
-def describe():
-  """One line: JAX's backend, its devices and processes."""
+def describe(config=None):
+  """One line: JAX's backend, its devices and processes; on several hosts, what a lost host does."""
   devices = jax.devices()
   kinds = sorted({d.device_kind for d in devices})
-  return (
+  line = (
     f"JAX {jax.__version__} on {jax.default_backend()}: {len(devices)} device(s) ({', '.join(kinds)}) in "
     f"{jax.process_count()} process(es), {jax.local_device_count()} here"
   )
+  if jax.process_count() > 1 and config is not None:
+    line += (
+      f". A host that dies or hangs is waited for {config.cluster.heartbeat_timeout_s} s "
+      "(cluster.heartbeat_timeout_s), then JAX aborts the others (SIGABRT, exit status 134): the checkpoints "
+      "are intact, restart every host"
+    )
+  return line
 
 
 def accelerator_left_idle():

@@ -98,6 +98,7 @@ def base_config():
       num_processes=0,  # 0: detected
       process_id=-1,  # this process, 0…num_processes−1; −1: detected
       timeout_s=300,  # how long to wait for every process to join
+      heartbeat_timeout_s=100,  # how long a host that dies or hangs is waited for before the others abort
     )
   )
   c.batch_size = 128  # global batch, split over devices and hosts
@@ -184,6 +185,7 @@ SAFE_TO_CHANGE = (
   "cluster.num_processes",
   "cluster.process_id",
   "cluster.timeout_s",
+  "cluster.heartbeat_timeout_s",
 )
 
 

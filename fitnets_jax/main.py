@@ -116,7 +116,7 @@ def run_all(config_path, workdir, seeds):
 
   cluster.initialize(config)  # before any device is touched: --seeds prepares every seed first
   if jax.process_index() == 0:
-    print(cluster.describe(), flush=True)
+    print(cluster.describe(config), flush=True)
     for key, path in shared_teachers(config, seeds):
       print(
         f"note: {key}={path!r} has no {{seed}}, so all {seeds} seeds distil from this one teacher (write "

@@ -109,6 +109,7 @@ def test_two_hosts_match_one_host_and_resume_after_sigterm_and_sigkill(tmp_path)
   codes, logs = Cluster(two_hosts, "--seeds=1").wait()
   assert codes == [0, 0], logs
   assert "in 2 process(es), 2 here" in logs[0]
+  assert "A host that dies or hangs is waited for 100 s (cluster.heartbeat_timeout_s)" in logs[0]
   # Same data order and global batch-norm statistics: equal to float32 reassociation (see helpers).
   assert_same_numbers(read_metrics(str(one_host)), read_metrics(str(two_hosts / "seed_0")))
 
