@@ -41,12 +41,19 @@ READ_ATTEMPTS, READ_RETRY_S = 3, 1.0  # an I/O error while reading is tried agai
 DAMAGED_DIR = "checkpoints_damaged"
 
 
+# How tensorstore and bucket clients word a transient fault (their errors carry no OSError).
+TRANSIENT_WORDS = ("Input/output error", "Resource temporarily unavailable", "DEADLINE_EXCEEDED", "UNAVAILABLE")
+
+
 def is_damage(error):
   """Whether a failed read is evidence of damage (quarantine the checkpoint) rather than a transient
   fault of the disk or bucket (retry, never move anything): a digest mismatch, a missing file, or a
-  file that cannot be decoded are damage; any other OSError in the chain (EIO, a timeout, …) is not."""
+  file that cannot be decoded are damage; any other OSError in the chain (EIO, a timeout, …), or an
+  error that words one (tensorstore's), is not."""
   cause = os_error_in(error)
-  return cause is None or cause.errno in DAMAGE_ERRNOS or isinstance(cause, FileNotFoundError)
+  if cause is None:
+    return not any(word in str(error) for word in TRANSIENT_WORDS)
+  return cause.errno in DAMAGE_ERRNOS or isinstance(cause, FileNotFoundError)
 
 
 def read_with_retries(read, what):

@@ -93,11 +93,16 @@ def train_and_evaluate(exp, workdir, lock=None):
     checkpoint.bring_back_set_aside(workdir)
   checkpoints = checkpoint.RunCheckpoints(files.join(workdir, "checkpoints"), exp.config.keep_checkpoints, offsets[1:])
   writer = metrics.Writer(workdir)
-  checkpoint.check_hosts_agree(checkpoints, workdir)
-  resumed = checkpoint.resume(checkpoints, workdir, exp.stages, lambda index: restore_target(exp, index))
+  try:  # refusals here leave the workdir as it was: nothing restored, nothing truncated
+    checkpoint.check_hosts_agree(checkpoints, workdir)
+    resumed = checkpoint.resume(checkpoints, workdir, exp.stages, lambda index: restore_target(exp, index))
+    changed = check_inputs(exp, resumed, workdir) if resumed else []
+  except FitnetsError:
+    checkpoints.close()
+    raise
   if resumed:
     results = resumed.meta["results"]
-    for role in check_inputs(exp, resumed, workdir):  # accepted: the new teacher is measured afresh
+    for role in changed:  # accepted: the new teacher is measured afresh
       results["teachers"].pop(role, None)
     pending = [{k: np.float32(v) for k, v in scalars.items()} for scalars in resumed.meta.get("pending", [])]
     writer.resume_at(resumed.step, offsets, [s.name for s in exp.stages], resumed.meta.get("metrics_records"))

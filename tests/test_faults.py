@@ -941,3 +941,24 @@ def test_write_failures_at_the_end_of_a_run_exit_74_and_the_rerun_finishes(targe
   monkeypatch.undo()
   summary = train.run(tiny_digits("scratch", student=8), work)  # the last stage is saved: only the end is redone
   assert summary["student"]["test_accuracy"] is not None and os.path.isfile(os.path.join(work, target))
+
+
+def test_what_counts_as_damage_and_what_as_a_transient_read_error():
+  # Damage is set aside; a transient fault is retried and never moves a checkpoint (the real-process test
+  # above drives the whole path).
+  assert checkpoint.is_damage(checkpoint.DamagedCheckpoint("digest differs"))
+  assert checkpoint.is_damage(_raised_from(FileNotFoundError(errno.ENOENT, "gone")))
+  assert checkpoint.is_damage(ValueError("DATA_LOSS: Error reading: unexpected end of file"))
+  assert not checkpoint.is_damage(_raised_from(OSError(errno.EIO, "Input/output error")))
+  assert not checkpoint.is_damage(ValueError("UNKNOWN: Error reading local file: Input/output error [OSError 5]"))
+
+
+def _raised_from(cause):
+  """An orbax-like error raised from `cause`, with its chain."""
+  try:
+    try:
+      raise cause
+    except OSError as e:
+      raise ValueError("orbax could not restore") from e
+  except ValueError as outer:
+    return outer
