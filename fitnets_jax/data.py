@@ -534,8 +534,8 @@ def _augment(tf, images, seed, index, flip, shift, pad_mode="constant", first=0,
     cols = offsets[:, 1:] + tf.range(w)[None]
     images = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
   if cutout:
-    centres = tf.random.stateless_uniform([total, 2], seed=key + 2, minval=0, maxval=h * w, dtype=tf.int32)
-    y, x = (centres[first : first + n, 0] % h)[:, None], (centres[first : first + n, 1] % w)[:, None]
+    draw = lambda offset, size: tf.random.stateless_uniform([total], seed=key + offset, maxval=size, dtype=tf.int32)
+    y, x = draw(2, h)[first : first + n, None], draw(3, w)[first : first + n, None]
     inside = lambda c, size: (tf.range(size)[None] >= c - cutout // 2) & (tf.range(size)[None] < c + cutout // 2)
     hole = inside(y, h)[:, :, None, None] & inside(x, w)[:, None, :, None]
     images = tf.where(hole, tf.zeros_like(images) + fill, images)

@@ -9,10 +9,10 @@ blocks its restart:
     flock (ENOSYS, ENOLCK: said in a warning); there the holder rewrites its record every
     HEARTBEAT_S seconds, and a record silent for STALE_S seconds is taken over. Silence is measured by
     the storage's clock (the record's modification time against a probe object's), never by comparing
-    two hosts' clocks. The record is
-    written, then read back after a moment: of two starts racing within that moment, the one whose
-    record was overwritten stops. A holder that cannot renew its record for STALE_S seconds, or finds
-    it taken over, stops at its next step (exit 75, without saving: the workdir may be another run's).
+    two hosts' clocks. The record is written, then read back after a moment: of two starts racing
+    within that moment, the one whose record was overwritten stops. A holder that cannot renew its
+    record for STALE_S seconds, or finds it taken over, stops at its next step (exit 75, without
+    saving: the workdir may be another run's).
 On several hosts, process 0 alone takes the lock and tells the other processes whether the run may
 go on, so every host of one run decides alike.
 """
