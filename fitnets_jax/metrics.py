@@ -74,6 +74,18 @@ class Writer:
       self._tb.close()
 
 
+def environment(exp):
+  """What ran the run: the library's and JAX's versions, the backend and its device kind."""
+  from importlib import metadata
+
+  try:
+    version = metadata.version("fitnets_jax")
+  except metadata.PackageNotFoundError:  # run from a checkout that was not installed
+    version = "unknown"
+  device = exp.mesh.devices.flat[0]
+  return {"fitnets_jax": version, "jax": jax.__version__, "backend": device.platform, "device_kind": device.device_kind}
+
+
 def summary(exp, results, workdir):
   """summary.json (written by process 0) and its dict: the method, data and devices, each teacher's
   model, sizes, accuracy and source, the student's, and every stage's record in `results`."""
@@ -99,6 +111,12 @@ def summary(exp, results, workdir):
     "teachers": teachers,
     "student": {**exp.student.describe(), "test_accuracy": results["stages"][last.name].get("test_accuracy")},
     "stages": stages,
+    "environment": environment(exp),
+    "time": {  # the first start (kept across resumes), the end, and every stage's wall time added up
+      "started": results.get("started"),
+      "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "wall_time_s": round(sum(r.get("wall_time_s", 0.0) for r in results["stages"].values()), 3),
+    },
   }
   if last.summarize:
     summary.update(last.summarize(results["stages"][last.name].get("test", {})))

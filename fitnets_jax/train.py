@@ -11,6 +11,7 @@ stage with the same parameters, optimizer state, RNG and data order.
 """
 
 import dataclasses
+import datetime
 import json
 import math
 import signal
@@ -107,7 +108,8 @@ def train_and_evaluate(exp, workdir, lock=None):
     pending = [{k: np.float32(v) for k, v in scalars.items()} for scalars in resumed.meta.get("pending", [])]
     writer.resume_at(resumed.step, offsets, [s.name for s in exp.stages], resumed.meta.get("metrics_records"))
   else:
-    results, pending = {"stages": {}, "teachers": {}}, []
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    results, pending = {"stages": {}, "teachers": {}, "started": started}, []
     writer.truncate(lambda r: False)  # a run killed before its first checkpoint logs afresh
   with StopRequest() as stop:
     run = Run(exp, workdir, writer, checkpoints, evaluation.Evaluator(exp), stop, offsets, results, lock)

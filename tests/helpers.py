@@ -52,9 +52,10 @@ TIMING = ("compile_s", "wall_time_s", "images_per_s")
 
 
 def comparable_summary(workdir):
-  """summary.json without timings and the workdir-specific teacher path."""
+  """summary.json without timings (its `time` block and each stage's) and the workdir-specific teacher path."""
   with open(os.path.join(workdir, "summary.json")) as f:
     summary = json.load(f)
+  summary.pop("time")
   for teacher in [summary["teacher"] or {}] + summary["teachers"]:
     teacher.pop("checkpoint", None)
   for stage in summary["stages"].values():

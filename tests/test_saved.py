@@ -30,6 +30,13 @@ def run_dir(tmp_path_factory):
 
 def test_a_run_saves_its_student_and_teacher_to_predict_from_raw_images(run_dir):
   work, summary = run_dir
+  # summary.json says what ran it and when: versions, the device kind, the first start, the end, the total.
+  assert summary["environment"]["jax"] == jax.__version__ and summary["environment"]["backend"] == "cpu"
+  assert summary["environment"]["device_kind"] and summary["environment"]["fitnets_jax"]
+  assert summary["time"]["started"] <= summary["time"]["finished"]
+  assert summary["time"]["wall_time_s"] == pytest.approx(
+    sum(s["wall_time_s"] for s in summary["stages"].values()), abs=0.01
+  )
   for role, record in (("student", summary["student"]), ("teacher", summary["teacher"])):
     folder = os.path.join(work, role)
     assert sorted(os.listdir(folder)) == ["SHA256SUMS", "network.json", "preprocessing.npz", "variables"]
