@@ -40,7 +40,7 @@ from absl import app, flags, logging
 from fitnets_jax import compiler, data, experiment, files, inference, parallel, teacher_cache, train_step
 from fitnets_jax import config as config_lib
 from fitnets_jax.errors import FitnetsError, or_exit
-from fitnets_jax.methods.base import cast_floats
+from fitnets_jax.network import cast_floats
 
 
 def define_flags():

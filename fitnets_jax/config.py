@@ -86,9 +86,7 @@ def stage_config(epochs, steps=0, **optimizer):
 def base_config():
   """Defaults shared by every config file, with every method's own sections (docs/configuration.md)."""
   c = ml_collections.ConfigDict()
-  c.method = (
-    "fitnets"  # a method of fitnets_jax/methods: at | byot | dml | fitnets | fsp | kd | multi_teacher | scratch
-  )
+  c.method = "fitnets"  # a method's name: `fitnets_jax.methods.names()` (docs/methods.md), or one you registered
   c.seed = 0
   c.num_devices = 0  # data-parallel devices; 0: every device JAX sees
   c.distributed = False  # jax.distributed.initialize() first: several hosts (TPU pod slices, SLURM, …)
@@ -154,9 +152,9 @@ def base_config():
       student=stage_config(epochs=100),  # KD stage (fitnets, kd) or labels only (scratch)
     )
   )
-  # Each method's own sections (kd, hint, hints, attention, fsp, teachers, multi_teacher, cohort, dml,
-  # byot): defined in its module under fitnets_jax/methods/ (docs/configuration.md lists every key).
-  from fitnets_jax import methods  # imported here: the methods import JAX, which importing config must not
+  # The sections several methods read (fitnets_jax/methods/shared.py) and each method's own, defined in
+  # its module (docs/configuration.md lists every key). No method module imports JAX at import time.
+  from fitnets_jax import methods
 
   for key, value in methods.config_defaults().items():
     c[key] = value
@@ -222,6 +220,15 @@ def check_types(config):
       raise FitnetsError(
         f"{key}={value!r} has the wrong type; it must be {_type_name(want)} (the default is {want!r})."
       )
+
+
+def check(config):
+  """What is checked of a config as soon as it is loaded, before JAX starts: each key's type, and that
+  `method` names a method (built-in or registered)."""
+  from fitnets_jax import methods
+
+  check_types(config)
+  methods.get(config.method)
 
 
 def changed_keys(saved, config):
@@ -298,7 +305,9 @@ def from_command_line(path, overrides=None):
   for key, text in COMMAND_LINE_OVERRIDES if overrides is None else overrides:
     node, leaf = _node(config, key, path, f"--config.{key}={text}")
     typed[key] = _parse(key, text, node[leaf])
-  return apply_overrides(config, typed, path)
+  config = apply_overrides(config, typed, path)
+  check(config)
+  return config
 
 
 def _parse(key, text, current):
@@ -398,5 +407,7 @@ def load(path, overrides=None):
   """The config in a config file, as `--config=path` loads it (`path:arg` calls get_config(arg)), with
   `overrides` applied as `--config.key=value` would: {"method": "kd", "stages.student.epochs": 5}. The
   result is locked, so a misspelt key fails. For notebooks and scripts:
-  `fitnets_jax.run(config.load("configs/digits.py"), workdir)`."""
-  return apply_overrides(_load_file(path), overrides, path)
+  `fitnets_jax.run(config.load("configs/digits.py"), workdir)`. Checked as `check` does."""
+  config = apply_overrides(_load_file(path), overrides, path)
+  check(config)
+  return config

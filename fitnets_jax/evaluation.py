@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from fitnets_jax import compiler, data
-from fitnets_jax.methods import base
+from fitnets_jax import network as network_lib
 from fitnets_jax.parallel import batch_sharding, prefetch_to_device, replicated
 
 
@@ -13,7 +13,7 @@ def network_accuracy(net):
   """The default evaluation: per-example hits of `net` ({"accuracy": …})."""
 
   def evaluation(variables, images, labels):
-    return {"accuracy": jnp.argmax(base.predict(net, variables, images), -1) == labels}
+    return {"accuracy": jnp.argmax(network_lib.predict(net, variables, images), -1) == labels}
 
   return evaluation
 
@@ -24,7 +24,7 @@ def stage_evaluation(exp, stage, params, batch_stats):
   if stage.evaluation:
     return ("stage", stage.name), stage.evaluation, {"params": params, "batch_stats": batch_stats}
   net = exp.teachers.get(stage.trains, exp.student)
-  return ("network", net.name), network_accuracy(net), base.variables(*stage.output(params, batch_stats))
+  return ("network", net.name), network_accuracy(net), network_lib.variables(*stage.output(params, batch_stats))
 
 
 class Evaluator:
@@ -60,6 +60,6 @@ class Evaluator:
     return {k: float(sum(float(t[k]) for t, _ in totals) / count) for k in totals[0][0]}
 
   def accuracy(self, net, params, batch_stats, split="test"):
-    return self.metrics(("network", net.name), network_accuracy(net), base.variables(params, batch_stats), split)[
-      "accuracy"
-    ]
+    return self.metrics(
+      ("network", net.name), network_accuracy(net), network_lib.variables(params, batch_stats), split
+    )["accuracy"]

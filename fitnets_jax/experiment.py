@@ -14,9 +14,11 @@ import ml_collections
 from jax.sharding import AxisType
 
 from fitnets_jax import checkpoint, data, files, methods, teacher_cache, workdir_lock
-from fitnets_jax.config import SAFE_TO_CHANGE, changed_keys, check_types
+from fitnets_jax import config as config_lib
+from fitnets_jax.config import SAFE_TO_CHANGE, changed_keys
 from fitnets_jax.errors import FitnetsError, check, one_of
-from fitnets_jax.methods.base import COMPUTE_DTYPES, Context, build_network, network_entry, supervised_stage
+from fitnets_jax.methods.shared import Context, network_entry, supervised_stage
+from fitnets_jax.network import COMPUTE_DTYPES, build_network
 
 CONFIG_FILE = "config.json"  # the workdir's experiment, written when a run starts
 
@@ -65,7 +67,7 @@ def _positive_int(config, key):
 
 def check_run_keys(config):
   """Checks the keys every method reads."""
-  one_of("method", config.method, tuple(methods.METHODS))
+  one_of("method", config.method, methods.names())
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     _positive_int(config, key)
   check(config.eval_every_steps >= 0, f"eval_every_steps={config.eval_every_steps!r} must be ≥ 0 (0: stage end only).")
@@ -227,7 +229,7 @@ def prepare(config, workdir, synthetic_examples=0, source=None, read_only=False)
   `synthetic_examples`, random images of the dataset's shape stand in for it (benchmarks); `source`
   is the `data.Arrays` of `dataset.name='arrays'`; `read_only`: the workdir is only read (`explore`),
   so neither its lock nor whether it can be written is checked."""
-  check_types(config)
+  config_lib.check(config)
   check_run_keys(config)
   if workdir and files.is_remote(workdir):  # a bucket that does not answer fails now, not after loading
     files.check_reachable(workdir, write=False)

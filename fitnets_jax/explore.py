@@ -24,7 +24,8 @@ import numpy as np
 from fitnets_jax import checkpoint, data, experiment, files, hints, losses, metrics, report, train_step
 from fitnets_jax import features as features_lib  # `features` below is this module's own function
 from fitnets_jax.errors import check
-from fitnets_jax.methods import base, fsp, kd
+from fitnets_jax.methods import fsp, shared
+from fitnets_jax.network import forward
 
 
 @dataclasses.dataclass
@@ -108,7 +109,7 @@ def teacher_variables(run, role="teacher"):
 
 def features(net, variables, images, layers):
   """{layer: output} of `net` (a Network) in inference mode, as numpy."""
-  _, feats, _ = base.forward(
+  _, feats, _ = forward(
     net, variables["params"], variables.get("batch_stats", {}), images, False, capture=tuple(layers)
   )
   return jax.device_get(feats)
@@ -181,7 +182,7 @@ def lambda_schedule(run, stage="kd"):
   """(steps, λ) of the FitNets KD loss over stage `stage` (`kd.lambda_*`), one value per step."""
   index = run.stage_index(stage)
   num_steps = run.experiment.stages[index].num_steps
-  schedule = kd.lambda_schedule(run.config.kd, num_steps, run.experiment.steps_per_epoch)
+  schedule = shared.lambda_schedule(run.config.kd, num_steps, run.experiment.steps_per_epoch)
   steps = np.arange(num_steps)
   return steps, np.asarray([float(schedule(s)) for s in steps])
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from fitnets_jax import compiler
-from fitnets_jax.methods.base import predict
+from fitnets_jax.network import predict
 
 DEFAULT_BATCHES = (1, 256)
 

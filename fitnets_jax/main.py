@@ -108,8 +108,7 @@ def run_all(config_path, workdir, seeds):
       "--workdir is required: the folder for checkpoints, metrics.jsonl and summary.json "
       f"{'(the seeds go to <workdir>/seed_<s>) ' if seeds else ''}, e.g. --workdir runs/digits."
     )
-  config = config_lib.from_command_line(config_path)
-  config_lib.check_types(config)
+  config = config_lib.from_command_line(config_path)  # checked (config_lib.check) before JAX loads
   import jax
 
   from fitnets_jax import cluster, experiment, train

@@ -32,8 +32,8 @@ import numpy as np
 
 from fitnets_jax import checkpoint, compiler, files, models
 from fitnets_jax.errors import FitnetsError, WorkdirWriteError, check
-from fitnets_jax.methods.base import forward, network
 from fitnets_jax.models.exits import ExitHead
+from fitnets_jax.network import forward, network
 from fitnets_jax.preprocessing import Preprocessing
 
 

@@ -4,7 +4,7 @@ A frozen teacher in inference mode gives an example the same outputs every epoch
 input pipeline draws no random augmentation. The cache computes each teacher's logits, and the
 hint features its stages read while they fit in `teacher.cache_budget_mb`, over the whole training
 split once, keyed by the example's id (`batch["index"]`). Stages then look them up
-(`methods.base.teacher_logits`, `teacher_features`) instead of running the teacher: the KD stage
+(`methods.shared.teacher_logits`, `teacher_features`) instead of running the teacher: the KD stage
 never runs it. Features over the budget are computed live, as without the cache.
 
 The tables live on every device (replicated). Every host computes the whole table from the whole
@@ -20,7 +20,7 @@ import numpy as np
 from fitnets_jax import compiler
 from fitnets_jax import data as data_lib
 from fitnets_jax.errors import check
-from fitnets_jax.methods.base import forward
+from fitnets_jax.network import forward
 
 
 def check_config(config, dataset, has_teacher):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from fitnets_jax import compiler, optim
-from fitnets_jax.methods import base
+from fitnets_jax.methods.shared import Update
 from fitnets_jax.parallel import batch_sharding, replicated
 
 
@@ -95,7 +95,7 @@ def make_step(stage, tx, labels):
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     new_params = jax.tree.map(lambda label, new, old: new if label == "train" else old, labels, new_params, params)
-    return base.Update(new_params, new_stats, new_opt_state, loss, scalars, grads)
+    return Update(new_params, new_stats, new_opt_state, loss, scalars, grads)
 
   update = stage.update or gradient_update
 

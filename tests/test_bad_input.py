@@ -2,6 +2,7 @@
 with nothing written to the workdir; and the command line prints it without a traceback."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fitnets_jax import FitnetsError, checkpoint, experiment, train
+from fitnets_jax import FitnetsError, checkpoint, experiment, methods, train
 
 from conftest import ROOT, tiny_digits
 from helpers import write_npz
@@ -49,8 +50,7 @@ CASES = [
   ),
   (
     {"method": "distill"},
-    r"method='distill' is not valid; choose one of: 'at', 'byot', 'dml', 'fitnets', 'fsp', 'kd', "
-    r"'multi_teacher', 'scratch'",
+    r"method='distill' is not valid; choose one of: " + re.escape(", ".join(map(repr, methods.names()))),
   ),
   ({"student.model": "vgg16"}, r"student.model='vgg16' is not a known model"),
   ({"teacher.model": "vgg"}, r"teacher.model='vgg' is not a known model"),

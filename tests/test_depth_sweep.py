@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from fitnets_jax import FitnetsError, depth_sweep, models, report
-from fitnets_jax.methods.base import network
+from fitnets_jax.network import network
 
 from conftest import load_config, with_overrides
 

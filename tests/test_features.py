@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from fitnets_jax import FitnetsError, features, models
-from fitnets_jax.methods.base import network
 from fitnets_jax.models.maxout import ConvSpec, MaxoutNet, max_pool_ceil, maxout
 from fitnets_jax.models.regressor import Regressor
+from fitnets_jax.network import network
 
 
 def layer(name, shape, nonlinearity="maxout", pieces=2):

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 import sys
 import textwrap
 
@@ -10,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fitnets_jax import config, experiment, layers, methods, parallel, train
+from fitnets_jax import FitnetsError, config, experiment, layers, methods, parallel, train
 
-from conftest import load_config, tiny_digits, with_overrides
+from conftest import ROOT, load_config, tiny_digits, with_overrides
 from helpers import final_state, lower_every_stage, read_metrics, run_steps, without_timing
 
 
@@ -163,13 +164,18 @@ def test_paper_method_configs_build_and_lower_every_stage(name, tmp_path):
 
 TOY_METHOD = """
     import ml_collections
-    from fitnets_jax import losses
-    from fitnets_jax.methods.base import Method, Stage, forward, network_init
+
+    from fitnets_jax import methods
+    from fitnets_jax.methods import shared
 
     def defaults():
       return {"toy": ml_collections.ConfigDict(dict(smoothing=0.1))}
 
     def toy_stage(ctx):
+      import jax
+      from fitnets_jax import losses
+      from fitnets_jax.network import forward
+
       net, eps = ctx.student, ctx.config.toy.smoothing
 
       def loss(params, batch_stats, teacher, batch, rng, step):
@@ -178,27 +184,76 @@ TOY_METHOD = """
         return ce, ({"ce": ce, "accuracy": losses.accuracy(logits, batch["label"])}, {"student": stats})
 
       steps = ctx.steps("student")
-      return Stage(name="toy", trains="student", num_steps=steps, tx=ctx.optimizer("student", steps),
-                   init=network_init(net, "student"), loss=loss)
+      return shared.Stage(name="toy", trains="student", num_steps=steps, tx=ctx.optimizer("student", steps),
+                          init=shared.network_init(net, "student"), loss=loss)
 
-    import jax
-    METHOD = Method(name="toy", stages=lambda ctx: [toy_stage(ctx)], defaults=defaults)
+    METHOD = methods.Method(name="toy", stages=lambda ctx: [toy_stage(ctx)], defaults=defaults)
+    {register}
 """
 
 
-def test_a_new_method_is_one_module_with_its_record(tmp_path, monkeypatch, request):
-  """A module in methods/ that defines METHOD is found, its config section joins base_config (so
-  --config.toy.smoothing works), and it trains from the command line's path with nothing else edited."""
-  folder = tmp_path / "more_methods"
-  folder.mkdir()
-  (folder / "toy.py").write_text(textwrap.dedent(TOY_METHOD))
-  monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
-  request.addfinalizer(lambda: sys.modules.pop("fitnets_jax.methods.toy", None))
-  monkeypatch.setattr(methods, "METHODS", methods._discover())
-  assert list(methods.METHODS) == ["at", "byot", "dml", "fitnets", "fsp", "kd", "multi_teacher", "scratch", "toy"]
+@pytest.fixture
+def own_methods(monkeypatch, request):
+  """The registry as it was before the test: methods registered or modules found in it are forgotten."""
+  from fitnets_jax.methods import registry
+
+  monkeypatch.setattr(registry, "_REGISTERED", {})
+  monkeypatch.setattr(registry, "_BUILT_IN", {})
+  request.addfinalizer(lambda: [sys.modules.pop(m, None) for m in ("toy_method", "fitnets_jax.methods.toy")])
+  return registry
+
+
+def test_a_method_registered_from_outside_the_package_trains_from_its_config(tmp_path, monkeypatch, own_methods):
+  """One `register` call in a module of the user's own (no fork): the method is listed, its config
+  section joins base_config (so --config.toy.smoothing works), and it trains."""
+  (tmp_path / "toy_method.py").write_text(textwrap.dedent(TOY_METHOD).replace("{register}", "methods.register(METHOD)"))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  import toy_method  # noqa: F401
+
+  assert methods.names() == (*sorted(own_methods._built_in()), "toy")
   assert config.base_config().toy.smoothing == 0.1
   c = tiny_digits(method="toy", student=4)
   assert "student: digits_student" in layers.report(c) and "hint" not in layers.report(c)
   summary = train.run(c, str(tmp_path / "toy"))
   assert list(summary["stages"]) == ["toy"] and summary["teacher"] is None
   assert {r["stage"] for r in read_metrics(str(tmp_path / "toy"))} == {"toy"}
+
+
+def test_a_module_in_the_methods_folder_is_a_method_by_its_record_alone(tmp_path, monkeypatch, own_methods):
+  folder = tmp_path / "more_methods"
+  folder.mkdir()
+  (folder / "toy.py").write_text(textwrap.dedent(TOY_METHOD).replace("{register}", ""))
+  monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
+  assert "toy" in methods.names() and config.base_config().toy.smoothing == 0.1
+
+
+@pytest.mark.parametrize(
+  "record,message",
+  [
+    (dict(name="kd"), r"'kd' is a built-in method; choose another name"),
+    (dict(name="my kd"), r"name='my kd'.*must be a Python identifier"),
+    (dict(name="mine", teachers="two"), r"Method\(name='mine'\).teachers='two' is not valid"),
+    (
+      dict(name="mine", defaults=lambda: {"kd": {}, "byot": {}}),
+      r"section\(s\) byot, kd already belong to byot, shared",
+    ),
+  ],
+)
+def test_a_method_that_would_clash_is_refused_when_registered(record, message, own_methods):
+  with pytest.raises(FitnetsError, match=message):
+    methods.register(methods.Method(stages=lambda ctx: [], **record))
+  assert methods.names() == tuple(sorted(own_methods._built_in()))
+
+
+def test_loading_a_config_and_every_method_never_imports_jax():
+  """A mistake in a config is reported before JAX (or TensorFlow) loads: the config, the registry and
+  every method module import neither (fitnets_jax.methods.registry says how a method keeps it so)."""
+  script = (
+    "import sys; from fitnets_jax import config, methods\n"
+    "config.load('configs/digits.py'); [methods.get(n).defaults() for n in methods.names()]\n"
+    "try: config.load('configs/digits.py', {'method': 'nope'})\n"
+    "except Exception as e: print(type(e).__name__)\n"
+    "print(sorted(m for m in ('jax', 'flax', 'optax', 'numpy', 'tensorflow', 'orbax') if m in sys.modules))"
+  )
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+  assert out.split() == ["FitnetsError", "[]"], out

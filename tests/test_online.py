@@ -9,8 +9,8 @@ import pytest
 
 from fitnets_jax import data, experiment, losses, models, parallel, saved, train, train_step
 from fitnets_jax.methods import byot
-from fitnets_jax.methods.base import forward, network
 from fitnets_jax.models.exits import ExitHead
+from fitnets_jax.network import forward, network
 
 from conftest import load_config, with_overrides
 from helpers import final_state, read_metrics

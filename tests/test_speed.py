@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fitnets_jax import benchmark, compiler, data, experiment, parallel, teacher_cache, train_step
-from fitnets_jax.methods.base import forward, predict, variables
+from fitnets_jax.network import forward, predict, variables
 
 from conftest import tiny_digits
 

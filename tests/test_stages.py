@@ -9,7 +9,7 @@ import pytest
 
 from fitnets_jax import FitnetsError, experiment, losses, optim, parallel, train_step
 from fitnets_jax.config import base_config
-from fitnets_jax.methods import kd
+from fitnets_jax.methods import shared
 from fitnets_jax.models import _SPECS
 from fitnets_jax.models.maxout import MaxoutConv
 
@@ -154,7 +154,7 @@ def lam_cfg(**kw):
 
 
 def test_lambda_schedule_start_middle_end():
-  lam = kd.lambda_schedule(lam_cfg(), num_steps=100, steps_per_epoch=10)
+  lam = shared.lambda_schedule(lam_cfg(), num_steps=100, steps_per_epoch=10)
   assert float(lam(0)) == pytest.approx(4.0)
   assert float(lam(50)) == pytest.approx(2.5)
   assert float(lam(100)) == pytest.approx(1.0)
@@ -163,13 +163,13 @@ def test_lambda_schedule_start_middle_end():
 
 def test_lambda_schedule_with_a_delayed_bounded_decay():
   # FitNets CIFAR: constant until epoch 5, then linear down to 1 at epoch 5 + 10.
-  lam = kd.lambda_schedule(lam_cfg(lambda_decay_begin_epochs=5.0, lambda_decay_epochs=10.0), 1000, 10)
+  lam = shared.lambda_schedule(lam_cfg(lambda_decay_begin_epochs=5.0, lambda_decay_epochs=10.0), 1000, 10)
   assert [float(lam(s)) for s in (0, 50, 100, 150, 999)] == pytest.approx([4.0, 4.0, 2.5, 1.0, 1.0])
 
 
 def test_lambda_schedule_must_not_increase():
   with pytest.raises(FitnetsError, match="anneals λ downwards"):
-    kd.lambda_schedule(lam_cfg(lambda_start=1.0, lambda_end=4.0), 100, 10)
+    shared.lambda_schedule(lam_cfg(lambda_start=1.0, lambda_end=4.0), 100, 10)
 
 
 def test_max_norm_projects_columns_above_the_limit():
@@ -353,7 +353,7 @@ def test_the_hint_stage_gives_the_regressor_hint_regressor_max_norm(digits_exp):
 @pytest.mark.parametrize("name", ["maxout_mnist_teacher", "fitnet_mnist"])
 def test_the_mnist_yamls_models_have_untied_biases_and_the_regressor_copies_the_hint_layers(name):
   from fitnets_jax import features, hints, models
-  from fitnets_jax.methods.base import network
+  from fitnets_jax.network import network
 
   net = network(name, models.get_model(name, 10), (28, 28, 1))
   params = net.abstract_variables()["params"]

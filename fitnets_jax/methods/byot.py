@@ -20,15 +20,11 @@ section plus its head): the accuracy/cost trade-off of exiting early. The stage 
 plain network (the deepest exit); the heads stay in the stage's checkpoint.
 """
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import ml_collections
 
-from fitnets_jax import losses
 from fitnets_jax.errors import check, one_of
-from fitnets_jax.methods.base import Method, forward, fresh_or_carried, network
-from fitnets_jax.models.exits import ExitHead
+from fitnets_jax.methods import shared
+from fitnets_jax.methods.registry import Method
 
 FEATURE_TERMS = ("l2", "squared", "off")
 
@@ -73,6 +69,9 @@ def section_outputs(student):
 
 def exit_heads(student, num_classes, attention=True, attention_norm=True):
   """{"exit1": Network, …}: the head after each section of `student` but the last."""
+  from fitnets_jax.models.exits import ExitHead
+  from fitnets_jax.network import network
+
   outputs = section_outputs(student)
   shapes = {l.name: l.shape for l in student.layers}
   return {
@@ -104,6 +103,13 @@ def cost_to_exit(student, heads, outputs, i):
 
 
 def byot_stage(ctx):
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from fitnets_jax import losses
+  from fitnets_jax.network import forward
+
   cfg, student = ctx.config.byot, ctx.student
   check(
     len(student.sections) >= 2,
@@ -122,7 +128,7 @@ def byot_stage(ctx):
   adapters = [f"adapter{i + 1}" for i in distilled] if cfg.adapter else []
 
   def init(rng, carry):
-    params, stats = fresh_or_carried(student, rng, carry)
+    params, stats = shared.fresh_or_carried(student, rng, carry)
     fresh = {name: head.init(jax.random.fold_in(rng, i + 1)) for i, (name, head) in enumerate(heads.items())}
     fresh.update(
       {

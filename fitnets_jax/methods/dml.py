@@ -18,14 +18,11 @@ agreement (the fraction of test images two networks label alike, averaged over p
 
 import itertools
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
-from fitnets_jax import losses, optim
 from fitnets_jax.errors import check, one_of
-from fitnets_jax.methods.base import Method, Stage, Update, build_network, forward, network_entry, predict, variables
+from fitnets_jax.methods.registry import Method
+from fitnets_jax.methods.shared import Stage, Update, network_entry
 
 ORDERS = ("alternating", "simultaneous")
 COHORT_KEYS = ("model", "dropout", "optimizer")
@@ -69,6 +66,13 @@ def networks(config):
 
 
 def dml_stage(ctx):
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from fitnets_jax import losses, optim
+  from fitnets_jax.network import build_network, forward, predict, variables
+
   cfg = ctx.config.dml
   one_of("dml.order", cfg.order, ORDERS)
   one_of("dml.peers", cfg.peers, losses.PEER_REDUCTIONS)

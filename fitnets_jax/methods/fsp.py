@@ -11,10 +11,9 @@ loss with `fsp.kd=True` (stage `kd`).
 
 import ml_collections
 
-from fitnets_jax import features, losses
 from fitnets_jax.errors import check
-from fitnets_jax.methods import kd
-from fitnets_jax.methods.base import Method, forward, supervised_stage, teacher_features
+from fitnets_jax.methods import shared
+from fitnets_jax.methods.registry import Method
 
 
 def defaults():
@@ -63,6 +62,9 @@ def check_pairable(teacher_points, student_points, teacher, student):
 
 
 def fsp_stage(ctx):
+  from fitnets_jax import features, losses
+  from fitnets_jax.network import forward
+
   student, teacher = ctx.student, ctx.teacher
   s_points, t_points = section_points(student, "student"), section_points(teacher, "teacher")
   check_pairable(t_points, s_points, teacher, student)
@@ -78,7 +80,7 @@ def fsp_stage(ctx):
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
     x = batch["image"]
     _, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng, capture=s_names)
-    t_feats = teacher_features(ctx, teacher_vars, batch, {"teacher": t_names})["teacher"]
+    t_feats = shared.teacher_features(ctx, teacher_vars, batch, {"teacher": t_names})["teacher"]
     g_s = [losses.fsp_matrix(s_feats[a.name], s_feats[b.name]) for a, b in s_points]
     g_t = [losses.fsp_matrix(t_feats[a.name], t_feats[b.name]) for a, b in t_points]
     value = losses.fsp_loss(g_t, g_s, weights)
@@ -89,7 +91,9 @@ def fsp_stage(ctx):
 
 
 def stages(ctx):
-  second = kd.kd_stage(ctx) if ctx.config.fsp.kd else supervised_stage(ctx, "ce", ctx.student, "student", "student")
+  second = (
+    shared.kd_stage(ctx) if ctx.config.fsp.kd else shared.supervised_stage(ctx, "ce", ctx.student, "student", "student")
+  )
   return [fsp_stage(ctx), second]
 
 

@@ -6,17 +6,16 @@ come from `config.teachers` (each its own architecture, and a checkpoint or a tr
 Weights (`multi_teacher.weights`): `uniform`; `explicit` (`multi_teacher.mu`); or `accuracy` —
 each teacher's accuracy on the validation split (`dataset.validation_examples` held out of
 training), measured once the teachers are ready and recorded in summary.json. With
-`multi_teacher.hint_stage=True` the FitNets hint stage(s) of `fitnets_jax.methods.fitnets` run
+`multi_teacher.hint_stage=True` the FitNets hint stage(s) (`fitnets_jax.methods.shared`) run
 first; each hint pair names its teacher by index (`teacher` in a `hints` entry, 0 by default), as
 do the attention pairs of `kd.attention`.
 """
 
 import ml_collections
-import numpy as np
 
 from fitnets_jax.errors import check, one_of
-from fitnets_jax.methods import fitnets, kd
-from fitnets_jax.methods.base import Method
+from fitnets_jax.methods import shared
+from fitnets_jax.methods.registry import Method
 
 WEIGHTS = ("uniform", "explicit", "accuracy")
 
@@ -57,6 +56,8 @@ def check_weights(config, num_teachers):
 
 def teacher_weights(config, roles, validation_accuracy):
   """(μ normalised to sum 1, {role: validation accuracy or None}); `validation_accuracy(role)` measures one."""
+  import numpy as np
+
   cfg = config.multi_teacher
   accuracies = {r: None for r in roles}
   if cfg.weights == "uniform":
@@ -76,8 +77,8 @@ def teacher_weights(config, roles, validation_accuracy):
 
 def stages(ctx):
   check_weights(ctx.config, len(ctx.teachers))
-  hint_stages = fitnets.hint_stages(ctx) if ctx.config.multi_teacher.hint_stage else []
-  return hint_stages + [kd.kd_stage(ctx)]
+  hint_stages = shared.hint_stages(ctx) if ctx.config.multi_teacher.hint_stage else []
+  return hint_stages + [shared.kd_stage(ctx)]
 
 
 METHOD = Method(

@@ -1,7 +1,8 @@
 """`scratch`: the student trained on labels only — the baseline FitNets compares against."""
 
-from fitnets_jax.methods.base import Method, supervised_stage
+from fitnets_jax.methods import shared
+from fitnets_jax.methods.registry import Method
 
 METHOD = Method(
-  name="scratch", stages=lambda ctx: [supervised_stage(ctx, "scratch", ctx.student, "student", "student")]
+  name="scratch", stages=lambda ctx: [shared.supervised_stage(ctx, "scratch", ctx.student, "student", "student")]
 )

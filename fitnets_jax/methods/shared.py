@@ -1,22 +1,64 @@
-"""What a method is made of: one `Method` record, networks, a context, and a sequence of stages.
+"""What the methods share: the stage records, the config sections several methods read, and the stages
+several methods run (supervised, hint, KD).
 
-A method module defines `METHOD = Method(...)`: its name, its stages (`stages(ctx) -> list[Stage]`),
-the teachers it needs, the networks it trains and its own config defaults; `fitnets_jax.methods`
-finds it. Each stage names the network it trains, its length, its optimizer, which parameters it
-trains (the rest is frozen), and a pure loss. The trainer (`fitnets_jax.train`) runs any list of
-stages; a method never touches data.
+Stages: each names the network it trains, its length, its optimizer, which parameters it trains (the
+rest is frozen), and a pure loss. The trainer (`fitnets_jax.train`) runs any list of stages; a
+method never touches data. Sections: `kd` (read by kd, fitnets, fsp and multi_teacher), `hint` and
+`hints` (the hint pairs: fitnets, at, multi_teacher, kd.attention) and `attention` (at, and every
+attention pair).
+
+Like every module of this folder it imports JAX only inside the functions that build stages, so that
+loading a config (which reads `defaults()`) stays JAX-free (`fitnets_jax.methods.registry`).
 """
 
 import dataclasses
 from typing import Any, Callable, NamedTuple, Optional
 
-import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
-from fitnets_jax import compiler, features, losses, models, optim
-from fitnets_jax.errors import check
+from fitnets_jax.errors import check, one_of
+
+KD_LOSSES = ("fitnets", "hinton")
+
+
+def defaults():
+  """The sections several methods read."""
+  return {
+    "kd": ml_collections.ConfigDict(
+      dict(
+        loss="fitnets",  # fitnets: H(y,P_S) + λ·H(P_T^τ,P_S^τ) | hinton: α·τ²·KL + (1−α)·CE
+        temperature=3.0,
+        lambda_start=4.0,  # fitnets: λ annealed linearly start → end
+        lambda_end=1.0,
+        lambda_decay_begin_epochs=0.0,
+        lambda_decay_epochs=-1.0,  # -1: until the end of the stage
+        alpha=0.9,  # hinton only
+        attention=False,  # add the attention pairs' loss (hint kind 'attention') to the KD loss
+      )
+    ),
+    "hint": ml_collections.ConfigDict(
+      dict(
+        teacher_layer="conv2",  # hint layer (python -m fitnets_jax.layers lists them)
+        student_layer="conv5",  # guided layer
+        kind="regression",  # regression: FitNets' regressor + L2 | attention: attention transfer
+        weight=1.0,  # this pair's weight in the loss
+        regressor_init=0.05,  # U(±r) initialisation of the regressor; 0: lecun normal
+        regressor_max_norm=0.9,  # max-norm of each regressor's kernel columns (the authors' code: 0.9); 0: none
+        reduction="authors",  # ½(u − r)²: authors (sum over rows, mean over the rest) | paper (eq. 3) | mse
+        order="progressive",  # several pairs (`hints`): progressive (one phase per pair) | joint
+      )
+    ),
+    # Several hint pairs: a list of dicts with teacher_layer, student_layer and optionally kind,
+    # weight and teacher (index into `teachers`); empty: the one pair in `hint`.
+    "hints": [],
+    "attention": ml_collections.ConfigDict(
+      dict(
+        beta=1000.0,  # β of the attention-transfer loss β·mean((Q_S − Q_T)²) (the authors' cifar.py)
+        form="authors",  # authors: β·mean per pair (their code) | paper: β/2·mean (eq. 3's ½)
+        pool="features",  # unequal sizes: average-pool the larger features (RepDistiller, mdistiller) | map
+      )
+    ),
+  }
 
 
 def network_entry(entry, key, allowed, stage):
@@ -51,106 +93,6 @@ def network_entry(entry, key, allowed, stage):
     )
     stage.optimizer[field] = value
   return entry, stage
-
-
-COMPUTE_DTYPES = ("float32", "bfloat16")  # config.dtype: the activations' dtype
-TEACHERS = ("none", "one", "list")  # Method.teachers
-
-
-def _no_defaults():
-  return {}
-
-
-def _no_hint_pairs(config):
-  return False
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Method:
-  """Everything the rest of the library reads of a method; every hook but `name` and `stages` has a
-  default that fits a one-student method.
-
-  name: `config.method`'s value.
-  stages: (Context) -> [Stage], in order; a teacher trained in the run gets its own stage first.
-  teachers: "none"; "one" (`config.teacher`); or "list" (`config.teachers`, roles teacher1, …).
-  networks: (config) -> [(role, config key, {model, dropout})] of the networks trained from scratch,
-    the first being the summary's student; None: the one student of `config.student`.
-  teacher_weights: (config, roles, validation_accuracy(role)) -> (μ, {role: accuracy or None}) for
-    several teachers; None: uniform.
-  defaults: () -> {config section: default}, merged into `config.base_config()`.
-  uses_hint_pairs: (config) -> whether its stages read the hint pairs (`config.hint`/`hints`), which
-    `python -m fitnets_jax.layers` then lists.
-  extra_networks: (config, student Network, classes) -> {name: Network} trained beside the student (BYOT's
-    exit heads), for the layers report.
-  """
-
-  name: str
-  stages: Callable
-  teachers: str = "none"
-  networks: Optional[Callable] = None
-  teacher_weights: Optional[Callable] = None
-  defaults: Callable = _no_defaults
-  uses_hint_pairs: Callable = _no_hint_pairs
-  extra_networks: Optional[Callable] = None
-
-  def __post_init__(self):
-    assert self.teachers in TEACHERS, self.teachers
-
-  @property
-  def uses_teacher(self):
-    return self.teachers != "none"
-
-
-@dataclasses.dataclass
-class Network:
-  """A model with its layer table (names, shapes, params, MACs)."""
-
-  name: str
-  module: Any
-  input_shape: tuple
-  layers: list
-  params: int
-  macs: int
-  sections: tuple = ()  # ((input layer, output layer), …) of models with named sections
-  dtype: str = "float32"  # activations' dtype (config.dtype); parameters stay float32
-  depth: int = 0  # weight layers (conv and dense) on the main path, as papers count layers
-  paper_params: int = 0  # the FitNets paper's count (features.paper_params)
-
-  def abstract_variables(self):
-    """Shapes and dtypes of all variables (no computation)."""
-    return jax.eval_shape(
-      lambda: self.module.init({"params": jax.random.PRNGKey(0)}, jnp.zeros((1,) + self.input_shape), train=False)
-    )
-
-  def init(self, rng):
-    """Fresh (params, batch_stats); batch_stats is {} for models without batch norm. One program
-    compiled for a single run (`compiler.RUN_ONCE_OPTIONS`), with the values op-by-op execution gives;
-    inside a traced function (a stage's initial state), part of that function's program."""
-    variables = compiler.run_once(self._init_variables, rng)
-    return variables["params"], variables.get("batch_stats", {})
-
-  def _init_variables(self, rng):
-    return self.module.init({"params": rng, "dropout": rng}, jnp.zeros((1,) + self.input_shape), train=False)
-
-  def describe(self):
-    return {
-      "model": self.name,
-      "layers": self.depth,
-      "params": self.params,
-      "paper_params": self.paper_params,
-      "macs": self.macs,
-    }
-
-
-def network(name, module, input_shape, dtype="float32"):
-  """A Network with its layer table, traced from shapes only."""
-  net = Network(name, module, tuple(input_shape), [], 0, 0, tuple(getattr(module, "sections", ())), dtype)
-  abstract = net.abstract_variables()
-  net.layers = features.describe(module, abstract, input_shape)
-  net.params, net.macs = features.count_params(abstract["params"]), features.total_macs(net.layers)
-  net.depth = features.depth(net.layers)
-  net.paper_params = features.paper_params(net.layers, abstract["params"])
-  return net
 
 
 class Update(NamedTuple):
@@ -203,6 +145,8 @@ class Stage:
     return params[self.trains], batch_stats[self.trains]
 
   def param_labels(self, params):
+    import jax
+
     return self.labels(params) if self.labels else jax.tree.map(lambda _: "train", params)
 
 
@@ -216,7 +160,7 @@ class Context:
   """
 
   config: Any
-  student: Network
+  student: Any  # fitnets_jax.network.Network
   teachers: dict
   steps_per_epoch: int
   stage_configs: dict = dataclasses.field(default_factory=dict)  # role → its training stage config
@@ -247,6 +191,8 @@ class Context:
 
   def optimizer(self, stage_key, num_steps, regressor_limits=None):
     """`stages.<stage_key>.optimizer` as an optax transformation (`regressor_limits`: `optim.optimizer`)."""
+    from fitnets_jax import optim
+
     key = f"stages.{stage_key}.optimizer"
     return optim.optimizer(
       self.stage_config(stage_key).optimizer, num_steps, self.steps_per_epoch, key, regressor_limits
@@ -263,62 +209,6 @@ class Context:
     return Stage(name=name, trains="student", num_steps=num_steps, tx=tx, loss=loss, **fields)
 
 
-def build_network(key, cfg, num_classes, image_shape, dtype="float32"):
-  """The Network of `cfg.model` (dropout `cfg.dropout`), with the sections `cfg.sections` declares
-  ([[input layer, output layer], …], for models of your own) instead of the model's; `key` names the
-  config entry in errors."""
-  net = network(
-    cfg.model,
-    models.get_model(
-      cfg.model, num_classes, cfg.dropout, key=f"{key}.model", input_dropout=tuple(cfg.get("input_dropout", ()))
-    ),
-    image_shape,
-    dtype,
-  )
-  declared = [tuple(pair) if isinstance(pair, (list, tuple)) else pair for pair in cfg.get("sections", ())]
-  if declared:
-    names = [l.name for l in net.layers]
-    check(
-      all(isinstance(p, tuple) and len(p) == 2 and all(n in names for n in p) for p in declared),
-      f"{key}.sections={[list(p) if isinstance(p, tuple) else p for p in declared]!r}: each section is "
-      f"[input layer, output layer], both layers of {cfg.model!r} ({', '.join(names[:12])}"
-      f"{', …' if len(names) > 12 else ''}; `python -m fitnets_jax.layers` lists them all).",
-    )
-    net.sections = tuple(declared)
-  return net
-
-
-def variables(params, batch_stats):
-  """Flax variables of a network: its params, and its batch_stats when it has batch norm."""
-  return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
-
-
-def cast_floats(tree, dtype):
-  """`tree` with its floating-point leaves cast to `dtype` (integer leaves untouched)."""
-  return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
-
-
-def forward(net, params, batch_stats, x, train, rng=None, capture=()):
-  """(logits, captured features, batch_stats after the call) of `net`.
-
-  With `net.dtype` bfloat16 the parameters and the input are cast to bf16 for the call, so every
-  activation (and captured feature) is bf16, while the float32 parameters receive float32 gradients
-  through the cast. Batch statistics stay float32 (flax reduces them in float32), and the logits
-  come back as float32 for the losses.
-  """
-  if net.dtype != "float32":
-    params, x = cast_floats(params, net.dtype), x.astype(net.dtype)
-  logits, feats, new_stats = features.apply(
-    net.module, variables(params, batch_stats), x, train, capture, rngs={"dropout": rng} if rng is not None else None
-  )
-  return cast_floats(logits, jnp.float32), feats, new_stats if new_stats is not None else batch_stats
-
-
-def predict(net, network_variables, images):
-  """`net`'s float32 logits in inference mode from its flax variables {"params", ["batch_stats"]}."""
-  return forward(net, network_variables["params"], network_variables.get("batch_stats", {}), images, False)[0]
-
-
 def hint_captures(pairs):
   """{teacher role: its hint layer names} and the student's guided layer names, for `forward`."""
   by_teacher = {}
@@ -330,6 +220,8 @@ def hint_captures(pairs):
 def teacher_logits(ctx, teacher_vars, batch, role):
   """Teacher `role`'s logits on the batch: looked up in the teacher cache by example id when there is
   one (`fitnets_jax.teacher_cache`), else its forward pass in inference mode."""
+  from fitnets_jax.network import forward
+
   cached = teacher_vars.get("cache", {}).get(role)
   if cached is not None:
     return cached["logits"][batch["index"]]
@@ -340,6 +232,8 @@ def teacher_logits(ctx, teacher_vars, batch, role):
 def teacher_features(ctx, teacher_vars, batch, by_teacher):
   """The named layers' outputs of each teacher, in inference mode: {role: {layer: array}}; from the
   teacher cache when it holds all of a teacher's layers."""
+  from fitnets_jax.network import forward
+
   found = {}
   for role, names in by_teacher.items():
     names = tuple(dict.fromkeys(names))
@@ -369,6 +263,9 @@ def network_init(net, role):
 
 def supervised_stage(ctx, name, net, stage_key, trains):
   """Cross-entropy on the labels only: a teacher's training, or the 'scratch' student baseline."""
+  from fitnets_jax import losses
+  from fitnets_jax.network import forward
+
   num_steps = ctx.steps(stage_key)
 
   def loss(params, batch_stats, teacher, batch, rng, step):
@@ -388,4 +285,137 @@ def supervised_stage(ctx, name, net, stage_key, trains):
 
 def linear_anneal(start, end, begin, length):
   """λ(step): `start` until `begin`, then linear to `end` over `length` steps, then `end`."""
+  import optax
+
   return optax.linear_schedule(start, end, max(1, length), begin)
+
+
+def lambda_schedule(cfg, num_steps, steps_per_epoch):
+  """λ(step) of the FitNets KD loss: `lambda_start` → `lambda_end`, linear (Romero et al. 2015, §2.2;
+  the authors' released yamls: 4 → 1 from epoch 5 for CIFAR-10, 4 → 0 over epochs 5 → 150 for MNIST)."""
+  check(
+    cfg.lambda_start >= cfg.lambda_end >= 0,
+    f"kd.lambda_start={cfg.lambda_start!r} → kd.lambda_end={cfg.lambda_end!r}: FitNets anneals λ "
+    "downwards (the teacher's weight falls as the student learns), so 0 ≤ lambda_end ≤ lambda_start.",
+  )
+  check(
+    cfg.lambda_decay_begin_epochs >= 0, f"kd.lambda_decay_begin_epochs={cfg.lambda_decay_begin_epochs!r} must be ≥ 0."
+  )
+  check(
+    cfg.lambda_decay_epochs == -1 or cfg.lambda_decay_epochs > 0,
+    f"kd.lambda_decay_epochs={cfg.lambda_decay_epochs!r} must be > 0, or -1 for 'until the stage ends'.",
+  )
+  begin = int(round(cfg.lambda_decay_begin_epochs * steps_per_epoch))
+  length = num_steps - begin if cfg.lambda_decay_epochs < 0 else int(round(cfg.lambda_decay_epochs * steps_per_epoch))
+  return linear_anneal(cfg.lambda_start, cfg.lambda_end, begin, length)
+
+
+def kd_stage(ctx, name="kd"):
+  """The KD stage; with several teachers the soft target is their μ-weighted average
+  (`losses.soft_target`), and with `kd.attention` the attention pairs' loss (`fitnets_jax.hints`) is
+  added."""
+  from fitnets_jax import hints, losses
+  from fitnets_jax.network import forward
+
+  cfg = ctx.config.kd
+  one_of("kd.loss", cfg.loss, KD_LOSSES)
+  check(cfg.temperature > 0, f"kd.temperature={cfg.temperature!r} must be > 0.")
+  check(0.0 <= cfg.alpha <= 1.0, f"kd.alpha={cfg.alpha!r} must be in [0, 1].")
+  num_steps = ctx.steps("student")
+  lam = lambda_schedule(cfg, num_steps, ctx.steps_per_epoch)
+  student, roles = ctx.student, list(ctx.teachers)
+  pairs = []
+  if cfg.attention:
+    pairs = [p for p in hints.pairs(ctx.config, student, ctx.teachers) if p.kind == "attention"]
+    check(
+      pairs,
+      "kd.attention=True adds the attention pairs' loss, but no hint pair has kind='attention'; set "
+      "hint.kind=attention (or list pairs in `hints`).",
+    )
+  by_teacher, guided_names = hint_captures(pairs)
+  options = hints.loss_options(ctx.config)
+
+  def loss(params, batch_stats, teacher_vars, batch, rng, step):
+    x, y = batch["image"], batch["label"]
+    t_logits = [teacher_logits(ctx, teacher_vars, batch, r) for r in roles]
+    s_logits, s_feats, stats = forward(
+      student, params["student"], batch_stats["student"], x, True, rng, capture=guided_names
+    )
+    if cfg.loss == "fitnets":
+      weight = lam(step)
+      total, parts = losses.fitnets_kd_loss(s_logits, t_logits, y, weight, cfg.temperature, teacher_vars["mu"])
+      parts["lambda"] = weight
+    else:
+      total, parts = losses.hinton_kd_loss(s_logits, t_logits, y, cfg.alpha, cfg.temperature, teacher_vars["mu"])
+    if pairs:
+      t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
+      parts["attention"] = sum(
+        hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, options) for p in pairs
+      )
+      total = total + parts["attention"]
+    parts["accuracy"] = losses.accuracy(s_logits, y)
+    return total, (parts, {"student": stats})
+
+  return ctx.student_stage(name, "student", loss, teacher_layers=by_teacher)
+
+
+def hint_stage(ctx, name, pairs):
+  """Trains the student up to the deepest guided layer of `pairs` (and their regressors) on their losses."""
+  import jax
+  import jax.numpy as jnp
+
+  from fitnets_jax import features, hints
+  from fitnets_jax.network import forward
+
+  student = ctx.student
+  options = hints.loss_options(ctx.config)
+  last = max((p.guided for p in pairs), key=lambda l: [x.name for x in student.layers].index(l.name))
+  trained = features.prefix_paths(student.layers, last.name)
+  by_teacher, guided_names = hint_captures(pairs)
+
+  def init(rng, carry):
+    params, stats = fresh_or_carried(student, rng, carry)
+    regressors = {
+      f"regressor{i}": p.regressor.init(jax.random.fold_in(rng, i + 1), jnp.zeros((1,) + p.guided.shape))["params"]
+      for i, p in enumerate(pairs)
+      if p.regressor is not None
+    }
+    return {"student": params, **regressors}, {"student": stats}
+
+  def labels(params):
+    return {
+      k: features.prefix_labels(v, trained) if k == "student" else jax.tree.map(lambda _: "train", v)
+      for k, v in params.items()
+    }
+
+  def loss(params, batch_stats, teacher_vars, batch, rng, step):
+    x = batch["image"]
+    _, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng, capture=guided_names)
+    t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
+    terms = [
+      hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], params.get(f"regressor{i}"), options)
+      for i, p in enumerate(pairs)
+    ]
+    value = sum(terms)
+    scalars = {"hint": value}
+    if len(pairs) > 1:
+      scalars.update({f"hint_{p.guided.name}": t for p, t in zip(pairs, terms)})
+    stats = features.merge_prefix(stats, batch_stats["student"], trained)
+    return value, (scalars, {"student": stats})
+
+  limit = float(ctx.config.hint.regressor_max_norm)
+  limits = {f"regressor{i}": limit for i, p in enumerate(pairs) if p.regressor is not None}
+  return ctx.student_stage(
+    name, "hint", loss, regressor_limits=limits, init=init, labels=labels, evaluate=False, teacher_layers=by_teacher
+  )
+
+
+def hint_stages(ctx):
+  """One `hint` stage (one pair, or several jointly), or `hint1`, `hint2`, … (progressive)."""
+  from fitnets_jax import hints
+
+  pairs = hints.pairs(ctx.config, ctx.student, ctx.teachers)
+  if len(pairs) == 1 or ctx.config.hint.order == "joint":
+    return [hint_stage(ctx, "hint", pairs)]
+  hints.progressive_order_ok(pairs, ctx.student)
+  return [hint_stage(ctx, f"hint{i + 1}", [p]) for i, p in enumerate(pairs)]

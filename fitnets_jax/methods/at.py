@@ -6,30 +6,19 @@ Stage `at`: L = H(y, P_S) + Σ_pairs w·β·mean((Q_S − Q_T)²) over the confi
 (`attention.form='authors'`, the default); `attention.form='paper'` halves it (eq. 3's β/2). Maps of
 unequal size are compared after average-pooling the larger side's features (`attention.pool=
 'features'`, as RepDistiller and mdistiller) or its attention map ('map'); docs/conventions.md
-gives every factor. The teacher runs in inference mode. To add attention
-to a KD or FitNets student instead, set `kd.attention=True`.
+gives every factor. The `attention` section is shared (`fitnets_jax.methods.shared`). The teacher
+runs in inference mode. To add attention to a KD or FitNets student instead, set `kd.attention=True`.
 """
 
-import ml_collections
-
-from fitnets_jax import hints, losses
 from fitnets_jax.errors import check
-from fitnets_jax.methods.base import Method, forward, hint_captures, teacher_features
-
-
-def defaults():
-  return {
-    "attention": ml_collections.ConfigDict(
-      dict(
-        beta=1000.0,  # β of the attention-transfer loss β·mean((Q_S − Q_T)²) (the authors' cifar.py)
-        form="authors",  # authors: β·mean per pair (their code) | paper: β/2·mean (eq. 3's ½)
-        pool="features",  # unequal sizes: average-pool the larger features (RepDistiller, mdistiller) | map
-      )
-    )
-  }
+from fitnets_jax.methods import shared
+from fitnets_jax.methods.registry import Method
 
 
 def at_stage(ctx):
+  from fitnets_jax import hints, losses
+  from fitnets_jax.network import forward
+
   pairs = hints.pairs(ctx.config, ctx.student, ctx.teachers)
   wrong = [p.key for p in pairs if p.kind != "attention"]
   check(
@@ -37,7 +26,7 @@ def at_stage(ctx):
     f"method='at' trains on attention pairs, but {', '.join(wrong)} has kind 'regression'; set "
     "hint.kind=attention (or kind in each `hints` entry).",
   )
-  by_teacher, guided_names = hint_captures(pairs)
+  by_teacher, guided_names = shared.hint_captures(pairs)
   student, options = ctx.student, hints.loss_options(ctx.config)
 
   def loss(params, batch_stats, teacher_vars, batch, rng, step):
@@ -45,7 +34,7 @@ def at_stage(ctx):
     logits, s_feats, stats = forward(
       student, params["student"], batch_stats["student"], x, True, rng, capture=guided_names
     )
-    t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
+    t_feats = shared.teacher_features(ctx, teacher_vars, batch, by_teacher)
     attention = sum(
       hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, options) for p in pairs
     )
@@ -58,6 +47,4 @@ def at_stage(ctx):
   return ctx.student_stage("at", "student", loss, teacher_layers=by_teacher)
 
 
-METHOD = Method(
-  name="at", stages=lambda ctx: [at_stage(ctx)], teachers="one", defaults=defaults, uses_hint_pairs=lambda config: True
-)
+METHOD = Method(name="at", stages=lambda ctx: [at_stage(ctx)], teachers="one", uses_hint_pairs=lambda config: True)
