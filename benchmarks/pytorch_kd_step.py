@@ -6,7 +6,7 @@ The step: the maxout MNIST teacher's forward pass (inference) plus the thin maxo
 forward/backward on H(y, P_S) + λ·H(P_T^τ, P_S^τ), RMSProp (decay 0.9) and the paper's max-norm,
 batch 128 of 28×28×1 images. The PyTorch networks are rebuilt from the same layer specs
 (`fitnets_jax.models.maxout_spec`): maxout over consecutive channel groups, ceil-mode pooling,
-U(±0.005) weights. Ours is `fitnets_jax.benchmark` on the config's `kd` stage (synthetic MNIST-sized
+U(±0.005) weights. Ours is `fitnets_jax.tools.benchmark` on the config's `kd` stage (synthetic MNIST-sized
 images through the real input pipeline), live and with the teacher cache (no teacher pass), next to
 its bare JAX/Flax reference step. On CPU that bare step is also timed compiled with XLA's default
 options instead of the library's (`fitnets_jax.compiler`), in a subprocess. Both frameworks run
@@ -97,8 +97,8 @@ def time_torch(config, batch, steps, device="cpu", warmup=5):
 
 
 def time_jax(config, workdir, steps):
-  """fitnets_jax.benchmark's record of the config's KD stage (ours, the bare step, the cached step)."""
-  from fitnets_jax import benchmark
+  """fitnets_jax.tools.benchmark's record of the config's KD stage (ours, the bare step, the cached step)."""
+  from fitnets_jax.tools import benchmark
 
   return benchmark.run(config, workdir, warmup=5, timed=steps, synthetic_examples=4096, stages=("kd",))
 

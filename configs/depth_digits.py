@@ -3,7 +3,7 @@ growing depth at about the same number of parameters (`digits_thin_D`: 5 … 21 
 parameters, no batch norm), each trained from scratch, with KD and with FitNets, over 3 seeds, from
 one teacher trained once (its outputs cached).
 
-  python -m fitnets_jax.depth_sweep --config configs/depth_digits.py --workdir runs/depth_digits
+  python -m fitnets_jax.tools.depth_sweep --config configs/depth_digits.py --workdir runs/depth_digits
 
 Every student gets the same budget: 30 epochs. FitNets spends 10 of them in the hint stage and 20
 in the KD stage; scratch and KD train all 30 on their one loss (`sweep.equal_budget`). The

@@ -3,7 +3,7 @@ thin students of growing depth at a fixed number of multiplications (`digits_mac
 layers, ≈363K MACs, no batch norm, U(±0.005) initialisation), each trained from scratch, with KD
 and with FitNets, over 3 seeds, from one teacher trained once (its outputs cached).
 
-  python -m fitnets_jax.depth_sweep --config configs/depth_digits_paper.py --workdir runs/depth_digits_paper
+  python -m fitnets_jax.tools.depth_sweep --config configs/depth_digits_paper.py --workdir runs/depth_digits_paper
 
 The recipe is the FitNets students': pylearn2's RMSProp (decay 0.9, the RMS floored at 1e-5) at
 lr 0.005, max-norm 0.9 / 1.9 / 1.9365 (conv / dense / softmax), the regressor U(±0.05) with

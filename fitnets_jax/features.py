@@ -129,7 +129,7 @@ def find_layer(layers, name, key, model_name):
       return layer
   raise FitnetsError(
     f"{key}={name!r} is not a layer of model {model_name!r}. Valid names: "
-    f"{', '.join(l.name for l in layers)} (python -m fitnets_jax.layers --config ... shows their shapes)."
+    f"{', '.join(l.name for l in layers)} (python -m fitnets_jax.tools.layers --config ... shows their shapes)."
   )
 
 

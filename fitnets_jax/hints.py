@@ -84,7 +84,7 @@ def pairs(config, student, teachers):
       check(
         isinstance(entry.get(needed), str),
         f"{key}.{needed}={entry.get(needed)!r} must be a layer name "
-        "(python -m fitnets_jax.layers --config … lists them).",
+        "(python -m fitnets_jax.tools.layers --config … lists them).",
       )
     kind = one_of(f"{key}.kind", entry.get("kind", "regression"), KINDS)
     weight = entry.get("weight", 1.0)

@@ -88,7 +88,7 @@ def build_network(key, cfg, num_classes, image_shape, dtype="float32"):
       all(isinstance(p, tuple) and len(p) == 2 and all(n in names for n in p) for p in declared),
       f"{key}.sections={[list(p) if isinstance(p, tuple) else p for p in declared]!r}: each section is "
       f"[input layer, output layer], both layers of {cfg.model!r} ({', '.join(names[:12])}"
-      f"{', …' if len(names) > 12 else ''}; `python -m fitnets_jax.layers` lists them all).",
+      f"{', …' if len(names) > 12 else ''}; `python -m fitnets_jax.tools.layers` lists them all).",
     )
     net.sections = tuple(declared)
   return net

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import fitnets_jax
-from fitnets_jax import FitnetsError, data, experiment, layers
+from fitnets_jax import FitnetsError, data, experiment
+from fitnets_jax.tools import layers
 
 from conftest import tiny_digits
 

@@ -7,8 +7,9 @@ import os
 import jax
 import pytest
 
-from fitnets_jax import FitnetsError, depth_sweep, models, report
+from fitnets_jax import FitnetsError, models
 from fitnets_jax.network import network
+from fitnets_jax.tools import depth_sweep, report
 
 from conftest import load_config, with_overrides
 

@@ -59,3 +59,15 @@ def test_the_code_passes_ruff(check):
   assert ruff, "ruff is missing: pip install -r requirements.txt (it pins the version the code is checked with)"
   result = subprocess.run([ruff, *check, "."], cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_the_module_map_names_every_module_of_the_package():
+  text = open(os.path.join(ROOT, "docs", "how-it-works.md")).read()
+  package = os.path.join(ROOT, "fitnets_jax")
+  modules = [
+    os.path.relpath(path, package)
+    for path in glob.glob(os.path.join(package, "**", "*.py"), recursive=True)
+    if not path.endswith("__init__.py") and "configs" not in path
+  ]
+  missing = [m for m in modules if os.path.basename(m) not in text]
+  assert modules and not missing, f"docs/how-it-works.md's module map omits {missing}"

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from fitnets_jax import FitnetsError, config, explore, plots, train
+from fitnets_jax import FitnetsError, config, train
+from fitnets_jax.tools import explore, plots
 
 from conftest import ROOT, tiny_digits
 

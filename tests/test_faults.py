@@ -896,7 +896,7 @@ def test_the_write_probe_removes_only_the_empty_folders_it_made_never_a_sibling_
 
 
 def test_a_changed_byte_in_metrics_jsonl_is_skipped_with_a_count_on_resume_and_in_the_report(tmp_path, capsys):
-  from fitnets_jax import report
+  from fitnets_jax.tools import report
 
   work = str(tmp_path / "run")
   train.run(tiny_digits("scratch", student=12), work)  # records at steps 4, 8, 12 and the test record

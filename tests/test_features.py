@@ -243,7 +243,7 @@ def test_prefix_labels_train_up_to_the_guided_layer():
 
 
 def test_layers_report_shows_both_tables_and_the_hint_pair():
-  from fitnets_jax import layers
+  from fitnets_jax.tools import layers
 
   from conftest import load_config, with_overrides
 

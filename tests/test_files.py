@@ -14,8 +14,9 @@ from etils.epath import backend as epath_backend
 from etils.epath import gpath
 from etils.epath import stat_utils as epath_stat
 
-from fitnets_jax import checkpoint, experiment, files, metrics, plots, report, workdir_lock
+from fitnets_jax import checkpoint, experiment, files, metrics, workdir_lock
 from fitnets_jax.errors import FitnetsError
+from fitnets_jax.tools import plots, report
 
 from conftest import ROOT
 

@@ -11,7 +11,7 @@ import types
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
-from fitnets_jax import install
+from fitnets_jax.tools import install
 
 from conftest import ROOT
 

@@ -1,6 +1,7 @@
 """FSP, attention transfer, multi-teacher KD and several hint pairs: freezing, configs, resume."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fitnets_jax import FitnetsError, config, experiment, layers, methods, parallel, train
+from fitnets_jax import FitnetsError, config, experiment, methods, parallel, train
+from fitnets_jax.tools import layers
 
 from conftest import ROOT, load_config, tiny_digits, with_overrides
 from helpers import final_state, lower_every_stage, read_metrics, run_steps, without_timing
@@ -257,3 +259,11 @@ def test_loading_a_config_and_every_method_never_imports_jax():
   )
   out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True).stdout
   assert out.split() == ["FitnetsError", "[]"], out
+
+
+def test_the_docs_method_of_your_own_registers_and_trains(tmp_path, own_methods):
+  page = open(os.path.join(ROOT, "docs", "methods.md")).read()
+  snippet = next(b for b in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "methods.register" in b)
+  exec(compile(snippet, "docs/methods.md", "exec"), {})
+  summary = train.run(tiny_digits(method="ce_only", student=2), str(tmp_path))
+  assert list(summary["stages"]) == ["ce"] and np.isfinite(summary["stages"]["ce"]["final_train_loss"])

@@ -10,7 +10,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from fitnets_jax import explore
+from fitnets_jax.tools import explore
 
 from conftest import ROOT
 

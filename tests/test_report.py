@@ -5,7 +5,8 @@ import json
 import matplotlib.image
 import pytest
 
-from fitnets_jax import FitnetsError, main, plots, report
+from fitnets_jax import FitnetsError, main
+from fitnets_jax.tools import plots, report
 
 from conftest import tiny_digits
 

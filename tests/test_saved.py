@@ -13,7 +13,8 @@ import pytest
 import tensorflow as tf
 
 import fitnets_jax
-from fitnets_jax import FitnetsError, data, export, preprocessing, report, saved
+from fitnets_jax import FitnetsError, data, preprocessing, saved
+from fitnets_jax.tools import export, report
 
 from conftest import tiny_digits
 
@@ -152,7 +153,7 @@ def test_every_file_of_a_saved_network_is_verified_before_it_is_used(run_dir, tm
     [
       sys.executable,
       "-m",
-      "fitnets_jax.export",
+      "fitnets_jax.tools.export",
       "--workdir",
       folder,
       "--format",

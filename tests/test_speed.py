@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fitnets_jax import benchmark, compiler, data, experiment, parallel, teacher_cache, train_step
+from fitnets_jax import compiler, data, experiment, parallel, teacher_cache, train_step
 from fitnets_jax.network import forward, predict, variables
+from fitnets_jax.tools import benchmark
 
 from conftest import tiny_digits
 

@@ -3,7 +3,7 @@
 The built-in methods are the modules of this folder that define `METHOD = Method(...)`; a method of
 your own joins them with `register(Method(...))` from any module (imported before its config is
 loaded: a config file can import it). Everything that lists methods — `config.method`'s check, the
-docs' test, the tests' parametrisations, `python -m fitnets_jax.layers` — reads `names()` here.
+docs' test, the tests' parametrisations, `python -m fitnets_jax.tools.layers` — reads `names()` here.
 
 Importing this module, or any method module, never imports JAX: loading a config reads every
 method's defaults, and a mistake in it is reported before JAX starts. A method module therefore
@@ -45,7 +45,7 @@ class Method:
   defaults: () -> {config section: default}, merged into `config.base_config()`; a section belongs
     to one method (the sections several methods read are `shared.defaults()`).
   uses_hint_pairs: (config) -> whether its stages read the hint pairs (`config.hint`/`hints`), which
-    `python -m fitnets_jax.layers` then lists.
+    `python -m fitnets_jax.tools.layers` then lists.
   extra_networks: (config, student Network, classes) -> {name: Network} trained beside the student
     (BYOT's exit heads), for the layers report.
   """

@@ -38,7 +38,7 @@ def defaults():
     ),
     "hint": ml_collections.ConfigDict(
       dict(
-        teacher_layer="conv2",  # hint layer (python -m fitnets_jax.layers lists them)
+        teacher_layer="conv2",  # hint layer (python -m fitnets_jax.tools.layers lists them)
         student_layer="conv5",  # guided layer
         kind="regression",  # regression: FitNets' regressor + L2 | attention: attention transfer
         weight=1.0,  # this pair's weight in the loss

@@ -1,7 +1,7 @@
 """Exports a saved network, its preprocessing included, for serving without this library.
 
-  python -m fitnets_jax.export --workdir runs/digits --network student --format stablehlo --out export/student
-  python -m fitnets_jax.export --workdir runs/digits --network student --format savedmodel --out export/sm
+  python -m fitnets_jax.tools.export --workdir runs/digits --network student --format stablehlo --out export/student
+  python -m fitnets_jax.tools.export --workdir runs/digits --network student --format savedmodel --out export/sm
 
 Both formats take a batch of raw uint8 images of any size (batch, height, width, channels), as the
 dataset stores them, and return float32 logits (batch, classes):

@@ -1,7 +1,7 @@
 """Measures every stage of a config's method on the devices JAX sees; writes benchmark.json.
 
-  python -m fitnets_jax.benchmark --config configs/digits.py --workdir runs/bench
-  python -m fitnets_jax.benchmark --config configs/svhn.py --workdir runs/bench_svhn --synthetic
+  python -m fitnets_jax.tools.benchmark --config configs/digits.py --workdir runs/bench
+  python -m fitnets_jax.tools.benchmark --config configs/svhn.py --workdir runs/bench_svhn --synthetic
 
 Per stage: compile time; the step time (median, 10th–90th percentile) over timed steps after
 warm-up, each ended by `block_until_ready`; images/s overall and per device; images/s of the

@@ -1,6 +1,6 @@
 """Results report from finished runs: a Table-5-style table and plots.
 
-  python -m fitnets_jax.report runs/digits_fitnets/seed_* runs/digits_kd/seed_* --out report/
+  python -m fitnets_jax.tools.report runs/digits_fitnets/seed_* runs/digits_kd/seed_* --out report/
 
 Reads each run's `summary.json`, `metrics.jsonl` and `config.json`, groups the runs that differ
 only by seed, and writes to `--out`:
@@ -15,7 +15,7 @@ only by seed, and writes to `--out`:
 - `accuracy_vs_macs.png`: every group's mean test accuracy (± std) against its MACs, teachers too;
 - with `--speed=1,256`, a measured speed-up column: the saved teacher's median inference latency ÷
   the saved student's (a group's first run) at each batch size, as FitNets' Table 5 measures it;
-- when the students span several depths (`fitnets_jax.depth_sweep`), a table and
+- when the students span several depths (`fitnets_jax.tools.depth_sweep`), a table and
   `accuracy_vs_depth.png` of each method's test accuracy (mean ± std) against the weight layers, as
   the FitNets paper's Figure 3.
 """
@@ -27,9 +27,10 @@ import re
 
 import numpy as np
 
-from fitnets_jax import files, inference, metrics, plots, saved
+from fitnets_jax import files, inference, metrics, saved
 from fitnets_jax.config import SAFE_TO_CHANGE, flatten
 from fitnets_jax.errors import FitnetsError, check, or_exit
+from fitnets_jax.tools import plots
 
 # Keys that name a run rather than its experiment: the seed, what may change on resume, and the
 # teacher checkpoint paths (each seed's run may load its own teacher).
@@ -335,7 +336,7 @@ def speed_batches(text):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m fitnets_jax.report", description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog="python -m fitnets_jax.tools.report", description=__doc__.splitlines()[0])
   parser.add_argument("runs", nargs="+", help="finished runs' workdirs")
   parser.add_argument("--out", default="report", help="folder for report.md and the PNGs")
   parser.add_argument("--no-curves", action="store_true", help="leave out each run's training-curve plot")

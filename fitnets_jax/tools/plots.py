@@ -2,7 +2,7 @@
 
 Every function returns a `matplotlib.figure.Figure` built without pyplot, so it works the same in
 a script (`save(fig, "x.png")`), in the results report and in a notebook (a Figure left as a
-cell's last value is shown). The arrays come from `fitnets_jax.explore` or a run's files.
+cell's last value is shown). The arrays come from `fitnets_jax.tools.explore` or a run's files.
 """
 
 import numpy as np

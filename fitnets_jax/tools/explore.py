@@ -21,11 +21,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from fitnets_jax import checkpoint, data, experiment, files, hints, losses, metrics, report, train_step
+from fitnets_jax import checkpoint, data, experiment, files, hints, losses, metrics, train_step
 from fitnets_jax import features as features_lib  # `features` below is this module's own function
 from fitnets_jax.errors import check
 from fitnets_jax.methods import fsp, shared
 from fitnets_jax.network import forward
+from fitnets_jax.tools import report
 
 
 @dataclasses.dataclass

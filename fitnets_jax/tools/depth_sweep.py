@@ -1,7 +1,7 @@
 """The FitNets depth experiment (Romero et al. 2015, §4.4, Figure 3): students of growing depth at
 about constant size, each trained from scratch, with KD and with FitNets, over several seeds.
 
-  python -m fitnets_jax.depth_sweep --config configs/depth_digits.py --workdir runs/depth_digits
+  python -m fitnets_jax.tools.depth_sweep --config configs/depth_digits.py --workdir runs/depth_digits
 
 The config is an ordinary run config (the student's own settings, the teacher, the stages) plus a
 `sweep` section: `family` (`digits_thin`: students at ≈18K parameters; `digits_macs`: at ≈363K
@@ -11,7 +11,7 @@ student gets as many epochs). One teacher is trained, by the first run that need
 `config.seed`; every other run loads it (`teacher.checkpoint`). A run goes to
 `<workdir>/<method>_depth<D>/seed_<s>`, FitNets' hint is the teacher's `hint.teacher_layer` onto
 the student's middle (the last conv of its first half). Finished runs are skipped, so a stopped sweep
-continues where it was. At the end `fitnets_jax.report` writes `<workdir>/report/` (the table and
+continues where it was. At the end `fitnets_jax.tools.report` writes `<workdir>/report/` (the table and
 test accuracy against depth), and `<workdir>/sweep.json` records each run's wall time, their total
 and the wall time of the last invocation that trained.
 """
@@ -106,7 +106,8 @@ def run(config, workdir):
   """Runs every unfinished run of the sweep `config` into `workdir`, then writes the report; returns
   the report's rows. For notebooks and scripts: `run(config.load("configs/depth_digits.py"), workdir)`."""
   todo = jobs(config, workdir)
-  from fitnets_jax import experiment, report, train
+  from fitnets_jax import experiment, train
+  from fitnets_jax.tools import report
 
   for c, w in todo:  # every run's bad input fails before the first one trains
     if not finished(w):

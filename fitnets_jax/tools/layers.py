@@ -2,7 +2,7 @@
 the exit heads too), with output shapes, parameters and MACs, their sections, and the hint pairs
 (with the regressor each regression pair gets).
 
-  python -m fitnets_jax.layers --config configs/cifar10.py
+  python -m fitnets_jax.tools.layers --config configs/cifar10.py
 """
 
 import jax

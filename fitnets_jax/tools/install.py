@@ -7,7 +7,7 @@ serves tf.data as well), and asks for the accelerator's jax build when jax must 
 notebooks' first cell runs it from the fresh clone, before the package's dependencies exist, so
 this module needs only the standard library and `packaging` (which pip itself brings).
 
-  python -m fitnets_jax.install   # prints the pip arguments this machine needs
+  python -m fitnets_jax.tools.install   # prints the pip arguments this machine needs
 """
 
 import glob
@@ -20,7 +20,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = str(Path(__file__).resolve().parents[1])
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def dependencies(root=ROOT):
