@@ -289,11 +289,7 @@ def define_config_flag():
       kept.append(arg)
     i += 1
   sys.argv[:] = kept
-  flags.DEFINE_string(
-    "config",
-    packaged("configs/digits.py"),
-    "Experiment config file: configs/NAME.py[:arg]; --config.key=value overrides any key.",
-  )
+  flags.DEFINE_string("config", None, "Experiment config file: configs/NAME.py[:arg] (required).")
 
 
 def from_command_line(path, overrides=None):
@@ -374,6 +370,15 @@ def _load_file(path):
   return config
 
 
+def stage_key(stage):
+  """The `stages.<key>` that sets the length and optimizer of a stage named as the progress lines name
+  it: teacher, teacher1 … → teacher; hint, hint1 …, fsp → hint; every other (kd, scratch, at, ce, dml,
+  byot, …) → student. (Teachers of `config.teachers` may override theirs in their entry.)"""
+  if stage.startswith("teacher"):
+    return "teacher"
+  return "hint" if stage.startswith("hint") or stage == "fsp" else "student"
+
+
 def _node(config, key, file, what):
   """(the ConfigDict holding dotted `key`'s last part, that part); a part that is not a key is one
   paragraph naming the closest valid key."""
@@ -382,9 +387,11 @@ def _node(config, key, file, what):
     valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
     if part not in valid:
       close = difflib.get_close_matches(part, valid, n=1)
+      hint = f" (did you mean {close[0]!r}?)" if close else ""
+      if i == 1 and parts[0] == "stages" and not close:
+        hint = f" (the stage {part!r} of the progress lines is configured as stages.{stage_key(part)})"
       raise FitnetsError(
-        f"{what}: {'.'.join(parts[: i + 1])!r} is not a key of the config in {file!r}"
-        f"{f' (did you mean {close[0]!r}?)' if close else ''}; valid there: "
+        f"{what}: {'.'.join(parts[: i + 1])!r} is not a key of the config in {file!r}{hint}; valid there: "
         f"{', '.join(valid) or 'none, it is a value'}."
       )
     if i < len(parts) - 1:

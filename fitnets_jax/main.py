@@ -39,10 +39,10 @@ if __name__ == "__main__":
   signal.signal(signal.SIGTERM, stop_during_start_up)  # first: a preemption may come at any moment
   signal.signal(signal.SIGINT, stop_during_start_up)  # Ctrl-C is a stop like SIGTERM: exit 75, nothing lost
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from fitnets_jax import command_line, files
 from fitnets_jax import config as config_lib
-from fitnets_jax import files
 from fitnets_jax.errors import FitnetsError, or_exit
 
 
@@ -136,12 +136,10 @@ def run_all(config_path, workdir, seeds):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # orbax and jax log every save at INFO.
   or_exit(run_all, flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.seeds)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  command_line.run(main, __doc__, required=("config",))

@@ -386,6 +386,11 @@ CLI_CASES = [
   (["--config=FILE:returns_none.py"], ["returns_none.py': get_config() returned NoneType, not an ml_collections"]),
   (["--config=FILE:syntax.py"], ["syntax.py' failed", "while loading (SyntaxError"]),
   (["--seeds=-1"], ["--seeds=-1 must be ≥ 0"]),
+  (["--config.method=nope"], ["method='nope' is not valid; choose one of: 'at'"]),
+  (["--config.stages.kd.steps=3"], ["'stages.kd' is not a key", "configured as stages.student"]),
+  (["--config.stages.fsp.epochs=3"], ["'stages.fsp' is not a key", "configured as stages.hint"]),
+  (["stray"], ["unexpected argument(s) 'stray'", "--help lists them"]),
+  (["--config="], ["--config is required, e.g. --config configs/digits.py"]),
 ]
 
 
@@ -394,12 +399,35 @@ def test_cli_errors_are_one_paragraph_before_any_loading(args, fragments, tmp_pa
   for name, text in CONFIG_FILES.items():
     (tmp_path / name).write_text(text)
   args = [a.replace("FILE:", str(tmp_path) + "/") for a in args]
-  if not any(a.startswith("--config=") for a in args):
+  if not any(a.startswith("--config=") for a in args):  # "--config=" alone: as if not given
     args = ["--config=configs/digits.py", *args]
   result = run_cli(*args, "--workdir", str(tmp_path / "w"))
   assert_one_paragraph(result, *fragments)
   assert not (tmp_path / "w").exists()
   assert "JAX" not in result.stdout, result.stdout  # refused before JAX started (it prints its backend)
+
+
+COMMANDS = [
+  "main",
+  "tools.layers",
+  "tools.export",
+  "tools.benchmark",
+  "tools.depth_sweep",
+  "tools.report",
+  "tools.install",
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_prints_its_help_and_flags_with_exit_0(command):
+  result = subprocess.run(
+    [sys.executable, "-m", f"fitnets_jax.{command}", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  flags = re.findall(r"^\s*(?:-\w, )?(--[a-z_]+)", result.stdout, flags=re.M)
+  assert flags, result.stdout
+  if command in ("main", "tools.layers", "tools.benchmark", "tools.depth_sweep"):
+    assert "--config" in flags and "--config.KEY=VALUE" in result.stdout
 
 
 def test_a_missing_workdir_is_refused_before_the_config_is_even_loaded():

@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 
-from fitnets_jax import compiler, data, experiment, files, inference, parallel, teacher_cache, train_step
+from fitnets_jax import command_line, compiler, data, experiment, files, inference, parallel, teacher_cache, train_step
 from fitnets_jax import config as config_lib
 from fitnets_jax.errors import FitnetsError, or_exit
 from fitnets_jax.network import cast_floats
@@ -429,4 +429,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  command_line.run(main, __doc__, required=("config",))

@@ -21,10 +21,10 @@ import json
 import time
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 
+from fitnets_jax import command_line, files
 from fitnets_jax import config as config_lib
-from fitnets_jax import files
 from fitnets_jax.errors import check, or_exit
 
 SWEEP_KEYS = ("family", "depths", "methods", "seeds", "equal_budget")
@@ -142,8 +142,6 @@ def run(config, workdir):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   or_exit(from_command_line, flags.FLAGS.config, flags.FLAGS.workdir)
 
@@ -156,4 +154,4 @@ def from_command_line(config_path, workdir):
 if __name__ == "__main__":
   config_lib.define_config_flag()
   flags.DEFINE_string("workdir", None, "Folder for the sweep's runs and its report.")
-  app.run(main)
+  command_line.run(main, __doc__, required=("config",))

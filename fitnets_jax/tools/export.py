@@ -15,9 +15,9 @@ The output folder also gets a copy of the network's `network.json`.
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import flags, logging
 
-from fitnets_jax import files, saved
+from fitnets_jax import command_line, files, saved
 from fitnets_jax.errors import check, one_of, or_exit
 
 FORMATS = ("stablehlo", "savedmodel")
@@ -73,8 +73,6 @@ def export(workdir, network, fmt, out, platforms=""):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
   or_exit(export, f.workdir, f.network, f.format, f.out, f.platforms)
@@ -88,4 +86,4 @@ if __name__ == "__main__":
   flags.DEFINE_string(
     "platforms", "", "stablehlo: comma-separated platforms (cpu, cuda, rocm, tpu); default: this one."
   )
-  app.run(main)
+  command_line.run(main, __doc__, required=("workdir", "out"))

@@ -10,6 +10,7 @@ this module needs only the standard library and `packaging` (which pip itself br
   python -m fitnets_jax.tools.install   # prints the pip arguments this machine needs
 """
 
+import argparse
 import glob
 import importlib.metadata
 import os
@@ -66,6 +67,9 @@ def plan(requirements, installed, device=None):
 
 
 def main():
+  argparse.ArgumentParser(
+    prog="python -m fitnets_jax.tools.install", description=__doc__.splitlines()[0], epilog="Takes no arguments."
+  ).parse_args()
   requirements, _ = dependencies()
   print(" ".join(shlex.quote(r) for r in plan(requirements, installed_versions(), accelerator())))
 

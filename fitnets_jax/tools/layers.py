@@ -9,8 +9,8 @@ import jax
 import numpy as np
 from absl import app, logging
 
+from fitnets_jax import command_line, experiment, features, hints, methods
 from fitnets_jax import config as config_lib
-from fitnets_jax import experiment, features, hints, methods
 from fitnets_jax.data import image_shape_and_classes
 from fitnets_jax.data import load as load_data
 from fitnets_jax.errors import or_exit
@@ -71,4 +71,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   jax.config.update("jax_platforms", "cpu")
-  app.run(main)
+  command_line.run(main, __doc__, required=("config",))
