@@ -384,23 +384,70 @@ class Arrays:
     return checked_arrays(arrays, "the arrays given (data.Arrays)", self.num_classes)
 
 
-def from_tf_data(train, test, num_classes=0):
-  """`Arrays` of two tf.data factories: `train()` and `test()` each return a `tf.data.Dataset` of
-  (image, label) pairs, uint8 (height, width, channels) images; they are read into memory once, as
-  TFDS datasets are."""
+def host_memory():
+  """This host's physical memory in bytes, or None where the OS does not say."""
+  try:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def from_tf_data(train, test, num_classes=0, image_key="image", label_key="label"):
+  """`Arrays` of two tf.data factories: `train()` and `test()` each return a `tf.data.Dataset` whose
+  elements are (image, label) pairs or dicts with `image_key` and `label_key` (TFDS's form), with uint8
+  (height, width, channels) images.
+
+  What is held in memory: both splits, read once, as uint8 arrays (examples × height × width ×
+  channels bytes, printed when read), as the library holds every training set; a dataset whose
+  known size would take more than half of this host's memory is refused before it is read. A
+  streaming input path for datasets larger than memory is not implemented."""
+
+  def pair(element):
+    if isinstance(element, dict):
+      check(
+        image_key in element and label_key in element,
+        f"data.from_tf_data: the dataset's elements are dicts with keys {sorted(element)}; name the image and label "
+        f"keys with image_key=… and label_key=… (now {image_key!r} and {label_key!r}).",
+      )
+      return element[image_key], element[label_key]
+    check(
+      isinstance(element, tuple) and len(element) == 2,
+      f"data.from_tf_data: the dataset's elements must be (image, label) pairs or dicts; got {type(element).__name__}.",
+    )
+    return element
 
   def read(factory, split):
     try:
-      pairs = [(np.asarray(x), int(y)) for x, y in factory().as_numpy_iterator()]
+      dataset = factory()
+      spec = dataset.element_spec
+      image_spec = pair(spec)[0]
+      size, memory = int(dataset.cardinality()), host_memory()
+      if size > 0 and memory and None not in image_spec.shape:
+        need = size * math.prod(image_spec.shape)
+        check(
+          need <= memory // 2,
+          f"data.from_tf_data: the {split} split ({size:,} images of {tuple(image_spec.shape)}) would take "
+          f"{need / 2**30:.1f} GiB in memory, more than half of this host's {memory / 2**30:.1f} GiB; the library "
+          "holds a training set in memory, so train on a subset (dataset.take(n)).",
+        )
+      images, labels = [], []
+      for batch in dataset.map(lambda *e: pair(e[0] if len(e) == 1 else tuple(e))).batch(4096).as_numpy_iterator():
+        images.append(np.asarray(batch[0]))
+        labels.append(np.asarray(batch[1], np.int64).reshape(-1))
+    except FitnetsError:
+      raise
     except Exception as e:  # noqa: BLE001  (whatever the user's pipeline raises)
       raise FitnetsError(
         f"the {split} factory given to data.from_tf_data failed ({type(e).__name__}: {str(e)[:200]}); it must "
-        "return a tf.data.Dataset of (image, label) pairs, uint8 (height, width, channels) images."
+        "return a tf.data.Dataset of (image, label) pairs or of dicts with image_key and label_key, uint8 "
+        "(height, width, channels) images of one shape."
       ) from None
-    check(pairs, f"the {split} factory given to data.from_tf_data yields no examples.")
-    shapes = {x.shape for x, _ in pairs}
-    check(len(shapes) == 1, f"the {split} images from data.from_tf_data have several shapes ({sorted(shapes)[:3]}…).")
-    return np.stack([x for x, _ in pairs]), np.array([y for _, y in pairs], np.int64)
+    check(images, f"the {split} factory given to data.from_tf_data yields no examples.")
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    print(
+      f"data.from_tf_data: {split} split held in memory: {images.shape} {images.dtype}, {images.nbytes / 2**20:.1f} MiB"
+    )
+    return images, labels
 
   return Arrays(*read(train, "train"), *read(test, "test"), num_classes=num_classes)
 

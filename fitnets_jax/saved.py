@@ -166,13 +166,20 @@ class SavedNetwork:
     return images
 
   def predict(self, images):
-    """Logits (batch, classes) of raw uint8 `images` (batch, height, width, channels)."""
-    return np.asarray(self._predict(self.check_images(images)))
+    """Logits (batch, classes) of raw uint8 `images` (batch, height, width, channels); an empty batch
+    gives (0, classes)."""
+    images = self.check_images(images)
+    if not len(images):
+      return np.zeros((0, self.info["num_classes"]), np.float32)
+    return np.asarray(self._predict(images))
 
   def predict_exits(self, images):
     """BYOT: [logits at each exit, shallow → deep]; the last are `predict`'s."""
     check(self.heads, f"{self.folder} has no exit heads: only a network trained with method=byot does.")
-    return [np.asarray(z) for z in self._predict_exits(self.check_images(images))]
+    images = self.check_images(images)
+    if not len(images):
+      return [np.zeros((0, self.info["num_classes"]), np.float32)] * (len(self.heads) + 1)
+    return [np.asarray(z) for z in self._predict_exits(images)]
 
 
 def check_code(model, key, trust_code):

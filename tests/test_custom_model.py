@@ -2,6 +2,7 @@
 its own layer names) and with `fsp` (sections declared in the config), and is saved and reloaded."""
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -37,6 +38,51 @@ def tiny_cnn(num_classes):
 SECTIONS = [["stem", "block1"], ["block1", "block2"], ["block2", "block3"]]
 
 
+class DropoutCNN(nn.Module):
+  """flax's own convention: `deterministic=` rather than `train=`."""
+
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    x = nn.Dropout(0.5, deterministic=deterministic)(nn.relu(nn.Conv(8, (3, 3), name="stem")(x)))
+    return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+class NoFlag(nn.Module):
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.num_classes)(x.reshape(len(x), -1))
+
+
+def dropout_cnn(num_classes):
+  return DropoutCNN(num_classes)
+
+
+def no_flag(num_classes):
+  return NoFlag(num_classes)
+
+
+def test_a_model_taking_deterministic_is_called_with_train_flipped_and_one_taking_neither_is_refused():
+  from fitnets_jax.network import forward
+
+  config = tiny_digits(**{"student.model": "test_custom_model:dropout_cnn"})
+  net = experiment.build_network("student", config.student, 10, (8, 8, 1))
+  params, stats = net.init(jax.random.PRNGKey(0))
+  assert set(params) == {"stem", "head"}  # the same parameters as the module's own
+  x = jnp.ones((4, 8, 8, 1))
+  evaluation = [forward(net, params, stats, x, False)[0] for _ in range(2)]
+  training = [forward(net, params, stats, x, True, jax.random.PRNGKey(seed))[0] for seed in (1, 2)]
+  np.testing.assert_array_equal(*evaluation)  # train=False: deterministic, no dropout
+  assert not np.allclose(*training)  # train=True: dropout drawn from the rng
+  with pytest.raises(FitnetsError, match=r"student.model='test_custom_model:no_flag': NoFlag.__call__.*takes neither"):
+    experiment.build_network(
+      "student", tiny_digits(**{"student.model": "test_custom_model:no_flag"}).student, 10, (8, 8, 1)
+    )
+
+
 def test_the_layer_report_sees_its_layers_and_counts(tmp_path):
   config = tiny_digits("fitnets", **{"student.model": NAME, "hint.student_layer": "block2"})
   text = layers.report(config)
@@ -56,6 +102,7 @@ def test_fitnets_hints_onto_a_layer_of_your_own_model(tmp_path):
   assert np.isfinite(summary["stages"]["hint"]["final_train_loss"])
   _, _, images, labels = data.digits_arrays()
   model = fitnets_jax.load_model(work)  # rebuilt from its factory
+  assert model.predict(images[:0]).shape == (0, 10)  # an empty batch is an empty answer
   assert np.mean(model.predict(images).argmax(-1) == labels) == pytest.approx(
     summary["student"]["test_accuracy"], abs=1 / 360
   )

@@ -170,6 +170,17 @@ def test_numpy_arrays_and_tf_data_factories_are_datasets():
   again = data.from_tf_data(factory(x[:100], y[:100]), factory(xt[:20], yt[:20]))
   for key in data.NPZ_KEYS:
     np.testing.assert_array_equal(getattr(again, key), getattr(arrays, key))
+  # TFDS's form: dicts, here with other keys named.
+  as_dicts = lambda images, labels: lambda: tf.data.Dataset.from_tensor_slices({"x": images, "y": labels})
+  named = data.from_tf_data(as_dicts(x[:100], y[:100]), as_dicts(xt[:20], yt[:20]), image_key="x", label_key="y")
+  for key in data.NPZ_KEYS:
+    np.testing.assert_array_equal(getattr(named, key), getattr(arrays, key))
+  with pytest.raises(FitnetsError, match=r"elements are dicts with keys \['x', 'y'\]; name the image and label keys"):
+    data.from_tf_data(as_dicts(x[:10], y[:10]), as_dicts(xt[:5], yt[:5]))
+  # A known size beyond half of this host's memory is refused before anything is read.
+  huge = lambda: tf.data.Dataset.from_tensors((x[0], y[0])).repeat(10**12)
+  with pytest.raises(FitnetsError, match=r"the train split \(1,000,000,000,000 images of \(8, 8, 1\)\) would take"):
+    data.from_tf_data(huge, huge)
   with pytest.raises(FitnetsError, match=r"dataset.name='arrays' trains on arrays given through the Python API"):
     data.load(dataset_config(name="arrays"))
   with pytest.raises(FitnetsError, match=r"arrays were given, but dataset.name='digits'"):

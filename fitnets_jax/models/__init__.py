@@ -20,7 +20,9 @@
 | digits_resnet10, digits_resnet18 | the same for 8×8 digits: sections 8/16/32/64 |
 """
 
+import dataclasses
 import importlib
+import inspect
 import re
 
 import flax.linen as nn
@@ -228,7 +230,30 @@ def custom_model(name, num_classes, dropout, key):
     ) from None
   if not isinstance(model, nn.Module):
     raise FitnetsError(f"{where}: {attribute}(…) returned {type(model).__name__}, not a flax.linen Module.")
-  return model
+  return called_with_train(model, where)
+
+
+def called_with_train(model, where):
+  """`model`, called as `model(images, train=…)`: a module whose `__call__` takes `deterministic=`
+  instead (flax's own convention) is wrapped, as a subclass with the same fields and parameters, so
+  that train=True means deterministic=False."""
+  parameters = inspect.signature(type(model).__call__).parameters
+  if "train" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+    return model
+  if "deterministic" not in parameters:
+    raise FitnetsError(
+      f"{where}: {type(model).__name__}.__call__{inspect.signature(type(model).__call__)} takes neither train= nor "
+      "deterministic=; the library calls a model as model(images, train=True/False) (or deterministic=False/True) "
+      "and expects logits back. Add one of the two arguments."
+    )
+
+  class Deterministic(type(model)):
+    def __call__(self, x, train=False, **kwargs):
+      return super().__call__(x, deterministic=not train, **kwargs)
+
+  Deterministic.__name__ = Deterministic.__qualname__ = type(model).__name__
+  fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.init and f.name not in ("parent",)}
+  return Deterministic(**fields)
 
 
 def get_model(name, num_classes, dropout=0.0, key="model", input_dropout=()):
