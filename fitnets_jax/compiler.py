@@ -13,6 +13,10 @@ Programs that run once (a stage's initial state) are compiled on CPU with LLVM's
 
 To compile with XLA's defaults on CPU too, set `FITNETS_JAX_XLA_DEFAULTS=1`; an option already set
 in `XLA_FLAGS` is left to it. If this XLA does not know an option, the defaults are used.
+
+Compiled programs are kept in JAX's persistent compilation cache (`config.compilation_cache`,
+`use_cache`), so a repeated or resumed run loads them instead of compiling: on local disk by
+default, or in the workdir (a bucket too), or nowhere ("off").
 """
 
 import functools
@@ -24,6 +28,38 @@ import jax.numpy as jnp
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no YNNPACK fusions
 RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 1}
 DEFAULTS_VARIABLE = "FITNETS_JAX_XLA_DEFAULTS"
+
+
+CACHE_SETTINGS = ("local", "workdir", "off")  # or a folder of your own (config.compilation_cache)
+CACHE_FOLDER = "compilation_cache"  # under the workdir, with compilation_cache="workdir"
+
+
+def cache_folder(setting, workdir):
+  """The folder of the persistent compilation cache `setting` names, or None ("off"). "local":
+  $JAX_COMPILATION_CACHE_DIR when set, else $XDG_CACHE_HOME (~/.cache)/fitnets_jax/jax_compilation_cache."""
+  from fitnets_jax import files
+
+  if setting == "off":
+    return None
+  if setting == "workdir":
+    return files.join(files.absolute(workdir), CACHE_FOLDER)
+  if setting == "local":
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(home, "fitnets_jax", "jax_compilation_cache")
+  return setting
+
+
+def use_cache(setting, workdir):
+  """Points JAX's persistent compilation cache at `cache_folder(setting, workdir)` (or turns it off), for
+  the programs compiled from now on in this process; returns the folder or None."""
+  from jax.experimental.compilation_cache import compilation_cache
+
+  folder = cache_folder(setting, workdir)
+  if (jax.config.jax_enable_compilation_cache, jax.config.jax_compilation_cache_dir) != (folder is not None, folder):
+    jax.config.update("jax_enable_compilation_cache", folder is not None)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    compilation_cache.reset_cache()  # the cache reads these settings once; start again with the new ones
+  return folder
 
 
 def options(run_once=False):

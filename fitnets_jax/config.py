@@ -109,6 +109,9 @@ def base_config():
   c.resume_with_changed_inputs = False  # resume although the data or a reused teacher changed since the checkpoint
   c.bring_back_set_aside = False  # move checkpoints_damaged/ back into checkpoints/ first, each checked again
   c.dtype = "float32"  # float32 | bfloat16: activations' dtype (params, optimizer, losses stay float32)
+  # JAX's persistent compilation cache: local (~/.cache/fitnets_jax, or $JAX_COMPILATION_CACHE_DIR) |
+  # workdir (<workdir>/compilation_cache, a bucket too) | off | a folder of your own
+  c.compilation_cache = "local"
 
   c.dataset = ml_collections.ConfigDict(
     dict(
@@ -167,6 +170,7 @@ def base_config():
 # how the hosts find each other, and what a NaN does.
 # Any other difference means another experiment, and the run refuses to resume.
 SAFE_TO_CHANGE = (
+  "compilation_cache",
   "resume_with_changed_inputs",
   "bring_back_set_aside",
   "log_every_steps",

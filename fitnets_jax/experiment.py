@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from jax.sharding import AxisType
 
-from fitnets_jax import checkpoint, data, files, methods, teacher_cache, workdir_lock
+from fitnets_jax import checkpoint, compiler, data, files, methods, teacher_cache, workdir_lock
 from fitnets_jax import config as config_lib
 from fitnets_jax.config import SAFE_TO_CHANGE, changed_keys
 from fitnets_jax.errors import FitnetsError, check, one_of
@@ -73,6 +73,10 @@ def check_run_keys(config):
   check(config.eval_every_steps >= 0, f"eval_every_steps={config.eval_every_steps!r} must be ≥ 0 (0: stage end only).")
   one_of("on_nan", config.on_nan, ("stop", "skip_step"))
   one_of("dtype", config.dtype, COMPUTE_DTYPES)
+  check(
+    config.compilation_cache.strip() != "",
+    "compilation_cache='' names no cache; use one of 'local', 'workdir', 'off', or a folder.",
+  )
   check(config.num_devices >= 0, f"num_devices={config.num_devices!r} must be ≥ 0 (0: all devices).")
   check(
     isinstance(config.seed, int) and 0 <= config.seed < MAX_INT32,
@@ -236,6 +240,7 @@ def prepare(config, workdir, synthetic_examples=0, source=None, read_only=False)
   if not read_only:
     workdir_lock.check_free(workdir)
   check_same_experiment(config, workdir)
+  compiler.use_cache(config.compilation_cache, workdir)
   method = methods.get(config.method)
   mesh = make_mesh(config)
   dataset = data.load(config.dataset, synthetic_examples, source)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fitnets_jax import compiler, data, experiment, parallel, teacher_cache, train_step
+from fitnets_jax import compiler, data, experiment, parallel, teacher_cache, train, train_step
 from fitnets_jax.network import forward, predict, variables
 from fitnets_jax.tools import benchmark
 
@@ -185,3 +185,28 @@ def test_cpu_steps_are_compiled_without_library_fusions_unless_the_user_says_oth
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(compiler, "CPU_OPTIONS", {"xla_cpu_experimental_ynn_fusion_type": ""})
   assert compiler.options() is None
+
+
+def test_the_persistent_compilation_cache_goes_where_configured_and_a_second_run_only_reads_it(tmp_path):
+  """compilation_cache=workdir keeps the compiled programs beside the run; a second run of the same
+  config finds every one of them (nothing new is written), and off writes none. Programs that compile
+  faster than JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (tests/conftest.py) are not kept."""
+  min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  try:
+    folder = tmp_path / "cache"
+    config = lambda setting: tiny_digits("scratch", student=2, compilation_cache=setting)
+    train.run(config(str(folder)), str(tmp_path / "first"))
+    kept = sorted(p.name for p in folder.iterdir())
+    assert any(name.startswith("jit_step") for name in kept), kept
+    train.run(config(str(folder)), str(tmp_path / "second"))
+    assert sorted(p.name for p in folder.iterdir()) == kept  # every program found, none compiled again
+    train.run(config("workdir"), str(tmp_path / "third"))
+    assert any((tmp_path / "third" / "compilation_cache").iterdir())
+    train.run(config("off"), str(tmp_path / "fourth"))
+    assert not (tmp_path / "fourth" / "compilation_cache").exists()
+  finally:
+    jax.config.update(
+      "jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
+    )
+    compiler.use_cache("local", str(tmp_path))  # back to the suite's shared cache
