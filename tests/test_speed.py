@@ -190,7 +190,7 @@ def test_cpu_steps_are_compiled_without_library_fusions_unless_the_user_says_oth
 def test_the_persistent_compilation_cache_goes_where_configured_and_a_second_run_only_reads_it(tmp_path):
   """compilation_cache=workdir keeps the compiled programs beside the run; a second run of the same
   config finds every one of them (nothing new is written), and off writes none. Programs that compile
-  faster than JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS (tests/conftest.py) are not kept."""
+  faster than `jax_persistent_cache_min_compile_time_secs` are not kept: 0 here, so every one is."""
   min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   try:
@@ -206,7 +206,5 @@ def test_the_persistent_compilation_cache_goes_where_configured_and_a_second_run
     train.run(config("off"), str(tmp_path / "fourth"))
     assert not (tmp_path / "fourth" / "compilation_cache").exists()
   finally:
-    jax.config.update(
-      "jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
-    )
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
     compiler.use_cache("local", str(tmp_path))  # back to the suite's shared cache
