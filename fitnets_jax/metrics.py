@@ -62,12 +62,23 @@ class Writer:
         flush=True,
       )
 
-  def progress(self, stage, step, total, scalars, images_per_s, seconds_left):
+  def progress(self, stage, step, total, scalars, images_per_s, seconds_left, run_seconds_left=None):
+    """The progress line: the stage's step, its main scalars, speed, and the time left in the stage and,
+    when later stages follow, in the whole run (their steps at this stage's pace: an estimate)."""
     if not self.enabled:
       return
     parts = " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k in ("loss", "accuracy", "hint", "lambda"))
-    eta = datetime.timedelta(seconds=int(seconds_left))
-    print(f"[{stage}] step {step}/{total} {parts} {images_per_s:,.0f} img/s ETA {eta}", flush=True)
+    if "learning_rate" in scalars:
+      parts += f" lr {scalars['learning_rate']:.3g}"
+    eta = f"ETA {datetime.timedelta(seconds=int(seconds_left))}"
+    if run_seconds_left is not None:
+      eta += f" (run ≈ {datetime.timedelta(seconds=int(run_seconds_left))})"
+    print(f"[{stage}] step {step}/{total} {parts} {images_per_s:,.0f} img/s {eta}", flush=True)
+
+  def note(self, text):
+    """A line about what the run is doing (compiling, evaluating), from process 0 only."""
+    if self.enabled:
+      print(text, flush=True)
 
   def close(self):
     if self._tb is not None:

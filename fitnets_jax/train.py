@@ -189,7 +189,9 @@ def train_stage(run, index, tx, labels, state, teacher, pending):
     exp.mesh,
   )
   batch = next(batches)
+  run.writer.note(f"[{stage.name}] compiling the step (a repeated run loads it from the compilation cache) …")
   step_fn, compile_s, flops = train_step.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)
+  run.writer.note(f"[{stage.name}] compiled in {compile_s:.1f} s; training steps {start + 1}…{stage.num_steps}")
   record = run.results["stages"].setdefault(stage.name, {})
   record.update(steps=stage.num_steps, compile_s=round(compile_s, 3), flops_per_step=flops)
   # Time before a resume counts too: both totals travel in the checkpoint's metadata.
@@ -272,8 +274,11 @@ def log_train(run, index, done, fetched, seconds, steps):
     },
     run.offsets[index] + done,
   )
+  per_step = seconds / max(steps, 1)
+  later = sum(s.num_steps for s in exp.stages[index + 1 :])
+  left = (stage.num_steps - done) * per_step
   run.writer.progress(
-    stage.name, done, stage.num_steps, values, images_per_s, (stage.num_steps - done) * seconds / max(steps, 1)
+    stage.name, done, stage.num_steps, values, images_per_s, left, left + later * per_step if later else None
   )
   return values
 
@@ -325,6 +330,7 @@ def check_finite(run, stage, first_step, fetched):
 def evaluate(run, index, state, done):
   """Stage `index`'s test metrics ({"accuracy": …, and any the stage's evaluation adds}), logged."""
   exp, stage = run.exp, run.exp.stages[index]
+  run.writer.note(f"[{stage.name}] step {done}/{stage.num_steps} evaluating on the {exp.data.num_test:,} test images …")
   values = run.evaluator.metrics(*evaluation.stage_evaluation(exp, stage, state.params, state.batch_stats))
   run.writer.write(
     {"stage": stage.name, "step": done, "epoch": round(done / exp.steps_per_epoch, 4), "split": "test", **values},

@@ -109,6 +109,8 @@ def make_step(stage, tx, labels):
     finite = jnp.isfinite(loss) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     scalars = dict(scalars, loss=loss, nonfinite=1.0 - finite.astype(jnp.float32))
+    if stage.learning_rate is not None:
+      scalars["learning_rate"] = jnp.asarray(stage.learning_rate(state.step), jnp.float32)
     return state.replace(
       step=state.step + 1,
       params=keep(params, state.params),

@@ -188,9 +188,9 @@ def test_cpu_steps_are_compiled_without_library_fusions_unless_the_user_says_oth
 
 
 def test_the_persistent_compilation_cache_goes_where_configured_and_a_second_run_only_reads_it(tmp_path):
-  """compilation_cache=workdir keeps the compiled programs beside the run; a second run of the same
-  config finds every one of them (nothing new is written), and off writes none. Programs that compile
-  faster than `jax_persistent_cache_min_compile_time_secs` are not kept: 0 here, so every one is."""
+  """compilation_cache=FOLDER keeps the compiled programs there; a second run of the same config finds
+  every one of them (nothing new is written); workdir means <workdir>/compilation_cache; off, none.
+  Programs compiled faster than `jax_persistent_cache_min_compile_time_secs` are not kept: 0 here."""
   min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   try:
@@ -201,10 +201,10 @@ def test_the_persistent_compilation_cache_goes_where_configured_and_a_second_run
     assert any(name.startswith("jit_step") for name in kept), kept
     train.run(config(str(folder)), str(tmp_path / "second"))
     assert sorted(p.name for p in folder.iterdir()) == kept  # every program found, none compiled again
-    train.run(config("workdir"), str(tmp_path / "third"))
-    assert any((tmp_path / "third" / "compilation_cache").iterdir())
-    train.run(config("off"), str(tmp_path / "fourth"))
-    assert not (tmp_path / "fourth" / "compilation_cache").exists()
+    workdir = str(tmp_path / "run")
+    assert compiler.cache_folder("workdir", workdir) == os.path.join(workdir, "compilation_cache")
+    assert compiler.cache_folder("off", workdir) is None
+    assert compiler.use_cache("off", workdir) is None and not jax.config.jax_enable_compilation_cache
   finally:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_seconds)
     compiler.use_cache("local", str(tmp_path))  # back to the suite's shared cache

@@ -56,11 +56,29 @@ def test_resume_reaches_the_same_parameters_as_an_uninterrupted_run(tmp_path):
     assert without_timing(read_metrics(work)) == without_timing(read_metrics(full))
 
 
-def test_same_seed_gives_identical_metrics(tmp_path):
-  a = train.run(tiny_digits(teacher=8, hint=4, student=8), str(tmp_path / "a"))
+def test_same_seed_gives_identical_metrics(tmp_path, capsys):
+  config = tiny_digits(teacher=8, hint=4, student=8)
+  a = train.run(config, str(tmp_path / "a"))
+  out = capsys.readouterr().out
   b = train.run(tiny_digits(teacher=8, hint=4, student=8), str(tmp_path / "b"))
   assert without_timing(read_metrics(str(tmp_path / "a"))) == without_timing(read_metrics(str(tmp_path / "b")))
   assert a["student"]["test_accuracy"] == b["student"]["test_accuracy"]
+  # What the run says while it works: compiling, evaluating, the time left in the stage and the run.
+  for stage in ("teacher", "hint", "kd"):
+    assert f"[{stage}] compiling the step" in out and f"[{stage}] compiled in " in out, out
+  assert "[teacher] step 8/8 evaluating on the 360 test images" in out
+  assert "ETA 0:00:00 (run ≈ " in out.split("[hint]")[0] and "(run ≈" not in out.split("[kd]")[-1]
+  # The learning rate of every step, logged and in TensorBoard (the hint stage's is constant).
+  hint = [r for r in read_metrics(str(tmp_path / "a")) if r["stage"] == "hint" and r["split"] == "train"]
+  assert [r["learning_rate"] for r in hint] == pytest.approx([config.stages.hint.optimizer.learning_rate] * len(hint))
+  tf = __import__("tensorflow")
+  tags = {
+    v.tag
+    for path in tf.io.gfile.glob(os.path.join(tmp_path, "a", "tensorboard", "events*"))
+    for event in tf.compat.v1.train.summary_iterator(path)
+    for v in event.summary.value
+  }
+  assert {"teacher/train/learning_rate", "hint/train/learning_rate", "kd/train/learning_rate"} <= tags, tags
 
 
 def shrink(config, batch=8):

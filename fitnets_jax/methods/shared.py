@@ -131,6 +131,7 @@ class Stage:
   #   values}, with an "accuracy" entry, replaces the trained network's accuracy on the test split;
   # summarize — {metric: test value} -> entries added to summary.json.
   update: Optional[Callable] = None
+  learning_rate: Optional[Callable] = None  # stage step -> the rate, logged as `learning_rate`; None: not logged
   evaluation: Optional[Callable] = None
   summarize: Optional[Callable] = None
   teacher_layers: dict = dataclasses.field(default_factory=dict)  # {role: layers of it the loss reads}
@@ -198,13 +199,25 @@ class Context:
       self.stage_config(stage_key).optimizer, num_steps, self.steps_per_epoch, key, regressor_limits
     )
 
+  def learning_rate(self, stage_key, num_steps):
+    """`stages.<stage_key>.optimizer`'s learning-rate schedule (a function of the stage step)."""
+    from fitnets_jax import optim
+
+    key = f"stages.{stage_key}.optimizer"
+    return optim.learning_rate(self.stage_config(stage_key).optimizer, num_steps, self.steps_per_epoch, key)
+
   def student_stage(self, name, stage_key, loss, regressor_limits=None, **fields):
     """A stage that trains the student with the teachers' help: its length and optimizer from
     `stages.<stage_key>`, its init the student's carried (or fresh) variables unless `fields` gives
     another; `regressor_limits` names the hint regressors trained beside it (`optim.optimizer`);
     `fields` sets any other Stage field."""
     num_steps = self.steps(stage_key)
-    fields = {"init": network_init(self.student, "student"), "uses_teacher": True, **fields}
+    fields = {
+      "init": network_init(self.student, "student"),
+      "uses_teacher": True,
+      "learning_rate": self.learning_rate(stage_key, num_steps),
+      **fields,
+    }
     tx = self.optimizer(stage_key, num_steps, regressor_limits)
     return Stage(name=name, trains="student", num_steps=num_steps, tx=tx, loss=loss, **fields)
 
@@ -280,6 +293,7 @@ def supervised_stage(ctx, name, net, stage_key, trains):
     tx=ctx.optimizer(stage_key, num_steps),
     init=network_init(net, trains),
     loss=loss,
+    learning_rate=ctx.learning_rate(stage_key, num_steps),
   )
 
 
