@@ -1,4 +1,5 @@
-"""Quick start: FitNets on scikit-learn's embedded 8×8 digits (no download), about 26 s on 2 CPU cores.
+"""Quick start: FitNets on scikit-learn's embedded 8×8 digits (no download), about half a minute on 2 CPU
+cores (README.md: the figures, and how they vary by CPU).
 
   python -m fitnets_jax.main --config configs/digits.py --workdir runs/digits
   python -m fitnets_jax.main --config configs/digits.py --workdir runs/digits_kd \

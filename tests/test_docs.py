@@ -71,3 +71,10 @@ def test_the_module_map_names_every_module_of_the_package():
   ]
   missing = [m for m in modules if os.path.basename(m) not in text]
   assert modules and not missing, f"docs/how-it-works.md's module map omits {missing}"
+
+
+def test_the_testing_page_lists_every_test_file():
+  text = open(os.path.join(ROOT, "docs", "testing.md")).read()
+  listed = set(re.findall(r"^\| `(test_\w+\.py)` \|", text, flags=re.M))
+  present = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "tests", "test_*.py"))}
+  assert listed == present, (sorted(present - listed), sorted(listed - present))
