@@ -136,3 +136,38 @@ def test_a_gpu_or_tpu_left_idle_is_named_at_start(device_files, platforms, idle,
     else warning == ""
   )
   assert cluster.describe().startswith(f"JAX {cluster.jax.__version__} on cpu: 4 device(s) (cpu) in 1 process(es)")
+
+
+# The platforms the README's install commands promise: (pip --platform, --python-version, their markers).
+# pip takes each --platform tag as given (a manylinux_2_28 machine also runs manylinux_2_17 wheels).
+LINUX = ["manylinux2014_{}", "manylinux_2_17_{}", "manylinux_2_27_{}", "manylinux_2_28_{}"]
+PLATFORMS = {
+  "Linux x86-64, Python 3.11": ([t.format("x86_64") for t in LINUX], "3.11", {"platform_machine": "x86_64"}),
+  "macOS on Apple silicon, Python 3.13": (["macosx_14_0_arm64"], "3.13", {"platform_machine": "arm64"}),
+  "Linux on Arm, Python 3.12": ([t.format("aarch64") for t in LINUX], "3.12", {"platform_machine": "aarch64"}),
+}
+
+
+@pytest.mark.parametrize("where", list(PLATFORMS))
+def test_every_pinned_requirement_has_a_wheel_on_each_promised_platform(where, tmp_path):
+  """`make run` installs requirements.txt: each line whose marker holds there must have a wheel for the
+  platform and Python (pip's --platform does not evaluate markers for the target, so they are evaluated
+  here). Resolved against the package index (pip install --dry-run --no-deps): skipped without one."""
+  from packaging.requirements import Requirement
+  from packaging.specifiers import SpecifierSet
+
+  platforms, python, markers = PLATFORMS[where]
+  environment = {"python_version": python, "python_full_version": f"{python}.0", **markers}
+  lines = [line.split(" #")[0].strip() for line in open(os.path.join(ROOT, "requirements.txt"))]
+  wanted = [Requirement(line) for line in lines if line and not line.startswith("#")]
+  concrete = [f"{r.name}{r.specifier}" for r in wanted if r.marker is None or r.marker.evaluate(environment)]
+  assert ("tensorflow-cpu==2.21.0" in concrete) == (markers["platform_machine"] == "x86_64"), concrete
+  with open(os.path.join(ROOT, "pyproject.toml")) as f:
+    requires_python = SpecifierSet(re.search(r'^requires-python = "([^"]+)"', f.read(), flags=re.M).group(1))
+  assert f"{python}.0" in requires_python and "3.14.0" not in requires_python  # TensorFlow 2.21: no 3.14 wheels
+  command = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--only-binary=:all:", "--quiet"]
+  command += [f"--platform={p}" for p in platforms] + ["--python-version", python, "--target", str(tmp_path), *concrete]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  if re.search(r"NewConnectionError|Network is unreachable|Temporary failure in name resolution", result.stderr):
+    pytest.skip("the package index cannot be reached")
+  assert result.returncode == 0, result.stderr[-3000:]
