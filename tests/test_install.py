@@ -10,6 +10,7 @@ import types
 
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
+from packaging.requirements import Requirement
 
 from fitnets_jax.tools import install
 
@@ -65,10 +66,11 @@ def test_every_notebook_sets_up_alike_with_the_project_s_repository_address():
 
 
 class FakeColab:
-  """get_ipython() of a Colab runtime: `!git clone` links the checkout, `%pip` is recorded."""
+  """get_ipython() of a Colab runtime: `!git clone` links the checkout, `%pip` is recorded, and a
+  `pip install -e` installs the package."""
 
-  def __init__(self, namespace):
-    self.namespace, self.pip = namespace, []
+  def __init__(self, namespace, installed):
+    self.namespace, self.pip, self.clones, self.installed = namespace, [], 0, dict(installed)
 
   def expand(self, command):
     return re.sub(r"\{([^{}]+)\}", lambda m: str(eval(m.group(1), self.namespace)), command)
@@ -76,27 +78,92 @@ class FakeColab:
   def system(self, command):
     assert self.expand(command) == f"git clone --depth 1 --branch main {REPOSITORY} fitnets_jax_repo"
     os.symlink(ROOT, "fitnets_jax_repo")
+    self.clones += 1
 
   def run_line_magic(self, magic, line):
     assert magic == "pip"
     self.pip.append(self.expand(line))
+    if line.startswith("install --no-deps -e"):
+      self.installed["fitnets-jax"] = "0.2.0"
 
 
-def test_the_colab_cell_installs_the_package_and_only_what_the_runtime_lacks(tmp_path, monkeypatch):
+def run_setup_cell(monkeypatch, tmp_path, installed, requires=lambda name: [], imported=()):
+  """Runs the notebooks' first cell as Colab would, in `tmp_path`; returns the fake runtime (and the
+  SystemExit the cell raised, or None)."""
   monkeypatch.chdir(tmp_path)
   monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-  monkeypatch.setattr(install, "installed_versions", lambda: COLAB)
   monkeypatch.setattr(install, "accelerator", lambda: "cuda12")
+  monkeypatch.setattr(install, "installed_requirements", requires)
   monkeypatch.setattr(sys, "path", list(sys.path))
-  namespace = {}
-  namespace["get_ipython"] = lambda: colab
-  colab = FakeColab(namespace)
-  exec(TransformerManager().transform_cell("".join(setup_cell(NOTEBOOKS[0])["source"])), namespace)
+  namespace = {"get_ipython": lambda: colab}
+  colab = FakeColab(namespace, installed)
+  monkeypatch.setattr(install, "installed_versions", lambda: colab.installed)
+  real_decide = install.decide
+  monkeypatch.setattr(install, "decide", lambda *a, imported=(): real_decide(*a, imported=set(imported_modules)))
+  imported_modules = imported
+  code = TransformerManager().transform_cell("".join(setup_cell(NOTEBOOKS[0])["source"]))
+
+  def run():
+    try:
+      exec(code, namespace)
+    except SystemExit as e:
+      return e
+    return None
+
+  return colab, run
+
+
+def test_the_colab_cell_installs_the_package_and_only_what_the_runtime_lacks_once(tmp_path, monkeypatch):
+  colab, run = run_setup_cell(monkeypatch, tmp_path, COLAB)
+  assert run() is None
   assert colab.pip[0] == "install --no-deps -e fitnets_jax_repo"
   installed = shlex.split(colab.pip[1])
   assert installed[0] == "install" and names(installed[1:]) == names(install.plan(REQUIREMENTS, COLAB))
-  assert not {"tensorflow", "tensorflow-cpu", "tensorboard", "jax", "jaxlib"} & set(names(installed[1:]))
+  assert not {"tensorflow", "tensorflow-cpu", "tensorboard", "jax", "jaxlib", "numpy"} & set(names(installed[1:]))
   assert os.path.samefile(os.getcwd(), tmp_path / "fitnets_jax_repo")  # the clone (here a link to the checkout)
+  lowest = lambda text: str(install._lowest(Requirement(text).specifier))  # a version pip could have picked
+  colab.installed.update({re.match(r"[\w.-]+", r).group(0): lowest(r) for r in installed[1:]})
+  assert run() is None  # the same cell again: no second clone, nothing installed twice, the same folder
+  assert colab.clones == 1 and len(colab.pip) == 2
+  assert os.path.samefile(os.getcwd(), tmp_path / "fitnets_jax_repo")
+
+
+def test_a_runtime_whose_tensorflow_pins_an_older_numpy_is_upgraded_and_asked_to_restart(tmp_path, monkeypatch):
+  """Colab as of TF 2.19: numpy 2.0.2 (TF pins numpy < 2.2) and jax 0.5.2. The numpy we need moves
+  tensorflow with it, and since this Python imported numpy, the cell stops and asks for a restart."""
+  runtime = dict(COLAB, numpy="2.0.2", jax="0.5.2", jaxlib="0.5.2")
+  tf_requires = lambda name: ["numpy<2.2.0,>=1.26.0", "absl-py>=1.0.0"] if name == "tensorflow" else []
+  colab, run = run_setup_cell(monkeypatch, tmp_path, runtime, tf_requires, imported={"numpy", "tensorflow"})
+  stop = run()
+  assert stop is not None and "Restart the runtime" in str(stop.code) and "numpy, tensorflow" in str(stop.code)
+  installed = shlex.split(colab.pip[1])[1:]
+  assert {"numpy", "tensorflow", "jax"} <= set(names(installed)) and "tensorflow-cpu" not in names(installed)
+  assert "tensorflow<2.22,>=2.21" in installed and "jax[cuda12]<0.11,>=0.10.2" in installed
+
+
+@pytest.mark.parametrize(
+  "runtime,device,expected,note",
+  [
+    (dict(jax="0.12.1", jaxlib="0.12.1"), "cuda12", [], "jax 0.12.1 is newer than the versions tested"),
+    (dict(jax="0.10.4", jaxlib="0.9.0"), "cuda12", ["jax[cuda12]==0.10.4"], "jaxlib 0.9.0 does not match jax 0.10.4"),
+    (dict(jax="0.10.4", jaxlib=None), None, ["jaxlib==0.10.4"], "jaxlib is missing for jax 0.10.4"),
+  ],
+)
+def test_a_newer_jax_is_kept_and_a_jaxlib_that_does_not_match_is_replaced(runtime, device, expected, note):
+  installed = {k: v for k, v in dict(COLAB, **runtime).items() if v is not None}
+  decision = install.decide(REQUIREMENTS, installed, device, lambda name: [])
+  assert [r for r in decision.install if r.startswith("jax")] == expected
+  assert any(n.startswith(note) for n in decision.notes), decision.notes
+
+
+def test_the_installer_runs_in_a_bare_venv_without_packaging():
+  """`python -m fitnets_jax.tools.install` before any dependency exists: pip's own `packaging` serves."""
+  probe = (
+    "import runpy, sys; sys.modules['packaging'] = None; sys.argv = ['install']; "
+    "runpy.run_module('fitnets_jax.tools.install', run_name='__main__')"
+  )
+  result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_the_package_and_its_configs_work_from_any_folder(tmp_path):
