@@ -1,4 +1,5 @@
-"""Orbax in one place: the run's checkpoints (resume) and the saved networks (reuse, deployment).
+"""The run's checkpoints with orbax: save, resume, damaged checkpoints set aside, digests (the saved
+networks, which orbax also writes, are `fitnets_jax.saved`).
 
 Layout in the workdir:
   checkpoints/<global step>/{state, meta}   the current stage's TrainState and JSON metadata
@@ -25,10 +26,6 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as preserva
 from fitnets_jax import files
 from fitnets_jax.errors import FitnetsError, WorkdirReadError, WorkdirWriteError, os_error_in
 
-TEACHER_DIR = "teacher"
-NETWORK_INFO = "network.json"
-MANIFEST = "SHA256SUMS"  # a saved network's files (network.json, preprocessing.npz) and their SHA-256
-INFO_FILES = (NETWORK_INFO, "teacher.json")  # teacher.json: a teacher saved by an earlier version
 DIGEST_KEY = "state_sha256"  # in a checkpoint's metadata: the digest of its state's values
 
 
@@ -279,7 +276,7 @@ def check_hosts_agree(checkpoints, workdir):
   multihost_utils.sync_global_devices("workdir views")  # process 0 has written config.json by now
   steps = checkpoints.steps()
   config = files.join(workdir, "config.json")
-  config_sha = file_sha256(config)[:8] if files.isfile(config) else "0"
+  config_sha = files.sha256(config)[:8] if files.isfile(config) else "0"
   view = [steps[-1] if steps else -1, len(steps), int(config_sha, 16) - 2**31]
   gathered = multihost_utils.process_allgather(np.asarray(view, np.int64).astype(np.int32))
   views = [[int(x) for x in row] for row in np.asarray(gathered)]
@@ -350,138 +347,3 @@ def read_state(workdir, step, abstract_state):
       "recorded in its metadata): a file was changed on disk, so it is not read."
     )
   return state
-
-
-def file_sha256(path):
-  return hashlib.sha256(files.read_bytes(path)).hexdigest()
-
-
-def write_manifest(folder):
-  """Writes `folder`/SHA256SUMS: the SHA-256 of every file of a saved network (its variables are covered
-  by the `variables_sha256` that network.json records)."""
-  names = sorted(n for n in files.listdir(folder) if n != MANIFEST and files.isfile(files.join(folder, n)))
-  text = "".join(f"{file_sha256(files.join(folder, n))}  {n}\n" for n in names)
-  files.write_atomically(files.join(folder, MANIFEST), text)
-
-
-def verify_manifest(folder, key):
-  """Checks every file `folder`/SHA256SUMS lists against its SHA-256 before anything of it is used; a
-  missing, changed or extra-listed file is one FitnetsError paragraph naming `key`. A folder saved by an
-  earlier version (no SHA256SUMS) is used with a warning that it cannot be verified."""
-  manifest = files.join(folder, MANIFEST)
-  if not files.isfile(manifest):
-    print(
-      f"warning: {folder} has no {MANIFEST} (saved by an earlier version): its files cannot be verified.",
-      file=sys.stderr,
-      flush=True,
-    )
-    return
-  try:
-    listed = [line.split("  ", 1) for line in files.read_text(manifest).splitlines() if line.strip()]
-    expected = {name: sha for sha, name in listed}
-  except (OSError, ValueError) as e:
-    raise FitnetsError(f"{key}: {manifest} cannot be read ({type(e).__name__}: {e}).") from None
-  for name, sha in sorted(expected.items()):
-    path = files.join(folder, name)
-    found = file_sha256(path) if files.isfile(path) else None
-    if found != sha:
-      raise FitnetsError(
-        f"{key}: {path} {'is missing' if found is None else 'differs from the file that was saved'} (its SHA-256 "
-        f"does not match {MANIFEST}): the saved network was changed or damaged on disk, so it is not used. Restore "
-        "the folder from a copy, or train the network again."
-      )
-
-
-def save_network(workdir, role, variables, info):
-  """Writes a network's variables and `network.json` (`info` and the variables' SHA-256) under
-  workdir/<role> (workdir/teacher for a run's one teacher, workdir/teacher1, … for `config.teachers`,
-  workdir/student)."""
-  directory = files.absolute(files.join(workdir, role))
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(files.path(files.join(directory, "variables")), variables, force=True)
-      checkpointer.wait_until_finished()
-    if jax.process_index() == 0:
-      files.write_atomically(
-        files.join(directory, NETWORK_INFO), json.dumps({**info, "variables_sha256": digest(variables)}, indent=2)
-      )
-      write_manifest(directory)
-  except Exception as e:  # noqa: BLE001
-    raise WorkdirWriteError.of(f"the {role}'s variables", directory, e) from None
-
-
-def info_file(folder):
-  """The saved network's info file in `folder`, or None."""
-  return next((files.join(folder, n) for n in INFO_FILES if files.isfile(files.join(folder, n))), None)
-
-
-def teacher_dir(path):
-  """The teacher folder for `teacher.checkpoint=path`: a run's workdir or its teacher/ folder."""
-  for candidate in (files.join(path, TEACHER_DIR), path):
-    if info_file(candidate):
-      return files.absolute(candidate)
-  raise FitnetsError(
-    f"teacher.checkpoint={path!r} holds no saved teacher: expected {TEACHER_DIR}/{NETWORK_INFO} (a run's "
-    f"workdir) or {NETWORK_INFO} (its teacher/ folder) there. Train one with method=fitnets or kd and "
-    "an empty teacher.checkpoint, then point at that run's workdir."
-  )
-
-
-def read_info(folder, key):
-  """A saved network's info file (network.json) in `folder` as a dict; a file that cannot be read or
-  decoded is one FitnetsError paragraph naming `key` (what pointed at the folder)."""
-  verify_manifest(folder, key)
-  path = info_file(folder) or files.join(folder, NETWORK_INFO)
-  try:
-    info = json.loads(files.read_text(path))
-  except (OSError, ValueError) as e:  # missing, unreadable, or not JSON (a damaged file)
-    raise FitnetsError(
-      f"{key}: {path} cannot be read ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}); "
-      "it describes the saved network (model, digest), so the network cannot be used. Restore the folder from a "
-      "copy, or train the network again."
-    ) from None
-  if not isinstance(info, dict):
-    raise FitnetsError(f"{key}: {path} holds {type(info).__name__}, not the JSON object a saved network's info is.")
-  return info
-
-
-def teacher_info(path, key="teacher.checkpoint"):
-  return read_info(teacher_dir(path), f"{key}={path!r}")
-
-
-def read_network(folder, key):
-  """A saved network's variables from `folder`, checked against the digest in its info file; unreadable
-  or damaged files are one paragraph naming `key` (what pointed at the folder)."""
-  directory = files.join(folder, "variables")
-  recorded = read_info(folder, key).get("variables_sha256")
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      restored = checkpointer.restore(files.path(directory))
-  except Exception as e:  # noqa: BLE001  (a missing folder, a truncated file: orbax's and tensorstore's types)
-    raise FitnetsError(
-      f"{key}: the network's variables in {directory} cannot be read ({type(e).__name__}: "
-      f"{(str(e).strip().splitlines() or [''])[0][:200]}); its {NETWORK_INFO} is there, but the weights are "
-      "missing or damaged. Restore the folder from a copy, or train the network again."
-    ) from None
-  if recorded is not None and digest(restored) != recorded:
-    raise FitnetsError(
-      f"{key}: the network's variables in {directory} differ from those saved (their SHA-256 does not "
-      f"match the one in {NETWORK_INFO}): a file was changed on disk. Restore the folder from a copy, or train "
-      "the network again."
-    )
-  return restored
-
-
-def load_teacher(path, abstract_variables, key="teacher.checkpoint"):
-  """Restores teacher variables (`read_network`); a parameter missing or of another shape is a clear error."""
-  restored = read_network(teacher_dir(path), f"{key}={path!r}")
-  want = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(abstract_variables)}
-  have = {jax.tree_util.keystr(p): l.shape for p, l in jax.tree_util.tree_leaves_with_path(restored)}
-  for name in sorted(set(want) | set(have)):
-    if want.get(name) != have.get(name):
-      raise FitnetsError(
-        f"{key}={path!r} does not fit the configured teacher: parameter {name} has shape "
-        f"{have.get(name, 'missing')} in the checkpoint but {want.get(name, 'missing')} in the model. "
-        f"Set teacher.model to the architecture that was saved (see its {NETWORK_INFO})."
-      )
-  return restored

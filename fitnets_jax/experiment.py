@@ -10,14 +10,14 @@ import os
 from typing import Any, Optional
 
 import jax
-import ml_collections
 from jax.sharding import AxisType
 
-from fitnets_jax import checkpoint, compiler, data, files, methods, teacher_cache, workdir_lock
+from fitnets_jax import checkpoint, compiler, data, files, methods, workdir_lock
 from fitnets_jax import config as config_lib
+from fitnets_jax import teachers as teachers_lib
 from fitnets_jax.config import SAFE_TO_CHANGE, changed_keys
 from fitnets_jax.errors import FitnetsError, check, one_of
-from fitnets_jax.methods.shared import Context, network_entry, supervised_stage
+from fitnets_jax.methods.shared import Context, supervised_stage
 from fitnets_jax.network import COMPUTE_DTYPES, build_network
 
 CONFIG_FILE = "config.json"  # the workdir's experiment, written when a run starts
@@ -170,42 +170,6 @@ def check_same_experiment(config, workdir):
     )
 
 
-TEACHER_ENTRY_KEYS = ("model", "checkpoint", "dropout", "input_dropout", "epochs", "steps", "optimizer")
-
-
-def teacher_specs(config, method):
-  """[(role, config key, ConfigDict with model/checkpoint/dropout, its training stage config)] of the
-  teachers of `method` (a `Method`); the key ("teacher", "teachers[0]", …) is what error messages name."""
-  if method.teachers == "none":
-    check(not len(config.teachers), f"config.teachers is set, but method={config.method!r} uses no teacher.")
-    return []
-  if method.teachers == "one":
-    check(
-      not len(config.teachers),
-      f"config.teachers lists several teachers, but method={config.method!r} uses "
-      "the one in config.teacher; use method=multi_teacher, or clear teachers.",
-    )
-    return [("teacher", "teacher", config.teacher, config.stages.teacher)]
-  check(
-    len(config.teachers) > 0,
-    f"method={config.method!r} needs config.teachers: a non-empty list of dicts "
-    f"with keys {', '.join(TEACHER_ENTRY_KEYS)} (model required).",
-  )
-  specs = []
-  for i, entry in enumerate(config.teachers):
-    entry, stage = network_entry(entry, f"teachers[{i}]", TEACHER_ENTRY_KEYS, config.stages.teacher)
-    role_cfg = ml_collections.ConfigDict(
-      dict(
-        model=entry["model"],
-        checkpoint=entry.get("checkpoint", ""),
-        dropout=float(entry.get("dropout", 0.0)),
-        input_dropout=list(entry.get("input_dropout", [])),
-      )
-    )
-    specs.append((f"teacher{i + 1}", f"teachers[{i}]", role_cfg, stage))
-  return specs
-
-
 def trained_networks(config, method):
   """[(role, config key, {model, dropout})] of the networks a method trains from scratch: the
   student, or a method's own list (mutual learning's cohort); the first is the summary's student."""
@@ -217,22 +181,12 @@ def trained_networks(config, method):
   return method.networks(config) if method.networks else [("student", "student", config.student)]
 
 
-def reused_teacher(key, role_cfg, teacher):
-  """Host variables of a teacher checkpoint, checked against the configured teacher model."""
-  info = checkpoint.teacher_info(role_cfg.checkpoint, f"{key}.checkpoint")
-  check(
-    info.get("model") == teacher.name,
-    f"{key}.checkpoint={role_cfg.checkpoint!r} holds a {info.get('model')!r} teacher but "
-    f"{key}.model={teacher.name!r}; set --config.{key}.model={info.get('model')}.",
-  )
-  return checkpoint.load_teacher(role_cfg.checkpoint, teacher.abstract_variables(), f"{key}.checkpoint")
-
-
-def prepare(config, workdir, synthetic_examples=0, source=None, read_only=False):
+def prepare(config, workdir, synthetic_examples=0, source=None, read_only=False, dataset=None):
   """Validates `config` and builds the experiment; raises FitnetsError on any bad input. With
   `synthetic_examples`, random images of the dataset's shape stand in for it (benchmarks); `source`
   is the `data.Arrays` of `dataset.name='arrays'`; `read_only`: the workdir is only read (`explore`),
-  so neither its lock nor whether it can be written is checked."""
+  so neither its lock nor whether it can be written is checked; `dataset`: the loaded dataset of an equal
+  `config.dataset` (the seeds of `--seeds` share one)."""
   config_lib.check(config)
   check_run_keys(config)
   if workdir and files.is_remote(workdir):  # a bucket that does not answer fails now, not after loading
@@ -243,7 +197,7 @@ def prepare(config, workdir, synthetic_examples=0, source=None, read_only=False)
   compiler.use_cache(config.compilation_cache, workdir)
   method = methods.get(config.method)
   mesh = make_mesh(config)
-  dataset = data.load(config.dataset, synthetic_examples, source)
+  dataset = dataset or data.load(config.dataset, synthetic_examples, source)
   check_batch_memory(config, dataset.image_shape)
   steps_per_epoch = dataset.num_train // config.batch_size
   check(
@@ -255,7 +209,7 @@ def prepare(config, workdir, synthetic_examples=0, source=None, read_only=False)
   # A method whose networks are configured elsewhere (mutual learning's cohort) names its own.
   _, key, student_cfg = trained_networks(config, method)[0]
   student = build(key, student_cfg)
-  specs = teacher_specs(config, method)
+  specs = teachers_lib.specs(config, method)
   teachers = {role: build(key, cfg) for role, key, cfg, _ in specs}
   ctx = Context(
     config, student, teachers, steps_per_epoch, {role: stage for role, _, _, stage in specs}, dataset.num_classes
@@ -265,12 +219,12 @@ def prepare(config, workdir, synthetic_examples=0, source=None, read_only=False)
   inputs = {"data": dataset.fingerprint}
   for role, key, cfg, _ in specs:
     if cfg.checkpoint:
-      variables[role] = reused_teacher(key, cfg, teachers[role])
-      sources[role] = checkpoint.teacher_dir(cfg.checkpoint)
+      variables[role] = teachers_lib.reused(key, cfg, teachers[role])
+      sources[role] = teachers_lib.teacher_dir(cfg.checkpoint)
       inputs[role] = checkpoint.digest(variables[role])
     else:
       teacher_stages.append(supervised_stage(ctx, role, teachers[role], role, trains=role))
-  teacher_cache.check_config(config, dataset, bool(specs))
+  teachers_lib.check_cache_config(config, dataset, bool(specs))
   if not read_only:
     check_workdir(workdir)
   return Experiment(

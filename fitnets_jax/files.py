@@ -74,6 +74,13 @@ def modified(p):
   return path(p).stat().mtime
 
 
+def sha256(p):
+  """The SHA-256 of a file's bytes, in hex."""
+  import hashlib
+
+  return hashlib.sha256(read_bytes(p)).hexdigest()
+
+
 def read_bytes(p):
   return path(p).read_bytes()
 

@@ -9,7 +9,6 @@ replaced by the run's seed, so each seed can load its own teacher. Every seed's 
 before the first one starts.
 """
 
-import copy
 import os
 import signal
 import sys
@@ -53,21 +52,6 @@ def define_flags():
   flags.DEFINE_integer("seeds", 0, "Run N seeds (config.seed, config.seed+1, …) into <workdir>/seed_<s>; 0: one run.")
 
 
-def seed_runs(config, workdir, n):
-  """[(config, workdir)] of `n` seeds from config.seed, with `{seed}` filled in teacher checkpoints."""
-  runs = []
-  for seed in range(config.seed, config.seed + n):
-    c = copy.deepcopy(config)
-    with c.unlocked():
-      c.seed = seed
-      c.teacher.checkpoint = c.teacher.checkpoint.replace("{seed}", str(seed))
-      c.teachers = [
-        dict(t, checkpoint=t["checkpoint"].replace("{seed}", str(seed))) if "checkpoint" in t else t for t in c.teachers
-      ]
-    runs.append((c, files.join(workdir, f"seed_{seed}")))
-  return runs
-
-
 def print_summary(summary, workdir):
   student = summary["student"]
   for teacher in summary["teachers"]:
@@ -90,15 +74,6 @@ def print_summary(summary, workdir):
   )
 
 
-def shared_teachers(config, seeds):
-  """The teacher checkpoints that every one of `seeds` runs would load alike (no `{seed}` in the path)."""
-  from fitnets_jax import methods
-
-  paths = [("teacher.checkpoint", config.teacher.checkpoint)] if methods.get(config.method).teachers == "one" else []
-  paths += [(f"teachers[{i}].checkpoint", t["checkpoint"]) for i, t in enumerate(config.teachers) if "checkpoint" in t]
-  return [(key, path) for key, path in paths if seeds > 1 and path and "{seed}" not in path]
-
-
 def run_all(config_path, workdir, seeds):
   """Checks the command line, then trains each run; FitnetsError/RunStopped go to `or_exit`."""
   if seeds < 0:
@@ -111,28 +86,35 @@ def run_all(config_path, workdir, seeds):
   config = config_lib.from_command_line(config_path)  # checked (config_lib.check) before JAX loads
   import jax
 
-  from fitnets_jax import cluster, experiment, train
+  from fitnets_jax import cluster, experiment, methods, teachers, train
 
   cluster.initialize(config)  # before any device is touched: --seeds prepares every seed first
   if jax.process_index() == 0:
     print(cluster.describe(config), flush=True)
-    for key, path in shared_teachers(config, seeds):
+    for key, path in teachers.shared_across_seeds(config, methods.get(config.method), seeds):
       print(
         f"note: {key}={path!r} has no {{seed}}, so all {seeds} seeds distil from this one teacher (write "
         f"{{seed}} in the path to give each seed the teacher trained with its own seed).",
         flush=True,
       )
-  runs = seed_runs(config, workdir, seeds) if seeds else [(config, workdir)]
-  if seeds:
+  seed_list = range(config.seed, config.seed + seeds)
+  runs = (
+    [(teachers.for_seed(config, s), files.join(workdir, f"seed_{s}")) for s in seed_list]
+    if seeds
+    else [(config, workdir)]
+  )
+  prepared = [None] * len(runs)
+  if seeds:  # every seed's bad input fails before the first seed trains; each is prepared once
     failure = None
     try:
-      for c, w in runs:  # every seed's bad input fails before the first seed trains
-        experiment.prepare(c, w)
+      for i, (c, w) in enumerate(runs):
+        same_data = i and c.dataset.to_dict() == runs[0][0].dataset.to_dict()
+        prepared[i] = experiment.prepare(c, w, dataset=prepared[0].data if same_data else None)
     except FitnetsError as e:
       failure = e
     cluster.agree(failure)  # on several hosts, all go on or all stop
-  for c, w in runs:
-    print_summary(train.run(c, w), w)
+  for (c, w), exp in zip(runs, prepared):
+    print_summary(train.run(c, w, prepared=exp), w)
 
 
 def main(argv):

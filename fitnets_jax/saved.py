@@ -24,17 +24,23 @@ loading a folder from elsewhere never runs code it names. The digests catch dama
 attacker who rewrites SHA256SUMS too: treat a folder of unknown origin as code only with trust_code.
 """
 
+import json
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from fitnets_jax import checkpoint, compiler, files, models
 from fitnets_jax.errors import FitnetsError, WorkdirWriteError, check
 from fitnets_jax.models.exits import ExitHead
 from fitnets_jax.network import forward, network
 from fitnets_jax.preprocessing import Preprocessing
+
+NETWORK_INFO = "network.json"
+MANIFEST = "SHA256SUMS"  # a saved network's files (network.json, preprocessing.npz) and their SHA-256
+INFO_FILES = (NETWORK_INFO, "teacher.json")  # teacher.json: a teacher saved by an earlier version
 
 
 def network_info(net, data, test_accuracy=None, exits=None):
@@ -62,7 +68,7 @@ def save(workdir, role, net, variables, data, test_accuracy=None, exits=None):
       data.preprocessing.save(folder)
     except OSError as e:
       raise WorkdirWriteError.of(f"the {role}'s preprocessing", folder, e) from None
-  checkpoint.save_network(workdir, role, variables, network_info(net, data, test_accuracy, exits))
+  save_network(workdir, role, variables, network_info(net, data, test_accuracy, exits))
 
 
 def save_trained(exp, workdir, stage, state, results):
@@ -98,16 +104,16 @@ class SavedNetwork:
   def __init__(self, folder, trust_code=False):
     self.folder = folder
     key = f"load_model({folder!r})"
-    self.info = checkpoint.read_info(folder, key)  # every file checked against SHA256SUMS first
+    self.info = read_info(folder, key)  # every file checked against SHA256SUMS first
     for field in ("model", "num_classes", "image_shape"):
       check(
         field in self.info,
-        f"{checkpoint.info_file(folder)} lacks {field!r}: it was saved by an earlier version that recorded no "
+        f"{info_file(folder)} lacks {field!r}: it was saved by an earlier version that recorded no "
         "preprocessing; train the network again to save it with everything predict needs.",
       )
     check(
       "preprocessing" in self.info,
-      f"{checkpoint.info_file(folder)} records no preprocessing (saved by an earlier version); train the network "
+      f"{info_file(folder)} records no preprocessing (saved by an earlier version); train the network "
       "again to save it with everything predict needs.",
     )
     self.preprocessing = Preprocessing.load(folder, self.info["preprocessing"])
@@ -115,7 +121,7 @@ class SavedNetwork:
     check_code(self.info["model"], key, trust_code)
     self.module = models.get_model(self.info["model"], self.info["num_classes"], key=f"{folder}: model")
     self.network = network(self.info["model"], self.module, self.input_shape, self.info.get("dtype", "float32"))
-    restored = checkpoint.read_network(folder, key)
+    restored = read_network(folder, key)
     check_fits(restored, self.network.abstract_variables(), key, self.info["model"])
     self.variables = jax.tree.map(jnp.asarray, restored)
     self.heads = {
@@ -211,11 +217,9 @@ def check_fits(restored, abstract, key, model):
 def network_folder(path, network="student"):
   """The folder of `network` in the run `path`, or `path` itself when it is a saved network's folder."""
   for candidate in (path, files.join(path, network)):
-    if checkpoint.info_file(candidate) and files.isdir(files.join(candidate, "variables")):
+    if info_file(candidate) and files.isdir(files.join(candidate, "variables")):
       return files.absolute(candidate)
-  saved = (
-    sorted(n for n in files.listdir(path) if checkpoint.info_file(files.join(path, n))) if files.isdir(path) else []
-  )
+  saved = sorted(n for n in files.listdir(path) if info_file(files.join(path, n))) if files.isdir(path) else []
   raise FitnetsError(
     f"{path!r} holds no saved network {network!r}: expected {files.join(path, network)}/network.json (a finished "
     f"run's workdir) or network.json in {path!r} itself (a network's folder). "
@@ -228,3 +232,104 @@ def load_model(path, network="student", trust_code=False):
   saved in the folder `path`, ready to `predict` from raw images; its files are verified first, and a
   model of another package is imported only with `trust_code` (see the module's security model)."""
   return SavedNetwork(network_folder(path, network), trust_code)
+
+
+def write_manifest(folder):
+  """Writes `folder`/SHA256SUMS: the SHA-256 of every file of a saved network (its variables are covered
+  by the `variables_sha256` that network.json records)."""
+  names = sorted(n for n in files.listdir(folder) if n != MANIFEST and files.isfile(files.join(folder, n)))
+  text = "".join(f"{files.sha256(files.join(folder, n))}  {n}\n" for n in names)
+  files.write_atomically(files.join(folder, MANIFEST), text)
+
+
+def verify_manifest(folder, key):
+  """Checks every file `folder`/SHA256SUMS lists against its SHA-256 before anything of it is used; a
+  missing, changed or extra-listed file is one FitnetsError paragraph naming `key`. A folder saved by an
+  earlier version (no SHA256SUMS) is used with a warning that it cannot be verified."""
+  manifest = files.join(folder, MANIFEST)
+  if not files.isfile(manifest):
+    print(
+      f"warning: {folder} has no {MANIFEST} (saved by an earlier version): its files cannot be verified.",
+      file=sys.stderr,
+      flush=True,
+    )
+    return
+  try:
+    listed = [line.split("  ", 1) for line in files.read_text(manifest).splitlines() if line.strip()]
+    expected = {name: sha for sha, name in listed}
+  except (OSError, ValueError) as e:
+    raise FitnetsError(f"{key}: {manifest} cannot be read ({type(e).__name__}: {e}).") from None
+  for name, sha in sorted(expected.items()):
+    path = files.join(folder, name)
+    found = files.sha256(path) if files.isfile(path) else None
+    if found != sha:
+      raise FitnetsError(
+        f"{key}: {path} {'is missing' if found is None else 'differs from the file that was saved'} (its SHA-256 "
+        f"does not match {MANIFEST}): the saved network was changed or damaged on disk, so it is not used. Restore "
+        "the folder from a copy, or train the network again."
+      )
+
+
+def save_network(workdir, role, variables, info):
+  """Writes a network's variables and `network.json` (`info` and the variables' SHA-256) under
+  workdir/<role> (workdir/teacher for a run's one teacher, workdir/teacher1, … for `config.teachers`,
+  workdir/student)."""
+  directory = files.absolute(files.join(workdir, role))
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(files.path(files.join(directory, "variables")), variables, force=True)
+      checkpointer.wait_until_finished()
+    if jax.process_index() == 0:
+      files.write_atomically(
+        files.join(directory, NETWORK_INFO),
+        json.dumps({**info, "variables_sha256": checkpoint.digest(variables)}, indent=2),
+      )
+      write_manifest(directory)
+  except Exception as e:  # noqa: BLE001
+    raise WorkdirWriteError.of(f"the {role}'s variables", directory, e) from None
+
+
+def info_file(folder):
+  """The saved network's info file in `folder`, or None."""
+  return next((files.join(folder, n) for n in INFO_FILES if files.isfile(files.join(folder, n))), None)
+
+
+def read_info(folder, key):
+  """A saved network's info file (network.json) in `folder` as a dict; a file that cannot be read or
+  decoded is one FitnetsError paragraph naming `key` (what pointed at the folder)."""
+  verify_manifest(folder, key)
+  path = info_file(folder) or files.join(folder, NETWORK_INFO)
+  try:
+    info = json.loads(files.read_text(path))
+  except (OSError, ValueError) as e:  # missing, unreadable, or not JSON (a damaged file)
+    raise FitnetsError(
+      f"{key}: {path} cannot be read ({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}); "
+      "it describes the saved network (model, digest), so the network cannot be used. Restore the folder from a "
+      "copy, or train the network again."
+    ) from None
+  if not isinstance(info, dict):
+    raise FitnetsError(f"{key}: {path} holds {type(info).__name__}, not the JSON object a saved network's info is.")
+  return info
+
+
+def read_network(folder, key):
+  """A saved network's variables from `folder`, checked against the digest in its info file; unreadable
+  or damaged files are one paragraph naming `key` (what pointed at the folder)."""
+  directory = files.join(folder, "variables")
+  recorded = read_info(folder, key).get("variables_sha256")
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      restored = checkpointer.restore(files.path(directory))
+  except Exception as e:  # noqa: BLE001  (a missing folder, a truncated file: orbax's and tensorstore's types)
+    raise FitnetsError(
+      f"{key}: the network's variables in {directory} cannot be read ({type(e).__name__}: "
+      f"{(str(e).strip().splitlines() or [''])[0][:200]}); its {NETWORK_INFO} is there, but the weights are "
+      "missing or damaged. Restore the folder from a copy, or train the network again."
+    ) from None
+  if recorded is not None and checkpoint.digest(restored) != recorded:
+    raise FitnetsError(
+      f"{key}: the network's variables in {directory} differ from those saved (their SHA-256 does not "
+      f"match the one in {NETWORK_INFO}): a file was changed on disk. Restore the folder from a copy, or train "
+      "the network again."
+    )
+  return restored

@@ -342,16 +342,19 @@ def evaluate(run, index, state, done):
   return values
 
 
-def run(config, workdir, source=None):
+def run(config, workdir, source=None, prepared=None):
   """Validates, then trains every stage of `config.method` holding the workdir's lock; returns (and
-  writes) summary.json. `source`: the `data.Arrays` of `dataset.name='arrays'`."""
+  writes) summary.json. `source`: the `data.Arrays` of `dataset.name='arrays'`; `prepared`: the
+  experiment `experiment.prepare` already built (and every host agreed on) for this config and workdir."""
   cluster.initialize(config)
   cluster.warn_if_accelerator_idle()
-  try:
-    exp, failure = experiment.prepare(config, workdir, source=source), None
-  except FitnetsError as e:
-    exp, failure = None, e
-  cluster.agree(failure)  # on several hosts, all go on or all stop
+  exp = prepared
+  if exp is None:
+    try:
+      exp, failure = experiment.prepare(config, workdir, source=source), None
+    except FitnetsError as e:
+      exp, failure = None, e
+    cluster.agree(failure)  # on several hosts, all go on or all stop
   with workdir_lock.WorkdirLock(workdir) as lock:
     if jax.process_index() == 0:
       try:

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fitnets_jax import FitnetsError, checkpoint, experiment, methods, train
+from fitnets_jax import FitnetsError, experiment, methods, saved, train
 
 from conftest import ROOT, tiny_digits
 from helpers import write_npz
@@ -311,7 +311,7 @@ def test_teacher_checkpoint_of_another_architecture(tmp_path):
   teacher_run = str(tmp_path / "teacher")  # a saved digits_teacher, as a run's teacher stage leaves it
   teacher = experiment.build_network("teacher", tiny_digits().teacher, 10, (8, 8, 1))
   params, stats = teacher.init(jax.random.PRNGKey(0))
-  checkpoint.save_network(teacher_run, "teacher", {"params": params, "batch_stats": stats}, teacher.describe())
+  saved.save_network(teacher_run, "teacher", {"params": params, "batch_stats": stats}, teacher.describe())
   with pytest.raises(FitnetsError, match=r"holds a 'digits_teacher' teacher but teacher.model='digits_student'"):
     experiment.prepare(
       tiny_digits("kd", **{"teacher.checkpoint": teacher_run, "teacher.model": "digits_student"}), str(tmp_path / "x")

@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fitnets_jax import FitnetsError, checkpoint, experiment, train, workdir_lock
+from fitnets_jax import FitnetsError, checkpoint, experiment, saved, train, workdir_lock
 from fitnets_jax.errors import Preempted, WorkdirWriteError
 
 from conftest import ROOT, tiny_digits
@@ -576,7 +576,7 @@ def test_a_reused_teacher_with_damaged_weights_is_one_paragraph(tmp_path):
   teacher_run = str(tmp_path / "teacher_run")  # a saved digits_teacher, as a run's teacher stage leaves it
   net = experiment.build_network("teacher", tiny_digits().teacher, 10, (8, 8, 1))
   params, stats = net.init(jax.random.PRNGKey(0))
-  checkpoint.save_network(teacher_run, "teacher", {"params": params, "batch_stats": stats}, net.describe())
+  saved.save_network(teacher_run, "teacher", {"params": params, "batch_stats": stats}, net.describe())
   config = tiny_digits("kd", **{"teacher.checkpoint": teacher_run})
   flip_bytes(largest_variables_file(os.path.join(teacher_run, "teacher")))
   with pytest.raises(
@@ -714,7 +714,7 @@ def test_a_truncated_metrics_file_is_noticed_on_resume(tmp_path, capsys):
 def test_seeds_refused_leave_no_folder_behind_and_a_shared_teacher_is_named(tmp_path):
   teacher = experiment.build_network("teacher", tiny_digits().teacher, 10, (8, 8, 1))
   params, stats = teacher.init(jax.random.PRNGKey(0))
-  checkpoint.save_network(
+  saved.save_network(
     str(tmp_path / "teachers" / "seed_0"), "teacher", {"params": params, "batch_stats": stats}, teacher.describe()
   )
   runs = tmp_path / "runs"
@@ -746,7 +746,7 @@ def saved_random_teacher(folder, seed, classes=4, shape=(6, 6, 3)):
   """A valid digits_teacher for write_npz's data saved at folder/teacher, with random weights of `seed`."""
   net = experiment.build_network("teacher", tiny_digits().teacher, classes, shape)
   params, stats = net.init(jax.random.PRNGKey(seed))
-  checkpoint.save_network(folder, "teacher", {"params": params, "batch_stats": stats}, net.describe())
+  saved.save_network(folder, "teacher", {"params": params, "batch_stats": stats}, net.describe())
 
 
 def rolled_back(full, work, steps):

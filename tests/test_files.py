@@ -14,7 +14,7 @@ from etils.epath import backend as epath_backend
 from etils.epath import gpath
 from etils.epath import stat_utils as epath_stat
 
-from fitnets_jax import checkpoint, experiment, files, metrics, workdir_lock
+from fitnets_jax import experiment, files, metrics, saved, teachers, workdir_lock
 from fitnets_jax.errors import FitnetsError
 from fitnets_jax.tools import plots, report
 
@@ -160,9 +160,9 @@ def test_run_files_go_to_the_bucket(bucket, monkeypatch, digits_config):
   with pytest.raises(FitnetsError, match="holds another experiment"):
     experiment.check_same_experiment(config, run)
 
-  files.write_atomically(f"{run}/teacher/{checkpoint.NETWORK_INFO}", json.dumps({"model": "maxout_digits_teacher"}))
-  assert checkpoint.teacher_dir(run) == f"{run}/teacher"
-  assert checkpoint.teacher_info(run)["model"] == "maxout_digits_teacher"
+  files.write_atomically(f"{run}/teacher/{saved.NETWORK_INFO}", json.dumps({"model": "maxout_digits_teacher"}))
+  assert teachers.teacher_dir(run) == f"{run}/teacher"
+  assert teachers.teacher_info(run)["model"] == "maxout_digits_teacher"
 
   summary = {
     "method": "kd",

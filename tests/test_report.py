@@ -5,7 +5,7 @@ import json
 import matplotlib.image
 import pytest
 
-from fitnets_jax import FitnetsError, main
+from fitnets_jax import FitnetsError, teachers
 from fitnets_jax.tools import plots, report
 
 from conftest import tiny_digits
@@ -134,10 +134,10 @@ def test_report_names_a_run_that_is_not_finished(tmp_path):
 
 def test_seeds_fill_in_each_seed_and_its_teacher():
   config = tiny_digits("kd", seed=5, **{"teacher.checkpoint": "runs/fitnets/seed_{seed}"})
-  runs = main.seed_runs(config, "runs/kd", 3)
-  assert [(c.seed, c.teacher.checkpoint, w) for c, w in runs] == [
-    (5, "runs/fitnets/seed_5", "runs/kd/seed_5"),
-    (6, "runs/fitnets/seed_6", "runs/kd/seed_6"),
-    (7, "runs/fitnets/seed_7", "runs/kd/seed_7"),
+  runs = [teachers.for_seed(config, seed) for seed in (5, 6, 7)]
+  assert [(c.seed, c.teacher.checkpoint) for c in runs] == [
+    (5, "runs/fitnets/seed_5"),
+    (6, "runs/fitnets/seed_6"),
+    (7, "runs/fitnets/seed_7"),
   ]
   assert config.seed == 5 and config.teacher.checkpoint == "runs/fitnets/seed_{seed}"  # the original is untouched

@@ -102,13 +102,12 @@ def test_bad_inputs_to_load_and_predict_are_one_paragraph(run_dir, tmp_path):
 def edited_copy(work, tmp_path, name, edit, resign=False):
   """A copy of the run's student folder with `edit(folder)` applied; with `resign`, SHA256SUMS is written
   again, as someone who edits consistently would (the edit then has to be caught by the other checks)."""
-  from fitnets_jax import checkpoint
 
   folder = str(tmp_path / name)
   shutil.copytree(os.path.join(work, "student"), folder)
   edit(folder)
   if resign:
-    checkpoint.write_manifest(folder)
+    saved.write_manifest(folder)
   return folder
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fitnets_jax import compiler, data, experiment, parallel, teacher_cache, train, train_step
+from fitnets_jax import compiler, data, experiment, parallel, teachers, train, train_step
 from fitnets_jax.network import forward, predict, variables
 from fitnets_jax.tools import benchmark
 
@@ -34,9 +34,9 @@ def fitnets_exp(tmp_path_factory):
 def test_cached_logits_and_features_equal_the_live_teacher_on_shuffled_batches(fitnets_exp):
   exp = fitnets_exp
   teacher = fresh_teacher(exp)
-  layers = teacher_cache.needed_layers(exp.stages)
+  layers = teachers.cached_layers(exp.stages)
   assert layers == {"teacher": ["conv2"]}
-  tables, info = teacher_cache.build(exp.teachers, teacher, layers, exp.data, 100, 1024.0)
+  tables, info = teachers.build_cache(exp.teachers, teacher, layers, exp.data, 100, 1024.0)
   assert info["layers"] == {"teacher": ["conv2"]} and info["left_out"] == [] and info["examples"] == 1437
   net, t = exp.teacher, jax.device_get(teacher["teacher"])
   for batch in itertools.islice(data.train_batches(exp.data, 32, exp.steps_per_epoch, seed=3, stage_index=2), 3):
@@ -46,14 +46,14 @@ def test_cached_logits_and_features_equal_the_live_teacher_on_shuffled_batches(f
       tables["teacher"]["features"]["conv2"][batch["index"]], live_feats["conv2"], rtol=1e-5, atol=1e-5
     )
   # Under a zero budget only the logits are kept; the hint layer is computed live.
-  _, info = teacher_cache.build(exp.teachers, teacher, layers, exp.data, 100, 0.0)
+  _, info = teachers.build_cache(exp.teachers, teacher, layers, exp.data, 100, 0.0)
   assert info["layers"] == {"teacher": []} and info["left_out"] == ["teacher/conv2"]
 
 
 def test_the_cached_kd_step_gives_the_live_loss_without_running_the_teacher(fitnets_exp):
   exp = fitnets_exp
   teacher = fresh_teacher(exp)
-  tables, _ = teacher_cache.build(exp.teachers, teacher, teacher_cache.needed_layers(exp.stages), exp.data, 100, 1024.0)
+  tables, _ = teachers.build_cache(exp.teachers, teacher, teachers.cached_layers(exp.stages), exp.data, 100, 1024.0)
   cached = dict(teacher, cache=jax.device_put(tables, parallel.replicated(exp.mesh)))
   index, stage = stage_named(exp, "kd")
   rng = jax.random.PRNGKey(0)

@@ -16,7 +16,7 @@ from fitnets_jax.methods.registry import Method
 
 
 def at_stage(ctx):
-  from fitnets_jax import hints, losses
+  from fitnets_jax import hints, losses, teachers
   from fitnets_jax.network import forward
 
   pairs = hints.pairs(ctx.config, ctx.student, ctx.teachers)
@@ -29,12 +29,12 @@ def at_stage(ctx):
   by_teacher, guided_names = shared.hint_captures(pairs)
   student, options = ctx.student, hints.loss_options(ctx.config)
 
-  def loss(params, batch_stats, teacher_vars, batch, rng, step):
+  def loss(params, batch_stats, teaching, batch, rng, step):
     x, y = batch["image"], batch["label"]
     logits, s_feats, stats = forward(
       student, params["student"], batch_stats["student"], x, True, rng, capture=guided_names
     )
-    t_feats = shared.teacher_features(ctx, teacher_vars, batch, by_teacher)
+    t_feats = teachers.features(ctx, teaching, batch, by_teacher)
     attention = sum(
       hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, options) for p in pairs
     )

@@ -62,7 +62,7 @@ def check_pairable(teacher_points, student_points, teacher, student):
 
 
 def fsp_stage(ctx):
-  from fitnets_jax import features, losses
+  from fitnets_jax import features, losses, teachers
   from fitnets_jax.network import forward
 
   student, teacher = ctx.student, ctx.teacher
@@ -77,10 +77,10 @@ def fsp_stage(ctx):
   def labels(params):
     return {"student": features.prefix_labels(params["student"], trained)}
 
-  def loss(params, batch_stats, teacher_vars, batch, rng, step):
+  def loss(params, batch_stats, teaching, batch, rng, step):
     x = batch["image"]
     _, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng, capture=s_names)
-    t_feats = shared.teacher_features(ctx, teacher_vars, batch, {"teacher": t_names})["teacher"]
+    t_feats = teachers.features(ctx, teaching, batch, {"teacher": t_names})["teacher"]
     g_s = [losses.fsp_matrix(s_feats[a.name], s_feats[b.name]) for a, b in s_points]
     g_t = [losses.fsp_matrix(t_feats[a.name], t_feats[b.name]) for a, b in t_points]
     value = losses.fsp_loss(g_t, g_s, weights)

@@ -230,35 +230,6 @@ def hint_captures(pairs):
   return by_teacher, tuple(dict.fromkeys(p.guided.name for p in pairs))
 
 
-def teacher_logits(ctx, teacher_vars, batch, role):
-  """Teacher `role`'s logits on the batch: looked up in the teacher cache by example id when there is
-  one (`fitnets_jax.teacher_cache`), else its forward pass in inference mode."""
-  from fitnets_jax.network import forward
-
-  cached = teacher_vars.get("cache", {}).get(role)
-  if cached is not None:
-    return cached["logits"][batch["index"]]
-  t = teacher_vars[role]
-  return forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False)[0]
-
-
-def teacher_features(ctx, teacher_vars, batch, by_teacher):
-  """The named layers' outputs of each teacher, in inference mode: {role: {layer: array}}; from the
-  teacher cache when it holds all of a teacher's layers."""
-  from fitnets_jax.network import forward
-
-  found = {}
-  for role, names in by_teacher.items():
-    names = tuple(dict.fromkeys(names))
-    cached = teacher_vars.get("cache", {}).get(role, {}).get("features", {})
-    if all(n in cached for n in names):
-      found[role] = {n: cached[n][batch["index"]] for n in names}
-    else:
-      t = teacher_vars[role]
-      found[role] = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False, capture=names)[1]
-  return found
-
-
 def fresh_or_carried(net, rng, carry):
   """`net`'s (params, batch_stats): the previous stage's `carry`, or fresh ones."""
   return carry if carry is not None else net.init(rng)
@@ -328,7 +299,7 @@ def kd_stage(ctx, name="kd"):
   """The KD stage; with several teachers the soft target is their μ-weighted average
   (`losses.soft_target`), and with `kd.attention` the attention pairs' loss (`fitnets_jax.hints`) is
   added."""
-  from fitnets_jax import hints, losses
+  from fitnets_jax import hints, losses, teachers
   from fitnets_jax.network import forward
 
   cfg = ctx.config.kd
@@ -349,20 +320,20 @@ def kd_stage(ctx, name="kd"):
   by_teacher, guided_names = hint_captures(pairs)
   options = hints.loss_options(ctx.config)
 
-  def loss(params, batch_stats, teacher_vars, batch, rng, step):
+  def loss(params, batch_stats, teaching, batch, rng, step):
     x, y = batch["image"], batch["label"]
-    t_logits = [teacher_logits(ctx, teacher_vars, batch, r) for r in roles]
+    t_logits = [teachers.logits(ctx, teaching, batch, r) for r in roles]
     s_logits, s_feats, stats = forward(
       student, params["student"], batch_stats["student"], x, True, rng, capture=guided_names
     )
     if cfg.loss == "fitnets":
       weight = lam(step)
-      total, parts = losses.fitnets_kd_loss(s_logits, t_logits, y, weight, cfg.temperature, teacher_vars["mu"])
+      total, parts = losses.fitnets_kd_loss(s_logits, t_logits, y, weight, cfg.temperature, teaching["mu"])
       parts["lambda"] = weight
     else:
-      total, parts = losses.hinton_kd_loss(s_logits, t_logits, y, cfg.alpha, cfg.temperature, teacher_vars["mu"])
+      total, parts = losses.hinton_kd_loss(s_logits, t_logits, y, cfg.alpha, cfg.temperature, teaching["mu"])
     if pairs:
-      t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
+      t_feats = teachers.features(ctx, teaching, batch, by_teacher)
       parts["attention"] = sum(
         hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], None, options) for p in pairs
       )
@@ -378,7 +349,7 @@ def hint_stage(ctx, name, pairs):
   import jax
   import jax.numpy as jnp
 
-  from fitnets_jax import features, hints
+  from fitnets_jax import features, hints, teachers
   from fitnets_jax.network import forward
 
   student = ctx.student
@@ -402,10 +373,10 @@ def hint_stage(ctx, name, pairs):
       for k, v in params.items()
     }
 
-  def loss(params, batch_stats, teacher_vars, batch, rng, step):
+  def loss(params, batch_stats, teaching, batch, rng, step):
     x = batch["image"]
     _, s_feats, stats = forward(student, params["student"], batch_stats["student"], x, True, rng, capture=guided_names)
-    t_feats = teacher_features(ctx, teacher_vars, batch, by_teacher)
+    t_feats = teachers.features(ctx, teaching, batch, by_teacher)
     terms = [
       hints.pair_loss(p, t_feats[p.teacher][p.hint.name], s_feats[p.guided.name], params.get(f"regressor{i}"), options)
       for i, p in enumerate(pairs)

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from absl import flags, logging
 
-from fitnets_jax import command_line, compiler, data, experiment, files, inference, parallel, teacher_cache, train_step
+from fitnets_jax import command_line, compiler, data, experiment, files, inference, parallel, teachers, train_step
 from fitnets_jax import config as config_lib
 from fitnets_jax.errors import FitnetsError, or_exit
 from fitnets_jax.network import cast_floats
@@ -104,7 +104,7 @@ def reference_step(exp, stage, tx):
   if stage.update is not None:
     return None, None
   net = exp.teachers.get(stage.trains, exp.student)
-  teachers = list(exp.teachers.values()) if stage.uses_teacher else []
+  teacher_nets = list(exp.teachers.values()) if stage.uses_teacher else []
   dtype, temperature = exp.config.dtype, exp.config.kd.temperature
 
   def loss_fn(params, batch_stats, teacher_vars, x, y, rng):
@@ -115,7 +115,7 @@ def reference_step(exp, stage, tx):
     )
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    for teacher, t_vars in zip(teachers, teacher_vars):
+    for teacher, t_vars in zip(teacher_nets, teacher_vars):
       t_params = cast_floats(t_vars["params"], dtype)
       t_logits = teacher.module.apply({"params": t_params, "batch_stats": t_vars["batch_stats"]}, x, train=False)
       soft = jax.nn.softmax(t_logits.astype(jnp.float32) / temperature)
@@ -245,10 +245,10 @@ def cached_step_ms(exp, index, teacher, warmup, timed):
   stage = exp.stages[index]
   if not stage.uses_teacher or exp.data.augmented:
     return None
-  tables, _ = teacher_cache.build(
+  tables, _ = teachers.build_cache(
     exp.teachers,
     teacher,
-    teacher_cache.needed_layers(exp.stages),
+    teachers.cached_layers(exp.stages),
     exp.data,
     exp.config.eval_batch_size,
     exp.config.teacher.cache_budget_mb,

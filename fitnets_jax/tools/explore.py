@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fitnets_jax import checkpoint, data, experiment, files, hints, losses, metrics, train_step
+from fitnets_jax import checkpoint, data, experiment, files, hints, losses, metrics, teachers, train_step
 from fitnets_jax import features as features_lib  # `features` below is this module's own function
 from fitnets_jax.errors import check
 from fitnets_jax.methods import fsp, shared
@@ -102,7 +102,7 @@ def teacher_variables(run, role="teacher"):
     role in exp.teachers,
     f"the run in {run.workdir!r} has no teacher {role!r}; its teachers: {', '.join(exp.teachers) or 'none'}.",
   )
-  v = exp.teacher_variables.get(role) or checkpoint.load_teacher(
+  v = exp.teacher_variables.get(role) or teachers.load_teacher(
     files.join(run.workdir, role), exp.teachers[role].abstract_variables()
   )
   return {"params": v["params"], "batch_stats": v.get("batch_stats", {})}

@@ -11,6 +11,7 @@ from absl import app, logging
 
 from fitnets_jax import command_line, experiment, features, hints, methods
 from fitnets_jax import config as config_lib
+from fitnets_jax import teachers as teachers_lib
 from fitnets_jax.data import image_shape_and_classes
 from fitnets_jax.data import load as load_data
 from fitnets_jax.errors import or_exit
@@ -31,7 +32,7 @@ def report(config):
     shape, classes = data.image_shape, data.num_classes
   method = methods.get(config.method)
   build = lambda key, cfg: experiment.build_network(key, cfg, classes, shape)
-  teachers = {role: build(key, cfg) for role, key, cfg, _ in experiment.teacher_specs(config, method)}
+  teachers = {role: build(key, cfg) for role, key, cfg, _ in teachers_lib.specs(config, method)}
   trained = {role: build(key, cfg) for role, key, cfg in experiment.trained_networks(config, method)}
   student = next(iter(trained.values()))
   lines = []
