@@ -140,6 +140,22 @@ def max_norm(conv, dense, logits, layers=None):
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def base_optimizer(cfg, lr, steps_per_epoch, key):
+  """The update rule `cfg.name` names, at learning rate `lr` (a schedule)."""
+  if cfg.name == "rmsprop" and cfg.rms_floor:
+    return optax.chain(scale_by_floored_rms(cfg.decay, cfg.rms_floor), optax.scale_by_learning_rate(lr))
+  if cfg.name == "rmsprop":
+    return optax.rmsprop(lr, decay=cfg.decay, eps=cfg.eps, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+  if cfg.name == "sgd" and cfg.momentum_final:
+    momentum = momentum_schedule(cfg, steps_per_epoch, key)
+    return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum, nesterov=cfg.nesterov)
+  if cfg.name == "sgd":
+    return optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+  if cfg.name == "adam":
+    return optax.adam(lr, eps=cfg.eps)
+  return optax.adamw(lr, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
 def optimizer(cfg, num_steps, steps_per_epoch, key, regressor_limits=None):
   """The optax transformation for a stage's trained parameters, from `stages.<name>.optimizer`.
 
@@ -162,19 +178,7 @@ def optimizer(cfg, num_steps, steps_per_epoch, key, regressor_limits=None):
     f"{key}.rms_floor={cfg.rms_floor!r}: pylearn2's floored RMSProp is for name='rmsprop' without momentum "
     f"(got name={cfg.name!r}, momentum={cfg.momentum!r}); 0 turns it off (optax's rmsprop, ε added).",
   )
-  if cfg.name == "rmsprop" and cfg.rms_floor:
-    chain += [scale_by_floored_rms(cfg.decay, cfg.rms_floor), optax.scale_by_learning_rate(lr)]
-  elif cfg.name == "rmsprop":
-    chain.append(optax.rmsprop(lr, decay=cfg.decay, eps=cfg.eps, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
-  elif cfg.name == "sgd" and cfg.momentum_final:
-    momentum = momentum_schedule(cfg, steps_per_epoch, key)
-    chain.append(optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum, nesterov=cfg.nesterov))
-  elif cfg.name == "sgd":
-    chain.append(optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
-  elif cfg.name == "adam":
-    chain.append(optax.adam(lr, eps=cfg.eps))
-  else:
-    chain.append(optax.adamw(lr, eps=cfg.eps, weight_decay=cfg.weight_decay))
+  chain.append(base_optimizer(cfg, lr, steps_per_epoch, key))
   check(
     not cfg.momentum_final or cfg.name == "sgd",
     f"{key}.momentum_final={cfg.momentum_final!r}: the momentum ramp is for name='sgd' (got {cfg.name!r}).",

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -72,9 +72,10 @@ class StopRequest:
 
 
 @dataclasses.dataclass(frozen=True)
-class Run:
-  """What every part of a run reads and writes: the experiment, its workdir and outputs, and
-  `results` (per stage and per teacher), which each checkpoint carries and summary.json reports."""
+class Training:
+  """One run's training in progress, what every stage reads and writes: the experiment, its workdir
+  and outputs, and `results` (per stage and per teacher), which each checkpoint carries and
+  summary.json reports."""
 
   exp: experiment.Experiment
   workdir: str
@@ -86,61 +87,84 @@ class Run:
   results: dict
   lock: Any = None  # the workdir's lock (workdir_lock.WorkdirLock): a lost lock stops the run at its next step
 
+  def stopped(self, where):
+    """The Preempted that ends a run stopped by SIGTERM, Ctrl-C or a preemption notice `where` (all
+    three stops: between stages, inside one, at a stage's last step). Raised, it closes the checkpoints
+    on its way out (`train_and_evaluate`)."""
+    return Preempted(
+      f"Stopped on SIGTERM, Ctrl-C or preemption {where}. Run the same command again to resume from {self.workdir}."
+    )
+
+
+class StageSetup(NamedTuple):
+  """What `train_step.stage_setup` gives a stage besides its rng: its index, optimizer and parameter labels."""
+
+  index: int
+  tx: Any
+  labels: Any
+
 
 def train_and_evaluate(exp, workdir, lock=None):
-  """Trains (or resumes) every stage of `exp` in `workdir` (held by `lock`); returns summary.json's dict."""
+  """Trains (or resumes) every stage of `exp` in `workdir` (held by `lock`); returns summary.json's dict.
+  Whatever ends it, its checkpoints are closed (every pending save finished) once, here."""
   offsets = train_step.stage_offsets(exp.stages)
   if exp.config.bring_back_set_aside:
     checkpoint.bring_back_set_aside(workdir)
   checkpoints = checkpoint.RunCheckpoints(files.join(workdir, "checkpoints"), exp.config.keep_checkpoints, offsets[1:])
   writer = metrics.Writer(workdir)
-  try:  # refusals here leave the workdir as it was: nothing restored, nothing truncated
-    checkpoint.check_hosts_agree(checkpoints, workdir)
-    resumed = checkpoint.resume(checkpoints, workdir, exp.stages, lambda index: restore_target(exp, index))
-    changed = check_inputs(exp, resumed, workdir) if resumed else []
-  except FitnetsError:
+  try:
+    resumed, results, pending = start_or_resume(exp, workdir, checkpoints, writer, offsets)
+    with StopRequest() as stop:
+      training = Training(exp, workdir, writer, checkpoints, evaluation.Evaluator(exp), stop, offsets, results, lock)
+      state = train_stages(training, resumed, pending)
+  finally:
     checkpoints.close()
-    raise
-  if resumed:
-    results = resumed.meta["results"]
-    for role in changed:  # accepted: the new teacher is measured afresh
-      results["teachers"].pop(role, None)
-    pending = [{k: np.float32(v) for k, v in scalars.items()} for scalars in resumed.meta.get("pending", [])]
-    writer.resume_at(resumed.step, offsets, [s.name for s in exp.stages], resumed.meta.get("metrics_records"))
-  else:
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    results, pending = {"stages": {}, "teachers": {}, "started": started}, []
-    writer.truncate(lambda r: False)  # a run killed before its first checkpoint logs afresh
-  with StopRequest() as stop:
-    run = Run(exp, workdir, writer, checkpoints, evaluation.Evaluator(exp), stop, offsets, results, lock)
-    carry, trained_teachers, teacher = None, {}, None
-    for index, stage in enumerate(exp.stages):
-      if resumed and index < resumed.stage_index:
-        continue
-      if stop.requested:  # between stages: the previous stage's end is saved
-        checkpoints.close()
-        raise Preempted(
-          f"Stopped before stage {stage.name!r} on SIGTERM or Ctrl-C; its previous stage is saved. "
-          f"Run the same command again to resume from {workdir}."
-        )
-      if stage.uses_teacher and teacher is None:
-        teacher = teachers.prepare(exp, workdir, results, run.evaluator, checkpoints, trained_teachers)
-      _, rng, labels, tx = train_step.stage_setup(exp, index)
-      if resumed and index == resumed.stage_index:
-        state = resumed.state
-      else:
-        state = train_step.init_state(stage, tx, rng, carry, exp.mesh)
-      if int(state.step) < stage.num_steps:
-        state = train_stage(run, index, tx, labels, state, teacher or {}, pending)
-        pending = []
-      carry = stage.output(state.params, state.batch_stats)
-      if stage.trains in exp.teachers:
-        trained_teachers[stage.trains], carry = carry, None
-  checkpoints.close()
   saved.save_trained(exp, workdir, exp.stages[-1], state, results)
   summary = metrics.summary(exp, results, workdir)
   writer.close()
   return summary
+
+
+def start_or_resume(exp, workdir, checkpoints, writer, offsets):
+  """(the newest readable checkpoint as `checkpoint.Resumed`, or None; the results so far; the step
+  metrics it had not logged). Refusals leave the workdir as it was: nothing restored, nothing truncated."""
+  checkpoint.check_hosts_agree(checkpoints, workdir)
+  resumed = checkpoint.resume(checkpoints, workdir, exp.stages, lambda index: restore_target(exp, index))
+  if not resumed:
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    writer.truncate(lambda r: False)  # a run killed before its first checkpoint logs afresh
+    return None, {"stages": {}, "teachers": {}, "started": started}, []
+  results = resumed.meta["results"]
+  for role in check_inputs(exp, resumed, workdir):  # accepted: the new teacher is measured afresh
+    results["teachers"].pop(role, None)
+  pending = [{k: np.float32(v) for k, v in scalars.items()} for scalars in resumed.meta.get("pending", [])]
+  writer.resume_at(resumed.step, offsets, [s.name for s in exp.stages], resumed.meta.get("metrics_records"))
+  return resumed, results, pending
+
+
+def train_stages(training, resumed, pending):
+  """Runs every stage from where `resumed` stopped (or the first); returns the last stage's state."""
+  exp = training.exp
+  carry, trained_teachers, teaching = None, {}, None
+  for index, stage in enumerate(exp.stages):
+    if resumed and index < resumed.stage_index:
+      continue
+    if training.stop.requested:  # between stages: the previous stage's end is saved
+      raise training.stopped(f"before stage {stage.name!r}; its previous stage is saved")
+    if stage.uses_teacher and teaching is None:
+      teaching = teachers.prepare(
+        exp, training.workdir, training.results, training.evaluator, training.checkpoints, trained_teachers
+      )
+    _, rng, labels, tx = train_step.stage_setup(exp, index)
+    resuming_here = resumed and index == resumed.stage_index
+    state = resumed.state if resuming_here else train_step.init_state(stage, tx, rng, carry, exp.mesh)
+    if int(state.step) < stage.num_steps:
+      state = train_stage(training, StageSetup(index, tx, labels), state, teaching or {}, pending)
+      pending = []
+    carry = stage.output(state.params, state.batch_stats)
+    if stage.trains in exp.teachers:
+      trained_teachers[stage.trains], carry = carry, None
+  return state
 
 
 def check_inputs(exp, resumed, workdir):
@@ -174,12 +198,14 @@ def restore_target(exp, index):
   return train_step.abstract_state(stage, tx, rng, exp.mesh)
 
 
-def train_stage(run, index, tx, labels, state, teacher, pending):
-  """Steps stage `index` from `state` to its end, logging every `log_every_steps` (`pending` holds
+def train_stage(training, setup, state, teaching, pending):
+  """Steps stage `setup.index` from `state` to its end, logging every `log_every_steps` (`pending` holds
   the step metrics a resumed checkpoint had not logged yet), evaluating every `eval_every_steps`,
   checkpointing every `checkpoint_every_steps` and on SIGTERM or preemption (then raising
-  Preempted), and at its end. Returns the final state."""
-  exp, cfg, stage = run.exp, run.exp.config, run.exp.stages[index]
+  Preempted), and at its end. `teaching`: what the step receives of the teachers (`fitnets_jax.teachers`).
+  Returns the final state."""
+  exp, cfg, index = training.exp, training.exp.config, setup.index
+  stage = exp.stages[index]
   started = time.perf_counter()
   start = int(state.step)
   batches = prefetch_to_device(
@@ -189,81 +215,93 @@ def train_stage(run, index, tx, labels, state, teacher, pending):
     exp.mesh,
   )
   batch = next(batches)
-  run.writer.note(f"[{stage.name}] compiling the step (a repeated run loads it from the compilation cache) …")
-  step_fn, compile_s, flops = train_step.compile_step(stage, tx, labels, exp.mesh, state, batch, teacher)
-  run.writer.note(f"[{stage.name}] compiled in {compile_s:.1f} s; training steps {start + 1}…{stage.num_steps}")
-  record = run.results["stages"].setdefault(stage.name, {})
+  training.writer.note(f"[{stage.name}] compiling the step (a repeated run loads it from the compilation cache) …")
+  step_fn, compile_s, flops = train_step.compile_step(stage, setup.tx, setup.labels, exp.mesh, state, batch, teaching)
+  training.writer.note(f"[{stage.name}] compiled in {compile_s:.1f} s; training steps {start + 1}…{stage.num_steps}")
+  record = training.results["stages"].setdefault(stage.name, {})
   record.update(steps=stage.num_steps, compile_s=round(compile_s, 3), flops_per_step=flops)
   # Time before a resume counts too: both totals travel in the checkpoint's metadata.
-  prior_wall, train_time = record.get("wall_time_s", 0.0), record.get("train_time_s", 0.0)
+  prior_wall = record.get("wall_time_s", 0.0)
   wall = lambda: round(prior_wall + time.perf_counter() - started, 3)
-  pending = list(pending)
-  tick, tick_step = time.perf_counter(), start
+  log = StageLog(training, index, record, list(pending), start)
   preempted = False
   for s in range(start, stage.num_steps):
-    if run.lock is not None and run.lock.lost:  # the workdir may be another run's now: write nothing more
-      run.checkpoints.close()
-      run.lock.check_held()
-    state, scalars = step_fn(state, batch, teacher)
-    pending.append(scalars)
+    if training.lock is not None and training.lock.lost:  # the workdir may be another run's now: write nothing
+      training.lock.check_held()
+    state, scalars = step_fn(state, batch, teaching)
+    log.pending.append(scalars)
     done = s + 1
     if done < stage.num_steps:
       batch = next(batches)
     if done % cfg.log_every_steps == 0 or done == stage.num_steps:
-      fetched = jax.device_get(pending)
-      check_finite(run, stage, done - len(fetched), fetched)
-      seconds = time.perf_counter() - tick
-      train_time += seconds
-      values = log_train(run, index, done, fetched, seconds, done - tick_step)
-      record["skipped_steps"] = record.get("skipped_steps", 0) + values["skipped_steps"]
-      record["final_train_loss"] = values["loss"]
-      pending, tick, tick_step = [], time.perf_counter(), done
+      log.flush(done)
     if stage.evaluate and cfg.eval_every_steps and done % cfg.eval_every_steps == 0 and done < stage.num_steps:
-      evaluate(run, index, state, done)
+      evaluate(training, index, state, done)
     # Every host asks at every step, the stage's last included: on several hosts a preemption notice
     # is acted on at one agreed step, and when that step ends a stage the stop must not be lost.
-    preempted = run.stop.requested or run.checkpoints.manager.reached_preemption(run.offsets[index] + done)
+    preempted = training.stop.requested or training.checkpoints.manager.reached_preemption(
+      training.offsets[index] + done
+    )
     stopping = preempted and done < stage.num_steps
-    if stopping and pending:  # metrics of the steps since the last log are not lost
-      check_finite(run, stage, done - len(pending), jax.device_get(pending))
+    if stopping and log.pending:  # metrics of the steps since the last log are not lost
+      check_finite(training, stage, done - len(log.pending), jax.device_get(log.pending))
     if (done % cfg.checkpoint_every_steps == 0 or stopping) and done < stage.num_steps:
-      record.update(train_time_s=train_time, wall_time_s=wall())
-      save(run, index, done, state, pending)
+      record.update(train_time_s=log.train_time, wall_time_s=wall())
+      save(training, index, done, state, log.pending)
     if stopping:
-      run.checkpoints.close()
-      raise Preempted(
-        f"Stopped on SIGTERM, Ctrl-C or preemption in stage {stage.name!r} at step {done}/{stage.num_steps}; "
-        f"a checkpoint is saved. Run the same command again to resume from {run.workdir}."
-      )
+      raise training.stopped(f"in stage {stage.name!r} at step {done}/{stage.num_steps}; a checkpoint is saved")
   record.update(
-    train_time_s=train_time, images_per_s=round(stage.num_steps * cfg.batch_size / max(train_time, 1e-9), 1)
+    train_time_s=log.train_time, images_per_s=round(stage.num_steps * cfg.batch_size / max(log.train_time, 1e-9), 1)
   )
+  finish_stage(training, index, state, record)
+  record["wall_time_s"] = wall()
+  save(training, index, stage.num_steps, state)
+  if preempted and index < len(exp.stages) - 1:  # stopped at the stage's last step: its end is saved
+    raise training.stopped(f"at the end of stage {stage.name!r}; it is saved")
+  return state
+
+
+class StageLog:
+  """The step metrics of one stage not yet logged, and its training time so far: `flush` logs their
+  means (metrics.jsonl, TensorBoard, the progress line) after checking them for NaN/Inf."""
+
+  def __init__(self, training, index, record, pending, start):
+    self.training, self.index, self.record, self.pending = training, index, record, pending
+    self.train_time = record.get("train_time_s", 0.0)
+    self.tick, self.tick_step = time.perf_counter(), start
+
+  def flush(self, done):
+    stage = self.training.exp.stages[self.index]
+    fetched = jax.device_get(self.pending)
+    check_finite(self.training, stage, done - len(fetched), fetched)
+    seconds = time.perf_counter() - self.tick
+    self.train_time += seconds
+    values = log_train(self.training, self.index, done, fetched, seconds, done - self.tick_step)
+    self.record["skipped_steps"] = self.record.get("skipped_steps", 0) + values["skipped_steps"]
+    self.record["final_train_loss"] = values["loss"]
+    self.pending, self.tick, self.tick_step = [], time.perf_counter(), done
+
+
+def finish_stage(training, index, state, record):
+  """A stage's end: its test evaluation, and a teacher's saved network."""
+  exp, stage = training.exp, training.exp.stages[index]
   if stage.evaluate:
-    values = evaluate(run, index, state, stage.num_steps)
+    values = evaluate(training, index, state, stage.num_steps)
     record["test_accuracy"] = values["accuracy"]
     if len(values) > 1:
       record["test"] = values
   if stage.trains in exp.teachers:
-    run.results["teachers"].setdefault(stage.trains, {})["test_accuracy"] = record["test_accuracy"]
-    teachers.save(exp, run.workdir, run.results, stage, state)
-  record["wall_time_s"] = wall()
-  save(run, index, stage.num_steps, state)
-  if preempted and index < len(exp.stages) - 1:  # stopped at the stage's last step: its end is saved
-    run.checkpoints.close()
-    raise Preempted(
-      f"Stopped on SIGTERM, Ctrl-C or preemption at the end of stage {stage.name!r}; it is saved. Run the same command "
-      f"again to resume from {run.workdir}."
-    )
-  return state
+    training.results["teachers"].setdefault(stage.trains, {})["test_accuracy"] = record["test_accuracy"]
+    teachers.save(exp, training.workdir, training.results, stage, state)
 
 
-def log_train(run, index, done, fetched, seconds, steps):
+def log_train(training, index, done, fetched, seconds, steps):
   """Logs the means of the `fetched` step metrics of the last `steps` steps (taking `seconds`) at
   stage step `done`: to metrics.jsonl, TensorBoard and the progress line. Returns the means."""
-  exp, stage = run.exp, run.exp.stages[index]
+  exp, stage = training.exp, training.exp.stages[index]
   values = _mean_scalars(fetched)
   images_per_s = steps * exp.config.batch_size / max(seconds, 1e-9)
-  run.writer.write(
+  training.writer.write(
     {
       "stage": stage.name,
       "step": done,
@@ -272,50 +310,50 @@ def log_train(run, index, done, fetched, seconds, steps):
       **values,
       "images_per_s": images_per_s,
     },
-    run.offsets[index] + done,
+    training.offsets[index] + done,
   )
   per_step = seconds / max(steps, 1)
   later = sum(s.num_steps for s in exp.stages[index + 1 :])
   left = (stage.num_steps - done) * per_step
-  run.writer.progress(
+  training.writer.progress(
     stage.name, done, stage.num_steps, values, images_per_s, left, left + later * per_step if later else None
   )
   return values
 
 
-def save(run, index, stage_step, state, pending=()):
+def save(training, index, stage_step, state, pending=()):
   """Checkpoints `state` at stage `index`'s step `stage_step`, with the JSON metadata a resume reads:
   the stages, where it is, the results so far and `pending`, the step metrics not yet logged
-  (float32 values round-trip exactly through JSON, so a resumed run logs the same means as an
+  (float32 values round-trip exactly through JSON, so a resumed training logs the same means as an
   uninterrupted one)."""
-  names = [s.name for s in run.exp.stages]
+  names = [s.name for s in training.exp.stages]
   meta = {
     "stages": names,
     "stage": names[index],
     "stage_index": index,
     "stage_step": stage_step,
-    "results": run.results,
+    "results": training.results,
     "pending": [{k: float(v) for k, v in scalars.items()} for scalars in jax.device_get(list(pending))],
-    "metrics_records": run.writer.records,  # what a truncated metrics.jsonl is checked against
-    "config": json.loads(run.exp.config.to_json_best_effort()),  # the same-experiment guard's copy
-    "inputs": run.exp.inputs,  # the data's and reused teachers' SHA-256, checked on resume (`check_inputs`)
+    "metrics_records": training.writer.records,  # what a truncated metrics.jsonl is checked against
+    "config": json.loads(training.exp.config.to_json_best_effort()),  # the same-experiment guard's copy
+    "inputs": training.exp.inputs,  # the data's and reused teachers' SHA-256, checked on resume (`check_inputs`)
   }
-  run.checkpoints.save(run.offsets[index] + stage_step, state, meta)
+  training.checkpoints.save(training.offsets[index] + stage_step, state, meta)
 
 
-def check_finite(run, stage, first_step, fetched):
+def check_finite(training, stage, first_step, fetched):
   """With on_nan='stop', raises NonFiniteLoss naming the first bad step and its loss terms."""
-  if run.exp.config.on_nan != "stop":
+  if training.exp.config.on_nan != "stop":
     return
   for offset, scalars in enumerate(fetched):
     if scalars["nonfinite"]:
       terms = {k: float(v) for k, v in scalars.items() if k != "nonfinite" and not math.isfinite(float(v))}
       what = ", ".join(f"{k}={v}" for k, v in terms.items()) if terms else "the gradient (the loss itself was finite)"
-      run.checkpoints.close()
+      training.checkpoints.manager.wait_until_finished()  # the newest checkpoint, complete
       bad_step = first_step + offset + 1
-      latest = run.checkpoints.manager.latest_step()
+      latest = training.checkpoints.manager.latest_step()
       kept = (
-        f"the newest checkpoint (global step {latest} in {run.workdir}/checkpoints) holds the last good "
+        f"the newest checkpoint (global step {latest} in {training.workdir}/checkpoints) holds the last good "
         f"parameters, from before step {bad_step}"
         if latest is not None
         else "no checkpoint had been saved yet"
@@ -327,16 +365,18 @@ def check_finite(run, stage, first_step, fetched):
       )
 
 
-def evaluate(run, index, state, done):
+def evaluate(training, index, state, done):
   """Stage `index`'s test metrics ({"accuracy": …, and any the stage's evaluation adds}), logged."""
-  exp, stage = run.exp, run.exp.stages[index]
-  run.writer.note(f"[{stage.name}] step {done}/{stage.num_steps} evaluating on the {exp.data.num_test:,} test images …")
-  values = run.evaluator.metrics(*evaluation.stage_evaluation(exp, stage, state.params, state.batch_stats))
-  run.writer.write(
-    {"stage": stage.name, "step": done, "epoch": round(done / exp.steps_per_epoch, 4), "split": "test", **values},
-    run.offsets[index] + done,
+  exp, stage = training.exp, training.exp.stages[index]
+  training.writer.note(
+    f"[{stage.name}] step {done}/{stage.num_steps} evaluating on the {exp.data.num_test:,} test images …"
   )
-  if run.writer.enabled:
+  values = training.evaluator.metrics(*evaluation.stage_evaluation(exp, stage, state.params, state.batch_stats))
+  training.writer.write(
+    {"stage": stage.name, "step": done, "epoch": round(done / exp.steps_per_epoch, 4), "split": "test", **values},
+    training.offsets[index] + done,
+  )
+  if training.writer.enabled:
     others = "".join(f", {k} {v:.4f}" for k, v in values.items() if k != "accuracy")
     print(f"[{stage.name}] step {done}/{stage.num_steps} test accuracy {values['accuracy']:.4f}{others}", flush=True)
   return values
