@@ -88,9 +88,9 @@ def make_step(stage, tx, labels):
   """The stage's train step: loss, gradients, update of the trained leaves, metrics (or the
   stage's own `update`), with non-finite updates discarded."""
 
-  def gradient_update(params, batch_stats, opt_state, teacher, batch, rng, step):
+  def gradient_update(params, batch_stats, opt_state, teaching, batch, rng, step):
     (loss, (scalars, new_stats)), grads = jax.value_and_grad(stage.loss, has_aux=True)(
-      params, batch_stats, teacher, batch, rng, step
+      params, batch_stats, teaching, batch, rng, step
     )
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
@@ -99,10 +99,10 @@ def make_step(stage, tx, labels):
 
   update = stage.update or gradient_update
 
-  def step(state, batch, teacher):
+  def step(state, batch, teaching):
     rng = jax.random.fold_in(state.rng, state.step)
     params, batch_stats, opt_state, loss, scalars, grads = update(
-      state.params, state.batch_stats, state.opt_state, teacher, batch, rng, state.step
+      state.params, state.batch_stats, state.opt_state, teaching, batch, rng, state.step
     )
     # A NaN/Inf loss or gradient leaves the state as it was (the host decides, at the next log
     # interval, whether that stops the run); no per-step host sync is needed to stay safe.
@@ -121,22 +121,22 @@ def make_step(stage, tx, labels):
   return step
 
 
-def lower_step(stage, tx, labels, mesh, state, batch, teacher):
+def lower_step(stage, tx, labels, mesh, state, batch, teaching):
   """The stage's jitted step, lowered for these arguments (arrays, or ShapeDtypeStructs of them):
   (lowered, the step function)."""
   rep = replicated(mesh)
   step = make_step(stage, tx, labels)
   jitted = compiler.jit(step, in_shardings=(rep, batch_sharding(mesh), rep), out_shardings=(rep, rep), donate_argnums=0)
-  return jitted.lower(state, batch, teacher), step
+  return jitted.lower(state, batch, teaching), step
 
 
-def compile_step(stage, tx, labels, mesh, state, batch, teacher):
+def compile_step(stage, tx, labels, mesh, state, batch, teaching):
   """AOT-compiles the jitted step; returns (compiled, compile seconds, FLOPs per step)."""
   start = time.perf_counter()
-  lowered, step = lower_step(stage, tx, labels, mesh, state, batch, teacher)
+  lowered, step = lower_step(stage, tx, labels, mesh, state, batch, teaching)
   compiled = lowered.compile()
   seconds = time.perf_counter() - start
-  return compiled, seconds, step_flops(lowered, step, (state, batch, teacher))
+  return compiled, seconds, step_flops(lowered, step, (state, batch, teaching))
 
 
 def step_flops(lowered, fn, args):

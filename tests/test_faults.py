@@ -511,7 +511,7 @@ def test_a_read_only_workdir_is_exit_2_for_a_run_and_readable_by_explore(tmp_pat
       [
         sys.executable,
         "-c",
-        "import sys; from fitnets_jax import explore; "
+        "import sys; from fitnets_jax.tools import explore; "
         "print(explore.open_run(sys.argv[1]).summary['student']['test_accuracy'])",
         os.path.join(target, "run"),
       ],

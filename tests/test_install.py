@@ -76,14 +76,16 @@ class FakeColab:
     return re.sub(r"\{([^{}]+)\}", lambda m: str(eval(m.group(1), self.namespace)), command)
 
   def system(self, command):
-    assert self.expand(command) == f"git clone --depth 1 --branch main {REPOSITORY} fitnets_jax_repo"
-    os.symlink(ROOT, "fitnets_jax_repo")
+    clone = os.path.abspath("fitnets_jax_repo")
+    assert self.expand(command) == f"git clone --depth 1 --branch main {REPOSITORY} {clone}"
+    os.symlink(ROOT, clone)
     self.clones += 1
 
   def run_line_magic(self, magic, line):
     assert magic == "pip"
     self.pip.append(self.expand(line))
     if line.startswith("install --no-deps -e"):
+      assert self.expand(line) == f"install --no-deps -e {os.path.abspath('fitnets_jax_repo')}"
       self.installed["fitnets-jax"] = "0.2.0"
 
 
@@ -116,7 +118,7 @@ def run_setup_cell(monkeypatch, tmp_path, installed, requires=lambda name: [], i
 def test_the_colab_cell_installs_the_package_and_only_what_the_runtime_lacks_once(tmp_path, monkeypatch):
   colab, run = run_setup_cell(monkeypatch, tmp_path, COLAB)
   assert run() is None
-  assert colab.pip[0] == "install --no-deps -e fitnets_jax_repo"
+  assert colab.pip[0] == f"install --no-deps -e {tmp_path / 'fitnets_jax_repo'}"
   installed = shlex.split(colab.pip[1])
   assert installed[0] == "install" and names(installed[1:]) == names(install.plan(REQUIREMENTS, COLAB))
   assert not {"tensorflow", "tensorflow-cpu", "tensorboard", "jax", "jaxlib", "numpy"} & set(names(installed[1:]))

@@ -161,7 +161,7 @@ def byot_stage(ctx):
       all_features.append(f)
     return all_logits + [logits], all_features + [jnp.mean(feats[outputs[-1]], axis=(1, 2))], new_stats
 
-  def loss(params, batch_stats, teacher, batch, rng, step):
+  def loss(params, batch_stats, teaching, batch, rng, step):
     y = batch["label"]
     all_logits, all_features, stats = exits(params, batch_stats, batch["image"], True, rng)
     stats.update({name: {} for name in adapters})

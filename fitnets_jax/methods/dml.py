@@ -95,7 +95,7 @@ def dml_stage(ctx):
   def run(name, params, batch_stats, x, rng):
     return forward(nets[name], params, batch_stats, x, True, jax.random.fold_in(rng, names.index(name)))
 
-  def update(params, batch_stats, opt_state, teacher, batch, rng, step):
+  def update(params, batch_stats, opt_state, teaching, batch, rng, step):
     x, y = batch["image"], batch["label"]
     params, batch_stats, opt_state = dict(params), dict(batch_stats), dict(opt_state)
     # Network 1's targets: its peers' predictions before the step.

@@ -111,7 +111,7 @@ class Stage:
   """One stage of a method: the trainer runs the stages in order, each to its end.
 
   `init(rng, carry)` gives (params, batch_stats) trees keyed by network role; `carry` is the previous
-  stage's trained (params, batch_stats), or None. `loss(params, batch_stats, teacher, batch, rng,
+  stage's trained (params, batch_stats), or None. `loss(params, batch_stats, teaching, batch, rng,
   step)` gives (loss, (metrics, new batch_stats)), the form `jax.value_and_grad(has_aux=True)` takes.
   """
 
@@ -125,7 +125,7 @@ class Stage:
   uses_teacher: bool = False
   evaluate: bool = True  # evaluate the trained network on the test split at the end
   # Stages that train several networks together (mutual learning) or with extra heads (BYOT):
-  # update — (params, batch_stats, opt_state, teacher, batch, rng, step) -> Update replaces "one
+  # update — (params, batch_stats, opt_state, teaching, batch, rng, step) -> Update replaces "one
   #   gradient step of `loss` with `tx`";
   # evaluation — ({"params", "batch_stats"} of the stage, images, labels) -> {metric: per-example
   #   values}, with an "accuracy" entry, replaces the trained network's accuracy on the test split;
@@ -252,7 +252,7 @@ def supervised_stage(ctx, name, net, stage_key, trains):
 
   num_steps = ctx.steps(stage_key)
 
-  def loss(params, batch_stats, teacher, batch, rng, step):
+  def loss(params, batch_stats, teaching, batch, rng, step):
     logits, _, stats = forward(net, params[trains], batch_stats[trains], batch["image"], True, rng)
     ce = losses.cross_entropy(logits, batch["label"])
     return ce, ({"ce": ce, "accuracy": losses.accuracy(logits, batch["label"])}, {trains: stats})
