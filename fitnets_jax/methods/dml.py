@@ -92,20 +92,20 @@ def dml_stage(ctx):
     fresh = {name: nets[name].init(jax.random.fold_in(rng, i)) for i, name in enumerate(names)}
     return {n: p for n, (p, _) in fresh.items()}, {n: s for n, (_, s) in fresh.items()}
 
-  def run(name, params, batch_stats, x, rng):
+  def apply(name, params, batch_stats, x, rng):
     return forward(nets[name], params, batch_stats, x, True, jax.random.fold_in(rng, names.index(name)))
 
   def update(params, batch_stats, opt_state, teaching, batch, rng, step):
     x, y = batch["image"], batch["label"]
     params, batch_stats, opt_state = dict(params), dict(batch_stats), dict(opt_state)
     # Network 1's targets: its peers' predictions before the step.
-    targets = {name: run(name, params[name], batch_stats[name], x, rng)[0] for name in names[1:]}
+    targets = {name: apply(name, params[name], batch_stats[name], x, rng)[0] for name in names[1:]}
     scalars, grads, total = {}, {}, 0.0
     for name in names:
       peers = [targets[other] for other in names if other != name]
 
       def loss_fn(p, name=name, peers=peers):
-        logits, _, stats = run(name, p, batch_stats[name], x, rng)
+        logits, _, stats = apply(name, p, batch_stats[name], x, rng)
         loss, parts = losses.mutual_learning_loss(logits, peers, y, cfg.temperature, cfg.peers)
         return loss, (parts, stats, logits)
 
@@ -113,7 +113,7 @@ def dml_stage(ctx):
       updates, opt_state[name] = txs[name].update(grads[name], opt_state[name], params[name])
       params[name], batch_stats[name] = optax.apply_updates(params[name], updates), stats
       if alternating and name != names[-1]:  # the next networks learn from the updated predictions
-        logits = run(name, params[name], batch_stats[name], x, rng)[0]
+        logits = apply(name, params[name], batch_stats[name], x, rng)[0]
       targets[name] = logits
       total = total + loss
       scalars.update({f"{name}_{k}": v for k, v in parts.items()})
