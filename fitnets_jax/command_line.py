@@ -1,6 +1,6 @@
 """What every command of the package shares on the command line: `--help`, and one-paragraph errors.
 
-`run(main, doc)` is absl's `app.run` for these commands: `-h`/`--help` prints the command's docstring
+`start(main, doc)` is absl's `app.run` for these commands: `-h`/`--help` prints the command's docstring
 and every flag it defines (`--config` and `--config.KEY=VALUE` included) and exits 0; a stray
 positional argument, or a missing required flag such as `--config`, is one `error:` paragraph with
 exit 2 (`fitnets_jax.errors`), raised before anything is loaded.
@@ -32,7 +32,7 @@ def usage(doc, program):
   return "\n".join([doc.strip(), "", "Flags:", *_flag_lines(program)])
 
 
-def run(main, doc, required=()):
+def start(main, doc, required=()):
   """`main(argv)` under absl with the package's conventions (the module docstring says which);
   `required` names the flags that must be given."""
   from absl import app, flags

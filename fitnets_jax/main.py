@@ -124,4 +124,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  command_line.run(main, __doc__, required=("config",))
+  command_line.start(main, __doc__, required=("config",))

@@ -154,4 +154,4 @@ def from_command_line(config_path, workdir):
 if __name__ == "__main__":
   config_lib.define_config_flag()
   flags.DEFINE_string("workdir", None, "Folder for the sweep's runs and its report.")
-  command_line.run(main, __doc__, required=("config",))
+  command_line.start(main, __doc__, required=("config",))

@@ -86,4 +86,4 @@ if __name__ == "__main__":
   flags.DEFINE_string(
     "platforms", "", "stablehlo: comma-separated platforms (cpu, cuda, rocm, tpu); default: this one."
   )
-  command_line.run(main, __doc__, required=("workdir", "out"))
+  command_line.start(main, __doc__, required=("workdir", "out"))

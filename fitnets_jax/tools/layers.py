@@ -72,4 +72,4 @@ def main(argv):
 if __name__ == "__main__":
   define_flags()
   jax.config.update("jax_platforms", "cpu")
-  command_line.run(main, __doc__, required=("config",))
+  command_line.start(main, __doc__, required=("config",))
