@@ -86,7 +86,7 @@ def stage_config(epochs, steps=0, **optimizer):
 def base_config():
   """Defaults shared by every config file, with every method's own sections (docs/configuration.md)."""
   c = ml_collections.ConfigDict()
-  c.method = "fitnets"  # a method's name: `fitnets_jax.methods.names()` (docs/methods.md), or one you registered
+  c.method = "fitnets"  # a method's name (docs/methods.md), one you registered, or "package.module:ATTRIBUTE"
   c.seed = 0
   c.num_devices = 0  # data-parallel devices; 0: every device JAX sees
   c.distributed = False  # jax.distributed.initialize() first: several hosts (TPU pod slices, SLURM, …)
@@ -301,12 +301,30 @@ def from_command_line(path, overrides=None):
   [(key, text)], by default those of `define_config_flag`), each text read as the type of the value it
   replaces: `true`/`false` for booleans, numbers, a string as written, a Python literal for lists."""
   config = _load_file(path)
+  overrides = COMMAND_LINE_OVERRIDES if overrides is None else overrides
+  for key, text in overrides:  # the method first: a method of your own brings its own sections
+    if key == "method":
+      apply_overrides(config, {"method": text}, path)
+  add_method_sections(config)
   typed = {}
-  for key, text in COMMAND_LINE_OVERRIDES if overrides is None else overrides:
+  for key, text in overrides:
     node, leaf = _node(config, key, path, f"--config.{key}={text}")
     typed[key] = _parse(key, text, node[leaf])
   config = apply_overrides(config, typed, path)
   check(config)
+  return config
+
+
+def add_method_sections(config):
+  """Adds the config sections of `config.method` that the config lacks: a method named as
+  'package.module:ATTRIBUTE', or registered after `base_config()` ran, brings its own."""
+  from fitnets_jax import methods
+
+  missing = {k: v for k, v in methods.get(config.method).defaults().items() if k not in config}
+  if missing:
+    with config.unlocked():
+      for key, value in missing.items():
+        config[key] = value
   return config
 
 
@@ -419,6 +437,9 @@ def load(path, overrides=None):
   `overrides` applied as `--config.key=value` would: {"method": "kd", "stages.student.epochs": 5}. The
   result is locked, so a misspelt key fails. For notebooks and scripts:
   `fitnets_jax.run(config.load("configs/digits.py"), workdir)`. Checked as `check` does."""
-  config = apply_overrides(_load_file(path), overrides, path)
+  config = _load_file(path)
+  if overrides and "method" in overrides:  # the method first: a method of your own brings its own sections
+    apply_overrides(config, {"method": overrides["method"]}, path)
+  config = apply_overrides(add_method_sections(config), overrides, path)
   check(config)
   return config

@@ -67,7 +67,7 @@ def _positive_int(config, key):
 
 def check_run_keys(config):
   """Checks the keys every method reads."""
-  one_of("method", config.method, methods.names())
+  methods.get(config.method)  # a name, or "package.module:ATTRIBUTE" (imported)
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     _positive_int(config, key)
   check(config.eval_every_steps >= 0, f"eval_every_steps={config.eval_every_steps!r} must be ≥ 0 (0: stage end only).")

@@ -267,3 +267,18 @@ def test_the_docs_method_of_your_own_registers_and_trains(tmp_path, own_methods)
   exec(compile(snippet, "docs/methods.md", "exec"), {})
   summary = train.run(tiny_digits(method="ce_only", student=2), str(tmp_path))
   assert list(summary["stages"]) == ["ce"] and np.isfinite(summary["stages"]["ce"]["final_train_loss"])
+
+
+def test_a_method_named_by_its_module_on_the_command_line_brings_its_sections(tmp_path, monkeypatch, own_methods):
+  """--config.method=package.module:ATTRIBUTE: the record is imported and registered, its own config
+  section joins the config before the other overrides (so --config.toy.smoothing=… works), and it trains."""
+  (tmp_path / "toy_cli.py").write_text(textwrap.dedent(TOY_METHOD).replace("{register}", ""))
+  monkeypatch.syspath_prepend(str(tmp_path))
+  overrides = [("method", "toy_cli:METHOD"), ("toy.smoothing", "0.25"), ("num_devices", "1")]
+  overrides += [("stages.student.steps", "2"), ("batch_size", "32")]
+  c = config.from_command_line("configs/digits.py", overrides)
+  assert c.toy.smoothing == 0.25 and "toy" in methods.names()
+  summary = train.run(c, str(tmp_path / "run"))
+  assert summary["method"] == "toy_cli:METHOD" and list(summary["stages"]) == ["toy"]
+  with pytest.raises(FitnetsError, match=r"method='toy_cli:NOPE': AttributeError.*'package.module:ATTRIBUTE'"):
+    config.load("configs/digits.py", {"method": "toy_cli:NOPE"})

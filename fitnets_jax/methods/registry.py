@@ -2,7 +2,8 @@
 
 The built-in methods are the modules of this folder that define `METHOD = Method(...)`; a method of
 your own joins them with `register(Method(...))` from any module (imported before its config is
-loaded: a config file can import it). Everything that lists methods — `config.method`'s check, the
+loaded: a config file can import it), or is named on the command line as
+`--config.method=package.module:ATTRIBUTE`. Everything that lists methods — `config.method`'s check, the
 docs' test, the tests' parametrisations, `python -m fitnets_jax.tools.layers` — reads `names()` here.
 
 Importing this module, or any method module, never imports JAX: loading a config reads every
@@ -121,8 +122,30 @@ def names():
 
 
 def get(name):
-  """The `Method` called `name`; unknown names raise FitnetsError listing the known ones."""
+  """The `Method` called `name`, or the one 'package.module:ATTRIBUTE' names (imported, and registered
+  under its own name); unknown names raise FitnetsError listing the known ones."""
+  if isinstance(name, str) and ":" in name:
+    return imported(name)
   return methods()[one_of("method", name, names())]
+
+
+def imported(name):
+  """The `Method` record that `name` = 'package.module:ATTRIBUTE' names, registered if it is not yet: a
+  method of your own chosen on the command line (`--config.method=mylab.distill:METHOD`)."""
+  module_name, _, attribute = name.partition(":")
+  try:
+    method = getattr(importlib.import_module(module_name), attribute)
+  except (ImportError, AttributeError) as e:
+    raise FitnetsError(
+      f"method={name!r}: {type(e).__name__}: {str(e)[:200]}. A method of your own is named "
+      "'package.module:ATTRIBUTE', a Method record importable where the run starts (on PYTHONPATH); "
+      "docs/methods.md has an example."
+    ) from None
+  if not isinstance(method, Method):
+    raise FitnetsError(f"method={name!r} is a {type(method).__name__}, not a fitnets_jax.methods.Method record.")
+  if methods().get(method.name) is not method:
+    register(method)
+  return method
 
 
 def _shared_sections():
