@@ -84,6 +84,36 @@ def test_fitnets_kd_matches_the_authors_kdcost():
   check(lambda s: losses.fitnets_kd_loss(s, T, Y, lam, tau)[0], reference, S)
 
 
+def np_dkd(s, t, y, alpha, beta, tau):
+  """mdistiller's dkd_loss (the DKD authors' code), from its math: b = [p_t, Σ_others p] of softmax(z/τ),
+  TCKD = Σ b_T·log(b_T / b_S) summed over the batch ÷ batch; p̂ = softmax(z/τ − 1000·onehot(y)), NCKD the
+  same sum over p̂ with 0·log 0 = 0; both × τ²; α·TCKD + β·NCKD."""
+  n, onehot = len(y), np.eye(s.shape[1])[y]
+  ps, pt = np_softmax(s / tau), np_softmax(t / tau)
+  bs = np.stack([np.sum(ps * onehot, 1), np.sum(ps * (1 - onehot), 1)], 1)
+  bt = np.stack([np.sum(pt * onehot, 1), np.sum(pt * (1 - onehot), 1)], 1)
+  tckd = np.sum(bt * np.log(bt / bs)) / n * tau**2
+  log_ps2, pt2 = np_log_softmax(s / tau - 1000.0 * onehot), np_softmax(t / tau - 1000.0 * onehot)
+  terms = np.where(pt2 > 0, pt2 * (np.log(np.where(pt2 > 0, pt2, 1.0)) - log_ps2), 0.0)
+  nckd = np.sum(terms) / n * tau**2
+  return alpha * tckd + beta * nckd
+
+
+def test_dkd_matches_the_authors_mdistiller_dkd_loss():
+  from fitnets_jax.methods import dkd
+
+  alpha, beta, tau = 1.0, 8.0, 4.0
+
+  def ours(s):
+    tckd, nckd = dkd.dkd_terms(s, T, Y, tau)
+    return alpha * tckd + beta * nckd
+
+  check(ours, lambda s: np_dkd(s, T, Y, alpha, beta, tau), S)
+  # The warm-up: the 1-based epoch over warm-up epochs, capped at 1 (mdistiller's trainer counts from 1).
+  warm = [float(dkd.warmup(step, 10, 20.0)) for step in (0, 9, 10, 199, 190, 10_000)]
+  assert warm == pytest.approx([0.05, 0.05, 0.1, 1.0, 1.0, 1.0])
+
+
 # ------------------------------------------------------------------------------------------ hints
 
 U = RNG.normal(size=(2, 3, 4, 5))  # NHWC: H = 3 rows, W = 4 columns, C = 5 channels

@@ -16,7 +16,7 @@ from fitnets_jax import FitnetsError, config, experiment, methods, parallel, tra
 from fitnets_jax.tools import layers
 
 from conftest import ROOT, load_config, tiny_digits, with_overrides
-from helpers import final_state, lower_every_stage, read_metrics, run_steps, without_timing
+from helpers import assert_same_numbers, final_state, lower_every_stage, read_metrics, run_steps, without_timing
 
 
 def tiny(name, teacher=8, hint=4, student=8, **overrides):
@@ -282,3 +282,27 @@ def test_a_method_named_by_its_module_on_the_command_line_brings_its_sections(tm
   assert summary["method"] == "toy_cli:METHOD" and list(summary["stages"]) == ["toy"]
   with pytest.raises(FitnetsError, match=r"method='toy_cli:NOPE': AttributeError.*'package.module:ATTRIBUTE'"):
     config.load("configs/digits.py", {"method": "toy_cli:NOPE"})
+
+
+def test_dkd_on_one_and_four_devices_gives_the_same_numbers_and_logs_its_terms(tmp_path):
+  """Decoupled KD (fitnets_jax/methods/dkd.py; its loss against NumPy in test_conventions.py) trains on
+  digits, on 1 and 4 devices alike (float sums reassociate across devices: helpers.assert_same_numbers
+  states the tolerances), with its warm-up factor at epoch 1 of `dkd.warmup_epochs`."""
+  from fitnets_jax import saved
+
+  config = load_config("dkd_digits")
+  teacher = experiment.build_network("teacher", config.teacher, 10, (8, 8, 1))  # both runs distil from it
+  params, stats = teacher.init(jax.random.PRNGKey(3))
+  saved.save_network(str(tmp_path), "teacher", {"params": params, "batch_stats": stats}, teacher.describe())
+  runs = {}
+  for n in (1, 4):
+    config = load_config("dkd_digits")
+    overrides = {"num_devices": n, "batch_size": 32, "log_every_steps": 1, "teacher.checkpoint": str(tmp_path)}
+    with_overrides(config, {**overrides, "stages.student.steps": 6})
+    summary = train.run(config, str(tmp_path / f"d{n}"))
+    assert list(summary["stages"]) == ["dkd"]
+    runs[n] = read_metrics(str(tmp_path / f"d{n}"))
+  assert_same_numbers(runs[1], runs[4])
+  dkd = [r for r in runs[1] if r["stage"] == "dkd" and r["split"] == "train"]
+  assert len(dkd) == 6 and all(r["tckd"] >= 0 and r["nckd"] >= 0 for r in dkd)
+  assert all(r["warmup"] == pytest.approx(1 / 2.0) for r in dkd)  # epoch 1 of a 2-epoch warm-up
