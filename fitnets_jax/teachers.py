@@ -7,13 +7,13 @@ the teacher cache, those saved at a teacher stage's end, and `{seed}` in their c
 What a step receives of them — `teaching` — is {role: {"params", "batch_stats"}, "mu": the weights,
 and "cache": the cache's tables when `teacher.cache`}.
 
-The cache (`teacher.cache=True`): a frozen teacher in inference mode gives an example the same outputs every epoch, as long as the
-input pipeline draws no random augmentation. The cache computes each teacher's logits, and the
-hint features its stages read while they fit in `teacher.cache_budget_mb`, over the whole training
-split once, keyed by the example's id (`batch["index"]`). Stages then look them up (`logits`,
-`features`) instead of running the teacher: the KD stage never runs it. Features over the budget are computed live, as without the cache.
-
-The tables live on every device (replicated). Every host computes the whole table from the whole
+The cache (`teacher.cache=True`): a frozen teacher in inference mode gives an example the same
+outputs every epoch, as long as the input pipeline draws no random augmentation. The cache computes
+each teacher's logits, and the hint features its stages read while they fit in
+`teacher.cache_budget_mb`, over the whole training split once, keyed by the example's id
+(`batch["index"]`). Stages then look them up (`logits`, `features`) instead of running the teacher:
+the KD stage never runs it. Features over the budget are computed live, as without the cache. The
+tables live on every device (replicated). Every host computes the whole table from the whole
 training split, so each host's lookup needs nothing from the others.
 """
 
