@@ -42,6 +42,11 @@ CASES = [
   ({"hint.teacher_layer": "fc/dens"}, r"hint.teacher_layer='fc/dens' is not a layer of model 'digits_teacher'"),
   ({"hint.student_layer": "conv10"}, r"hint.student_layer='conv10' gives a 2×2 map, smaller than the 4×4 map"),
   ({"hint.student_layer": "fc"}, r"needs two feature maps"),
+  (
+    {"method": "sp", "sp.student_layer": "conv99"},
+    r"sp.student_layer='conv99' is not a layer of student.model='digits_student'; valid: .*or '' for the layer",
+  ),
+  ({"method": "dkd", "dkd.warmup_epochs": 0.0}, r"dkd.warmup_epochs=0.0 must be > 0"),
   # names
   ({"teacher.checkpoint": "/nonexistent/run"}, r"teacher.checkpoint='/nonexistent/run' holds no saved teacher"),
   (

@@ -114,6 +114,48 @@ def test_dkd_matches_the_authors_mdistiller_dkd_loss():
   assert warm == pytest.approx([0.05, 0.05, 0.1, 1.0, 1.0, 1.0])
 
 
+REL_S, REL_T = RNG.normal(size=(5, 2, 2, 3)), RNG.normal(size=(5, 7))  # student map, teacher embedding: b = 5
+
+
+def np_similarity(fs, ft):
+  """RepDistiller's and mdistiller's similarity_loss, from its math: G = F·Fᵀ over the batch (F flattened
+  per example), each row divided by max(its L2 norm, 1e-12), ‖G_T − G_S‖²_F / b²."""
+
+  def gram(f):
+    f = f.reshape(len(f), -1)
+    g = f @ f.T
+    return g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+
+  return np.sum((gram(ft) - gram(fs)) ** 2) / len(fs) ** 2
+
+
+def np_pkt(fs, ft, eps=1e-7):
+  """The PKT authors' cosine_similarity_loss (as RD and MD keep it), from its math: rows over their norm
+  + ε, K = (cos + 1)/2 row-normalised, mean over all b² entries of p_T·log((p_T + ε)/(p_S + ε))."""
+
+  def neighbours(f):
+    f = f.reshape(len(f), -1)
+    f = f / (np.sqrt(np.sum(f**2, axis=1, keepdims=True)) + eps)
+    k = (f @ f.T + 1.0) / 2.0
+    return k / k.sum(axis=1, keepdims=True)
+
+  p_s, p_t = neighbours(fs), neighbours(ft)
+  return np.mean(p_t * np.log((p_t + eps) / (p_s + eps)))
+
+
+def test_sp_matches_repdistiller_and_mdistiller_similarity_loss():
+  from fitnets_jax.methods import sp
+
+  check(lambda f: sp.similarity_loss(f, REL_T), lambda f: np_similarity(f, REL_T), REL_S)
+
+
+def test_pkt_matches_the_authors_cosine_similarity_loss():
+  from fitnets_jax.methods import pkt
+
+  embedding = REL_S.reshape(5, -1)
+  check(lambda f: pkt.pkt_loss(f, REL_T), lambda f: np_pkt(f, REL_T), embedding, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------ hints
 
 U = RNG.normal(size=(2, 3, 4, 5))  # NHWC: H = 3 rows, W = 4 columns, C = 5 channels

@@ -284,25 +284,32 @@ def test_a_method_named_by_its_module_on_the_command_line_brings_its_sections(tm
     config.load("configs/digits.py", {"method": "toy_cli:NOPE"})
 
 
-def test_dkd_on_one_and_four_devices_gives_the_same_numbers_and_logs_its_terms(tmp_path):
-  """Decoupled KD (fitnets_jax/methods/dkd.py; its loss against NumPy in test_conventions.py) trains on
-  digits, on 1 and 4 devices alike (float sums reassociate across devices: helpers.assert_same_numbers
-  states the tolerances), with its warm-up factor at epoch 1 of `dkd.warmup_epochs`."""
+@pytest.mark.parametrize("name", ["dkd_digits", "sp_digits", "pkt_digits"])
+def test_catalogue_methods_give_the_same_numbers_on_one_and_four_devices(name, tmp_path):
+  """DKD, SP and PKT (their losses against NumPy in test_conventions.py) train on digits from one saved
+  teacher, on 1 and 4 devices alike (float sums reassociate across devices: helpers.assert_same_numbers
+  states the tolerances), and log their own terms."""
   from fitnets_jax import saved
 
-  config = load_config("dkd_digits")
+  config = load_config(name)
   teacher = experiment.build_network("teacher", config.teacher, 10, (8, 8, 1))  # both runs distil from it
   params, stats = teacher.init(jax.random.PRNGKey(3))
   saved.save_network(str(tmp_path), "teacher", {"params": params, "batch_stats": stats}, teacher.describe())
   runs = {}
   for n in (1, 4):
-    config = load_config("dkd_digits")
+    config = load_config(name)
     overrides = {"num_devices": n, "batch_size": 32, "log_every_steps": 1, "teacher.checkpoint": str(tmp_path)}
     with_overrides(config, {**overrides, "stages.student.steps": 6})
     summary = train.run(config, str(tmp_path / f"d{n}"))
-    assert list(summary["stages"]) == ["dkd"]
+    assert list(summary["stages"]) == [config.method]
     runs[n] = read_metrics(str(tmp_path / f"d{n}"))
   assert_same_numbers(runs[1], runs[4])
-  dkd = [r for r in runs[1] if r["stage"] == "dkd" and r["split"] == "train"]
-  assert len(dkd) == 6 and all(r["tckd"] >= 0 and r["nckd"] >= 0 for r in dkd)
-  assert all(r["warmup"] == pytest.approx(1 / 2.0) for r in dkd)  # epoch 1 of a 2-epoch warm-up
+  train_records = [r for r in runs[1] if r["split"] == "train"]
+  terms = {"dkd": ("tckd", "nckd"), "sp": ("sp",), "pkt": ("pkt",)}[config.method]
+  assert len(train_records) == 6 and all(r[t] >= 0 for r in train_records for t in terms)
+  for one, four in zip(runs[1], runs[4]):
+    for t in terms:
+      if t in one:
+        assert four[t] == pytest.approx(one[t], rel=1e-2, abs=1e-6), (t, one, four)
+  if config.method == "dkd":
+    assert all(r["warmup"] == pytest.approx(1 / 2.0) for r in train_records)  # epoch 1 of a 2-epoch warm-up

@@ -404,3 +404,49 @@ def hint_stages(ctx):
     return [hint_stage(ctx, "hint", pairs)]
   hints.progressive_order_ok(pairs, ctx.student)
   return [hint_stage(ctx, f"hint{i + 1}", [p]) for i, p in enumerate(pairs)]
+
+
+def classifier_input(net):
+  """The name of the layer `net`'s classifier reads: its last top-level layer before the logits (a
+  ResNet's last section, a maxout net's last fully connected layer) — RepDistiller's `feat[-2]` and
+  mdistiller's `feats[-1]` on their networks."""
+  top = [l for l in net.layers if len(l.path) == 1]
+  return top[-2].name
+
+
+def feature_pair_stage(ctx, name, cfg, relation, pool=False):
+  """One stage of H(y, P_S) + `cfg.weight`·relation(f_S, f_T), with f the output of `cfg.student_layer`
+  and `cfg.teacher_layer` ("": the layer each classifier reads, `classifier_input`), averaged over its
+  spatial positions first when `pool` (a pooled embedding, as mdistiller's `pooled_feat`). The teacher
+  runs in inference mode. The relation losses of SP and PKT use it."""
+  import jax.numpy as jnp
+
+  from fitnets_jax import losses, teachers
+  from fitnets_jax.network import forward
+
+  student, teacher = ctx.student, ctx.teacher
+  check(cfg.weight >= 0, f"{name}.weight={cfg.weight!r} must be ≥ 0.")
+  layers = {}
+  for role, net, key in (("student", student, "student_layer"), ("teacher", teacher, "teacher_layer")):
+    names = [l.name for l in net.layers]
+    layers[role] = cfg[key] or classifier_input(net)
+    check(
+      layers[role] in names,
+      f"{name}.{key}={cfg[key]!r} is not a layer of {role}.model={net.name!r}; valid: {', '.join(names[:12])}"
+      f"{', …' if len(names) > 12 else ''} (`python -m fitnets_jax.tools.layers` lists them), or '' for the layer "
+      "its classifier reads.",
+    )
+  embed = lambda f: jnp.mean(f, axis=tuple(range(1, f.ndim - 1))) if pool and f.ndim > 2 else f
+
+  def loss(params, batch_stats, teaching, batch, rng, step):
+    x, y = batch["image"], batch["label"]
+    logits, s_feats, stats = forward(
+      student, params["student"], batch_stats["student"], x, True, rng, capture=(layers["student"],)
+    )
+    t_feats = teachers.features(ctx, teaching, batch, {"teacher": (layers["teacher"],)})["teacher"]
+    term = relation(embed(s_feats[layers["student"]]), embed(t_feats[layers["teacher"]]))
+    ce = losses.cross_entropy(logits, y)
+    metrics = {"ce": ce, name: term, "accuracy": losses.accuracy(logits, y)}
+    return ce + cfg.weight * term, (metrics, {"student": stats})
+
+  return ctx.student_stage(name, "student", loss, teacher_layers={"teacher": (layers["teacher"],)})
