@@ -93,3 +93,18 @@ def one_of(key, value, valid):
     choices = ", ".join(repr(v) for v in valid)
     raise FitnetsError(f"{key}={value!r} is not valid; choose one of: {choices}.")
   return value
+
+
+def named_attribute(name, key, what):
+  """The object `name` = 'package.module:ATTRIBUTE' names, imported; a module or attribute that is not
+  there is one FitnetsError paragraph naming `key`, with `what` it must be (a sentence)."""
+  import importlib
+
+  module_name, _, attribute = name.partition(":")
+  try:
+    return getattr(importlib.import_module(module_name), attribute)
+  except (ImportError, AttributeError) as e:
+    raise FitnetsError(
+      f"{key}={name!r}: {type(e).__name__}: {str(e)[:200]}. {what} It is named 'package.module:ATTRIBUTE', "
+      "importable from where the run starts (on PYTHONPATH)."
+    ) from None

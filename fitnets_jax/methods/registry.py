@@ -16,7 +16,7 @@ import importlib
 import pkgutil
 from typing import Callable, Optional
 
-from fitnets_jax.errors import FitnetsError, one_of
+from fitnets_jax.errors import FitnetsError, named_attribute, one_of
 
 TEACHERS = ("none", "one", "list")  # Method.teachers
 NOT_METHODS = ("registry", "shared")  # modules of this folder that define no method
@@ -132,15 +132,7 @@ def get(name):
 def imported(name):
   """The `Method` record that `name` = 'package.module:ATTRIBUTE' names, registered if it is not yet: a
   method of your own chosen on the command line (`--config.method=mylab.distill:METHOD`)."""
-  module_name, _, attribute = name.partition(":")
-  try:
-    method = getattr(importlib.import_module(module_name), attribute)
-  except (ImportError, AttributeError) as e:
-    raise FitnetsError(
-      f"method={name!r}: {type(e).__name__}: {str(e)[:200]}. A method of your own is named "
-      "'package.module:ATTRIBUTE', a Method record importable where the run starts (on PYTHONPATH); "
-      "docs/methods.md has an example."
-    ) from None
+  method = named_attribute(name, "method", "A method of your own is a Method record (docs/methods.md has an example).")
   if not isinstance(method, Method):
     raise FitnetsError(f"method={name!r} is a {type(method).__name__}, not a fitnets_jax.methods.Method record.")
   if methods().get(method.name) is not method:

@@ -21,13 +21,12 @@
 """
 
 import dataclasses
-import importlib
 import inspect
 import re
 
 import flax.linen as nn
 
-from fitnets_jax.errors import FitnetsError
+from fitnets_jax.errors import FitnetsError, named_attribute
 from fitnets_jax.models.maxout import ConvSpec, MaxoutNet
 from fitnets_jax.models.resnet import FOUR_SECTION_BLOCKS, four_section_resnet, resnet, wide_resnet
 
@@ -210,16 +209,9 @@ def maxout_spec(name):
 def custom_model(name, num_classes, dropout, key):
   """The model of `name` = "package.module:factory": `factory(num_classes=…)` (and `dropout=…` when it
   is > 0) must return a Flax linen module called as `module(images, train=…)` that returns logits."""
-  module_name, _, attribute = name.partition(":")
-  where = f"{key}={name!r}"
-  try:
-    factory = getattr(importlib.import_module(module_name), attribute)
-  except (ImportError, AttributeError) as e:
-    raise FitnetsError(
-      f"{where}: {type(e).__name__}: {str(e)[:200]}. A model of your own is named 'package.module:factory', "
-      "importable from where the run starts (on PYTHONPATH), with factory(num_classes) returning a flax.linen "
-      "Module ([models.md](docs/models.md) has an example)."
-    ) from None
+  where, attribute = f"{key}={name!r}", name.partition(":")[2]
+  what = "A model of your own is a factory(num_classes) returning a flax.linen Module (docs/models.md has an example)."
+  factory = named_attribute(name, key, what)
   kwargs = {"num_classes": num_classes, **({"dropout": dropout} if dropout else {})}
   try:
     model = factory(**kwargs)
