@@ -156,6 +156,52 @@ def test_pkt_matches_the_authors_cosine_similarity_loss():
   check(lambda f: pkt.pkt_loss(f, REL_T), lambda f: np_pkt(f, REL_T), embedding, rtol=1e-4)
 
 
+def np_huber(a, b):
+  d = np.abs(a - b)
+  return np.mean(np.where(d < 1.0, 0.5 * d**2, d - 0.5))
+
+
+def np_rkd(fs, ft):
+  """The RKD authors' RkdDistance and RKdAngle (kept by RD and MD), from their math: pdist with the
+  squared distance floored at 1e-12, zero diagonal, ÷ the mean of the positive entries; unit difference
+  vectors (norm floored at 1e-12) and all their pairwise products; Huber (δ = 1) means. (dist, angle)."""
+
+  def pdist(e):
+    sq = np.sum(e**2, 1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * e @ e.T, 1e-12))
+    np.fill_diagonal(d, 0.0)
+    return d / d[d > 0].mean()
+
+  def angle(e):
+    diff = e[None, :, :] - e[:, None, :]
+    unit = diff / np.maximum(np.linalg.norm(diff, axis=2, keepdims=True), 1e-12)
+    return np.einsum("ijc,ikc->ijk", unit, unit).reshape(-1)
+
+  return np_huber(pdist(fs), pdist(ft)), np_huber(angle(fs), angle(ft))
+
+
+def test_rkd_matches_the_authors_distance_and_angle_losses():
+  from fitnets_jax.methods import rkd
+
+  s, t = REL_S.reshape(5, -1)[:, :7] * 2, REL_T
+  check(lambda f: rkd.rkd_terms(f, t)[0], lambda f: np_rkd(f, t)[0], s)
+  check(lambda f: rkd.rkd_terms(f, t)[1], lambda f: np_rkd(f, t)[1], s, rtol=1e-4)
+
+
+def test_relation_losses_stay_finite_on_an_all_zero_feature_row():
+  """A dead ReLU example (all zeros) or an example's difference with itself: where torch's gradients of
+  F.normalize / sqrt are NaN, ours are 0, so the step is not discarded as non-finite."""
+  from fitnets_jax.methods import pkt, rkd, sp
+
+  s = jnp.asarray(REL_S.reshape(5, -1)[:, :7], jnp.float32).at[2].set(0.0)
+  for loss in (
+    lambda f: sp.similarity_loss(f, REL_T),
+    lambda f: pkt.pkt_loss(f, REL_T),
+    lambda f: sum(rkd.rkd_terms(f, REL_T)),
+  ):
+    assert np.isfinite(float(loss(s))) and np.all(np.isfinite(np.asarray(jax.grad(loss)(s))))
+
+
 # ------------------------------------------------------------------------------------------ hints
 
 U = RNG.normal(size=(2, 3, 4, 5))  # NHWC: H = 3 rows, W = 4 columns, C = 5 channels

@@ -284,9 +284,9 @@ def test_a_method_named_by_its_module_on_the_command_line_brings_its_sections(tm
     config.load("configs/digits.py", {"method": "toy_cli:NOPE"})
 
 
-@pytest.mark.parametrize("name", ["dkd_digits", "sp_digits", "pkt_digits"])
+@pytest.mark.parametrize("name", ["dkd_digits", "sp_digits", "pkt_digits", "rkd_digits"])
 def test_catalogue_methods_give_the_same_numbers_on_one_and_four_devices(name, tmp_path):
-  """DKD, SP and PKT (their losses against NumPy in test_conventions.py) train on digits from one saved
+  """DKD, SP, PKT and RKD (their losses against NumPy in test_conventions.py) train on digits from one saved
   teacher, on 1 and 4 devices alike (float sums reassociate across devices: helpers.assert_same_numbers
   states the tolerances), and log their own terms."""
   from fitnets_jax import saved
@@ -305,7 +305,7 @@ def test_catalogue_methods_give_the_same_numbers_on_one_and_four_devices(name, t
     runs[n] = read_metrics(str(tmp_path / f"d{n}"))
   assert_same_numbers(runs[1], runs[4])
   train_records = [r for r in runs[1] if r["split"] == "train"]
-  terms = {"dkd": ("tckd", "nckd"), "sp": ("sp",), "pkt": ("pkt",)}[config.method]
+  terms = {"dkd": ("tckd", "nckd"), "sp": ("sp",), "pkt": ("pkt",), "rkd": ("rkd",)}[config.method]
   assert len(train_records) == 6 and all(r[t] >= 0 for r in train_records for t in terms)
   for one, four in zip(runs[1], runs[4]):
     for t in terms:

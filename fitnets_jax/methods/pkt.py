@@ -4,7 +4,8 @@ Each network's pooled embeddings give the batch a conditional distribution over 
 their cosine similarities, p_{j|i} = K(i, j) / Σ_j K(i, j) with K = (cos + 1)/2 (eq. 9–10); the
 student minimises KL(p_T ‖ p_S) (eq. 11). As the authors' code (passalis/probabilistic_kt, which
 RepDistiller's and mdistiller's `PKT.py` reproduce): each embedding is divided by its norm + 1e-7, the
-kernel matrix includes the example itself (j = i), and the loss is the mean over all b² entries of
+kernel matrix includes the example itself (j = i; an all-zero embedding gets gradient 0 here, NaN in
+torch), and the loss is the mean over all b² entries of
 p_T·log((p_T + 1e-7)/(p_S + 1e-7)) — a KL summed per row divided by b². The embedding is the layer the
 classifier reads, averaged over its positions (mdistiller's `pooled_feat`); the weight is 30000
 (RepDistiller's `-b 30000`, mdistiller's `PKT.LOSS.FEAT_WEIGHT`).
@@ -37,7 +38,7 @@ def pkt_loss(student_embedding, teacher_embedding):
 
   def neighbours(f):
     f = f.astype(jnp.float32).reshape(len(f), -1)
-    f = f / (jnp.sqrt(jnp.sum(f * f, axis=1, keepdims=True)) + EPS)
+    f = f / (shared.safe_norm(f, axis=1) + EPS)
     k = (f @ f.T + 1.0) / 2.0
     return k / jnp.sum(k, axis=1, keepdims=True)
 

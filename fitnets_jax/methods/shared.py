@@ -406,6 +406,17 @@ def hint_stages(ctx):
   return [hint_stage(ctx, f"hint{i + 1}", [p]) for i, p in enumerate(pairs)]
 
 
+def safe_norm(x, axis, floor=0.0):
+  """max(‖x‖₂ along `axis`, floor), whose gradient is 0 (not NaN) where x is all zeros: a dead ReLU
+  feature or an example's difference with itself leaves the step finite."""
+  import jax.numpy as jnp
+
+  squared = jnp.sum(x * x, axis=axis, keepdims=True)
+  positive = squared > 0
+  norm = jnp.sqrt(jnp.where(positive, squared, 1.0)) * positive
+  return jnp.maximum(norm, floor)
+
+
 def classifier_input(net):
   """The name of the layer `net`'s classifier reads: its last top-level layer before the logits (a
   ResNet's last section, a maxout net's last fully connected layer) — RepDistiller's `feat[-2]` and

@@ -4,9 +4,9 @@ L = H(y, P_S) + γ·(1/b²)·‖G_T − G_S‖²_F, with G = row-normalised F·F
 batch and F one layer's output flattened per example (eq. 2–4). The authors released no code; this
 follows RepDistiller's `SP.py` and mdistiller's `SP.py`, which agree: the last feature map before
 pooling (`feat[-2]` / `feats[-1]`, here `shared.classifier_input`), rows normalised by their L2 norm
-(`F.normalize`, ε = 1e-12), the squared difference summed ÷ b², γ = 3000 (RD's `-b 3000`, MD's
-`SP.LOSS.FEAT_WEIGHT`). On several devices the batch is the global batch: G spans every example,
-as on one device.
+(`F.normalize`, ε = 1e-12; its gradient is 0 at a zero row, where torch's is NaN), the squared
+difference summed ÷ b², γ = 3000 (RD's `-b 3000`, MD's `SP.LOSS.FEAT_WEIGHT`). On several devices
+the batch is the global batch: G spans every example, as on one device.
 """
 
 import ml_collections
@@ -37,7 +37,7 @@ def similarity_loss(student_features, teacher_features):
   def gram(f):
     f = f.astype(jnp.float32).reshape(len(f), -1)
     g = f @ f.T
-    return g / jnp.maximum(jnp.linalg.norm(g, axis=1, keepdims=True), NORMALIZE_EPS)
+    return g / shared.safe_norm(g, axis=1, floor=NORMALIZE_EPS)
 
   b = len(student_features)
   diff = gram(jax.lax.stop_gradient(teacher_features)) - gram(student_features)
