@@ -67,7 +67,6 @@ def _positive_int(config, key):
 
 def check_run_keys(config):
   """Checks the keys every method reads."""
-  methods.get(config.method)  # a name, or "package.module:ATTRIBUTE" (imported)
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
     _positive_int(config, key)
   check(config.eval_every_steps >= 0, f"eval_every_steps={config.eval_every_steps!r} must be ≥ 0 (0: stage end only).")
@@ -90,9 +89,8 @@ MAX_INT32 = 2**31  # step counters and seeds are int32 inside the compiled step 
 def check_batch_memory(config, image_shape):
   """Refuses a batch whose float32 images alone would not fit in half of this host's memory: such a run
   would train a whole stage and die of a MemoryError at its first evaluation, on every restart."""
-  try:
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-  except (ValueError, OSError, AttributeError):  # not a POSIX host: nothing to compare with
+  memory = data.host_memory()
+  if memory is None:  # not a POSIX host: nothing to compare with
     return
   per_image = 4 * math.prod(image_shape)
   for key in ("batch_size", "eval_batch_size"):
