@@ -73,8 +73,12 @@ def _attention_size_ok(a, b):
   return big[0] % small[0] == 0 and big[1] % small[1] == 0 and big[0] // small[0] == big[1] // small[1]
 
 
-def pairs(config, student, teachers):
-  """The configured hint pairs, validated; `teachers` maps role → Network, in config order."""
+def pairs(config, student, teachers, maps_for=None):
+  """The configured hint pairs, validated; `teachers` maps role → Network, in config order.
+
+  `maps_for`: the name of a method that compares the pairs' feature maps with its own loss (NST, VID):
+  each pair's `kind` is not read, no regressor is built, and the maps must pass attention's size rule.
+  """
   roles = list(teachers)
   result = []
   for key, entry in _entries(config):
@@ -86,7 +90,7 @@ def pairs(config, student, teachers):
         f"{key}.{needed}={entry.get(needed)!r} must be a layer name "
         "(python -m fitnets_jax.tools.layers --config … lists them).",
       )
-    kind = one_of(f"{key}.kind", entry.get("kind", "regression"), KINDS)
+    kind = maps_for or one_of(f"{key}.kind", entry.get("kind", "regression"), KINDS)
     weight = entry.get("weight", 1.0)
     check(isinstance(weight, (int, float)) and weight > 0, f"{key}.weight={weight!r} must be a number > 0.")
     index = entry.get("teacher", 0)
@@ -98,7 +102,7 @@ def pairs(config, student, teachers):
     hint = features.find_layer(teacher.layers, entry["teacher_layer"], f"{key}.teacher_layer", teacher.name)
     guided = features.find_layer(student.layers, entry["student_layer"], f"{key}.student_layer", student.name)
     regressor = None
-    if kind == "regression":
+    if kind == "regression" and not maps_for:
       regressor = Regressor(
         hint.shape[-1],
         features.regressor_kernel(guided, hint),
@@ -110,12 +114,13 @@ def pairs(config, student, teachers):
     else:
       check(
         len(hint.shape) == 3 and len(guided.shape) == 3,
-        f"{key}: attention transfer needs two feature maps (H, W, C); {hint.name!r} gives {hint.shape} and "
-        f"{guided.name!r} gives {guided.shape}.",
+        f"{key}: {maps_for or 'attention transfer'} needs two feature maps (H, W, C); {hint.name!r} gives "
+        f"{hint.shape} and {guided.name!r} gives {guided.shape}.",
       )
       check(
         _attention_size_ok(hint.shape, guided.shape),
-        f"{key}: attention maps of {entry['teacher_layer']!r} ({hint.shape[0]}×{hint.shape[1]}) and "
+        f"{key}: {'the' if maps_for else 'attention'} maps of {entry['teacher_layer']!r} "
+        f"({hint.shape[0]}×{hint.shape[1]}) and "
         f"{entry['student_layer']!r} ({guided.shape[0]}×{guided.shape[1]}) cannot be compared: the sizes must "
         "be equal, or one an integer multiple of the other (the larger is average-pooled). Pick layers at "
         "the same resolution.",

@@ -138,7 +138,7 @@ ATTENTION_FORMS = ("authors", "paper")
 ATTENTION_POOLS = ("features", "map")
 
 
-def _average_pool(x, size):
+def average_pool(x, size):
   """Average-pools the two spatial axes (1 and 2) of `x` down to `size` (integer ratio)."""
   fh, fw = x.shape[1] // size[0], x.shape[2] // size[1]
   if (fh, fw) == (1, 1):
@@ -155,10 +155,10 @@ def attention_map(features, size=None, pool="features"):
   """
   x = _f32(features)
   if size is not None and pool == "features":
-    x = _average_pool(x, size)
+    x = average_pool(x, size)
   a = jnp.mean(jnp.square(x), axis=-1)
   if size is not None and pool == "map":
-    a = _average_pool(a, size)
+    a = average_pool(a, size)
   return normalize(a.reshape(a.shape[0], -1))
 
 

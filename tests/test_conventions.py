@@ -188,6 +188,81 @@ def test_rkd_matches_the_authors_distance_and_angle_losses():
   check(lambda f: rkd.rkd_terms(f, t)[1], lambda f: np_rkd(f, t)[1], s, rtol=1e-4)
 
 
+MAP_S, MAP_T = RNG.normal(size=(3, 4, 4, 5)), RNG.normal(size=(3, 4, 4, 6))  # NHWC, b = 3
+
+
+def np_nst(fs, ft):
+  """The NST authors' mmd_poly (c = 0) with the teacher-only term RD and MD add, from its math: each channel's
+  pattern over the positions divided by √(Σx² + 1e-10); k(x, y) = (xᵀy)²; per example the mean over channel
+  pairs of k(t, t) + k(s, s) − 2·k(s, t), then the mean over the batch."""
+
+  def patterns(f):  # NCHW-style (b, c, positions)
+    f = np.transpose(f, (0, 3, 1, 2)).reshape(f.shape[0], f.shape[3], -1)
+    return f / np.sqrt(np.sum(f**2, axis=2, keepdims=True) + 1e-10)
+
+  s, t = patterns(fs), patterns(ft)
+  k = lambda a, b: np.mean(np.einsum("bip,bjp->bij", a, b) ** 2, axis=(1, 2))
+  return np.mean(k(t, t) + k(s, s) - 2 * k(s, t))
+
+
+def test_nst_matches_the_authors_mmd_poly():
+  from fitnets_jax.methods import nst
+
+  check(lambda f: nst.mmd_poly(f, MAP_T), lambda f: np_nst(f, MAP_T), MAP_S, rtol=1e-4)
+  dead = jnp.asarray(MAP_S, jnp.float32).at[..., 2].set(0.0)  # a dead channel: ε keeps the step finite
+  assert np.all(np.isfinite(np.asarray(jax.grad(lambda f: nst.mmd_poly(f, MAP_T))(dead))))
+
+
+VID_PARAMS = {
+  "conv1": RNG.normal(size=(5, 6)) * 0.4,
+  "conv2": RNG.normal(size=(6, 6)) * 0.4,
+  "conv3": RNG.normal(size=(6, 6)) * 0.4,
+  "log_scale": RNG.normal(size=(6,)),
+}
+
+
+def np_vid(fs, ft, params, eps=1e-5):
+  """RD's and MD's VIDLoss, from its math: μ = three bias-free 1×1 convolutions with ReLUs between, σ² =
+  log(1 + e^α) + ε per teacher channel, mean over everything of ½((μ − t)²/σ² + log σ²)."""
+  relu = lambda x: np.maximum(x, 0)
+  mean = relu(relu(fs @ params["conv1"]) @ params["conv2"]) @ params["conv3"]
+  var = np.log1p(np.exp(params["log_scale"])) + eps
+  return np.mean(0.5 * ((mean - ft) ** 2 / var + np.log(var)))
+
+
+def test_vid_matches_repdistillers_and_mdistillers_vid_loss():
+  from fitnets_jax.methods import vid
+
+  params32 = {k: jnp.asarray(v, jnp.float32) for k, v in VID_PARAMS.items()}
+  check(lambda f: vid.vid_loss(f, MAP_T, params32, 1e-5), lambda f: np_vid(f, MAP_T, VID_PARAMS), MAP_S)
+
+  def with_log_scale(a):  # the learned variances' gradient
+    return {**VID_PARAMS, "log_scale": a}
+
+  check(
+    lambda a: vid.vid_loss(MAP_S, MAP_T, {**params32, "log_scale": a}, 1e-5),
+    lambda a: np_vid(MAP_S, MAP_T, with_log_scale(a)),
+    VID_PARAMS["log_scale"],
+  )
+  # σ² starts at 5: log(1 + e^α) + ε = 5 with α = log(e^{5 − ε} − 1), as both peers initialise it.
+  alpha = np.log(np.expm1(5.0 - 1e-5))
+  assert np.log1p(np.exp(alpha)) + 1e-5 == pytest.approx(5.0)
+
+
+def np_correlation(es, et):
+  """RD's Correlation (the CC authors' code), from its math: δ = |e_S − e_T|, mean over i of
+  Σ_d δ_i,d·δ_{i+1},d for the b − 1 consecutive pairs of the batch."""
+  d = np.abs(es - et)
+  return np.mean(np.sum(d[:-1] * d[1:], axis=1))
+
+
+def test_cc_matches_repdistillers_correlation():
+  from fitnets_jax.methods import cc
+
+  es, et = RNG.normal(size=(5, 7)), RNG.normal(size=(5, 7))
+  check(lambda f: cc.correlation_loss(f, et), lambda f: np_correlation(f, et), es)
+
+
 def test_relation_losses_stay_finite_on_an_all_zero_feature_row():
   """A dead ReLU example (all zeros) or an example's difference with itself: where torch's gradients of
   F.normalize / sqrt are NaN, ours are 0, so the step is not discarded as non-finite."""

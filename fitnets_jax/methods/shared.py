@@ -425,20 +425,61 @@ def classifier_input(net):
   return top[-2].name
 
 
-def feature_pair_stage(ctx, name, cfg, relation, pool=False):
-  """One stage of H(y, P_S) + `cfg.weight`·relation(f_S, f_T), with f the output of `cfg.student_layer`
-  and `cfg.teacher_layer` ("": the layer each classifier reads, `classifier_input`), averaged over its
-  spatial positions first when `pool` (a pooled embedding, as mdistiller's `pooled_feat`). The teacher
-  runs in inference mode. The relation losses of SP and PKT use it."""
+def torch_uniform(fan_in):
+  """torch.nn.Linear's and Conv2d's default initialiser, U(±1/√fan_in) for the weight (kaiming_uniform
+  with a = √5) and the bias alike, as a flax initialiser: the distillers' heads in RepDistiller and
+  mdistiller start from it."""
+  import jax
   import jax.numpy as jnp
 
+  bound = float(fan_in) ** -0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def distiller_stage(ctx, name, cfg, captures, term, heads=None):
+  """One stage of H(y, P_S) + `cfg.weight`·term(student features, teacher features, head params).
+
+  `captures` is (student layer names, {teacher role: its layer names}); `term` receives the captured
+  dicts. `heads(rng)`, when given, initialises the trained modules beside the student (CC's
+  embeddings, VID's regressors: mdistiller's "extra parameters"), kept under params["distiller"],
+  trained by the stage's optimizer and left behind at its end. The teachers run in inference mode."""
   from fitnets_jax import losses, teachers
   from fitnets_jax.network import forward
 
-  student, teacher = ctx.student, ctx.teacher
   check(cfg.weight >= 0, f"{name}.weight={cfg.weight!r} must be ≥ 0.")
+  student, (student_layers, teacher_layers) = ctx.student, captures
+
+  def init(rng, carry):
+    import jax
+
+    params, stats = fresh_or_carried(student, rng, carry)
+    extra = {"distiller": heads(jax.random.fold_in(rng, 1))} if heads else {}
+    return {"student": params, **extra}, {"student": stats}
+
+  def loss(params, batch_stats, teaching, batch, rng, step):
+    x, y = batch["image"], batch["label"]
+    logits, s_feats, stats = forward(
+      student, params["student"], batch_stats["student"], x, True, rng, capture=student_layers
+    )
+    t_feats = teachers.features(ctx, teaching, batch, teacher_layers)
+    value = term(s_feats, t_feats, params.get("distiller"))
+    ce = losses.cross_entropy(logits, y)
+    metrics = {"ce": ce, name: value, "accuracy": losses.accuracy(logits, y)}
+    return ce + cfg.weight * value, (metrics, {"student": stats})
+
+  return ctx.student_stage(name, "student", loss, init=init, teacher_layers=teacher_layers)
+
+
+def feature_pair_stage(ctx, name, cfg, relation, pool=False, heads=None):
+  """One stage of H(y, P_S) + `cfg.weight`·relation(f_S, f_T), with f the output of `cfg.student_layer`
+  and `cfg.teacher_layer` ("": the layer each classifier reads, `classifier_input`), averaged over its
+  spatial positions first when `pool` (a pooled embedding, as mdistiller's `pooled_feat`). With
+  `heads(rng, student shape, teacher shape)` the relation is relation(f_S, f_T, their params)
+  (`distiller_stage`). The relation losses of SP, PKT, RKD and CC use it."""
+  import jax.numpy as jnp
+
   layers = {}
-  for role, net, key in (("student", student, "student_layer"), ("teacher", teacher, "teacher_layer")):
+  for role, net, key in (("student", ctx.student, "student_layer"), ("teacher", ctx.teacher, "teacher_layer")):
     names = [l.name for l in net.layers]
     layers[role] = cfg[key] or classifier_input(net)
     check(
@@ -448,16 +489,44 @@ def feature_pair_stage(ctx, name, cfg, relation, pool=False):
       "its classifier reads.",
     )
   embed = lambda f: jnp.mean(f, axis=tuple(range(1, f.ndim - 1))) if pool and f.ndim > 2 else f
+  shapes = [
+    next(l.shape for l in net.layers if l.name == layers[role])
+    for role, net in (("student", ctx.student), ("teacher", ctx.teacher))
+  ]
+  shapes = [(s[-1],) if pool and len(s) > 1 else s for s in shapes]
 
-  def loss(params, batch_stats, teaching, batch, rng, step):
-    x, y = batch["image"], batch["label"]
-    logits, s_feats, stats = forward(
-      student, params["student"], batch_stats["student"], x, True, rng, capture=(layers["student"],)
-    )
-    t_feats = teachers.features(ctx, teaching, batch, {"teacher": (layers["teacher"],)})["teacher"]
-    term = relation(embed(s_feats[layers["student"]]), embed(t_feats[layers["teacher"]]))
-    ce = losses.cross_entropy(logits, y)
-    metrics = {"ce": ce, name: term, "accuracy": losses.accuracy(logits, y)}
-    return ce + cfg.weight * term, (metrics, {"student": stats})
+  def term(s_feats, t_feats, head_params):
+    pair = (embed(s_feats[layers["student"]]), embed(t_feats["teacher"][layers["teacher"]]))
+    return relation(*pair, head_params) if heads else relation(*pair)
 
-  return ctx.student_stage(name, "student", loss, teacher_layers={"teacher": (layers["teacher"],)})
+  captures = ((layers["student"],), {"teacher": (layers["teacher"],)})
+  init_heads = (lambda rng: heads(rng, *shapes)) if heads else None
+  return distiller_stage(ctx, name, cfg, captures, term, init_heads)
+
+
+def map_pairs_stage(ctx, name, cfg, pair_term, heads=None):
+  """One stage of H(y, P_S) + `cfg.weight`·Σ_pairs w·pair_term(F_S, F_T) over the hint pairs' feature maps
+  (`hint` or `hints`; their `kind` is not read), the larger map average-pooled to the smaller's size
+  first (RepDistiller's and mdistiller's `adaptive_avg_pool2d`). With `heads(rng, pair)` each pair has
+  trained parameters and the term is pair_term(F_S, F_T, its params). NST and VID use it."""
+  import jax
+
+  from fitnets_jax import hints, losses
+
+  pairs = hints.pairs(ctx.config, ctx.student, ctx.teachers, maps_for=name)
+  by_teacher, guided_names = hint_captures(pairs)
+
+  def term(s_feats, t_feats, head_params):
+    total = 0.0
+    for i, p in enumerate(pairs):
+      s, t = s_feats[p.guided.name], t_feats[p.teacher][p.hint.name]
+      size = min(s.shape[1], t.shape[1]), min(s.shape[2], t.shape[2])
+      s, t = losses.average_pool(s, size), losses.average_pool(t, size)
+      value = pair_term(s, t, head_params[f"pair{i}"]) if heads else pair_term(s, t)
+      total = total + p.weight * value
+    return total
+
+  init_heads = (
+    (lambda rng: {f"pair{i}": heads(jax.random.fold_in(rng, i), p) for i, p in enumerate(pairs)}) if heads else None
+  )
+  return distiller_stage(ctx, name, cfg, (guided_names, by_teacher), term, init_heads)
