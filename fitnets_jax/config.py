@@ -394,11 +394,15 @@ def _load_file(path):
 
 def stage_key(stage):
   """The `stages.<key>` that sets the length and optimizer of a stage named as the progress lines name
-  it: teacher, teacher1 … → teacher; hint, hint1 …, fsp → hint; every other (kd, scratch, at, ce, dml,
-  byot, …) → student. (Teachers of `config.teachers` may override theirs in their entry.)"""
+  it: teacher, teacher1 … → teacher; hint, hint1 … and a method's `first_stages` (fsp, paraphraser, …)
+  → hint; every other (kd, scratch, at, ce, dml, byot, …) → student. (Teachers of `config.teachers`
+  may override theirs in their entry.)"""
+  from fitnets_jax import methods
+
   if stage.startswith("teacher"):
     return "teacher"
-  return "hint" if stage.startswith("hint") or stage == "fsp" else "student"
+  first = {name for m in methods.methods().values() for name in m.first_stages}
+  return "hint" if stage.startswith("hint") or stage in first else "student"
 
 
 def _node(config, key, file, what):

@@ -263,6 +263,28 @@ def test_cc_matches_repdistillers_correlation():
   check(lambda f: cc.correlation_loss(f, et), lambda f: np_correlation(f, et), es)
 
 
+def np_factor_loss(fs, ft, form):
+  """RD's FactorTransfer (p1 = 2, p2 = 1), from its math: F.normalize(mean over channels of f², flattened),
+  mean |Δ|; or the FT paper's eq. 3–4: the whole factor flattened and L2-normalised, ‖Δ‖₁ per example, mean
+  over the batch."""
+
+  def factor(f):
+    f = np.mean(f**2, axis=-1) if form == "repdistiller" else f
+    f = f.reshape(len(f), -1)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+  diff = np.abs(factor(fs) - factor(ft))
+  return np.mean(diff) if form == "repdistiller" else np.mean(np.sum(diff, axis=1))
+
+
+@pytest.mark.parametrize("form", ["repdistiller", "paper"])
+def test_ft_matches_repdistillers_factor_transfer_and_the_papers(form):
+  from fitnets_jax.methods import ft
+
+  t = MAP_T[..., :5]
+  check(lambda f: ft.factor_loss(f, t, form), lambda f: np_factor_loss(f, t, form), MAP_S, rtol=1e-4)
+
+
 def test_relation_losses_stay_finite_on_an_all_zero_feature_row():
   """A dead ReLU example (all zeros) or an example's difference with itself: where torch's gradients of
   F.normalize / sqrt are NaN, ours are 0, so the step is not discarded as non-finite."""

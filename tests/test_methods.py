@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from fitnets_jax import FitnetsError, config, experiment, methods, parallel, train
-from fitnets_jax.tools import layers
+from fitnets_jax.tools import explore, layers
 
 from conftest import ROOT, load_config, tiny_digits, with_overrides
 from helpers import (
@@ -301,7 +301,9 @@ CATALOGUE_TERMS = {  # each catalogue method and the terms it logs
   "nst": ("nst",),
   "vid": ("vid",),
   "cc": ("cc",),
+  "ft": ("ft",),
 }
+STAGES = {"ft": ["paraphraser", "ft"]}  # the catalogue's two-stage methods; the others train one stage
 
 
 class Killed(BaseException):
@@ -327,7 +329,9 @@ def test_catalogue_methods_give_the_same_numbers_on_one_and_four_devices_and_res
   def run(n, name):
     config = load_config(f"{method}_digits")
     overrides = {"num_devices": n, "batch_size": 32, "log_every_steps": 1, "teacher.checkpoint": str(tmp_path)}
-    with_overrides(config, {**overrides, "stages.student.steps": 6, "checkpoint_every_steps": 2})
+    with_overrides(
+      config, {**overrides, "stages.hint.steps": 3, "stages.student.steps": 6, "checkpoint_every_steps": 2}
+    )
     return train.run(config, str(tmp_path / name))
 
   log_train = train.log_train
@@ -339,7 +343,7 @@ def test_catalogue_methods_give_the_same_numbers_on_one_and_four_devices_and_res
 
   runs = {}
   for n in (1, 4):
-    assert list(run(n, f"d{n}")["stages"]) == [method]
+    assert list(run(n, f"d{n}")["stages"]) == STAGES.get(method, [method])
     runs[n] = read_metrics(str(tmp_path / f"d{n}"))
   # NST's MMD² is k(t,t) + k(s,s) − 2·k(s,t): three kernel means (0.61, 0.69 and 0.59 on these nets at
   # initialisation: maxout patterns are positive, so nearly aligned) whose difference is 0.11. The
@@ -347,7 +351,7 @@ def test_catalogue_methods_give_the_same_numbers_on_one_and_four_devices_and_res
   # per-device batch of 8 and one of 32 differently) by about (0.61 + 0.69 + 1.19) / 0.11 ≈ 22
   # (measured: 2e-5 at the first step).
   assert_same_numbers(runs[1], runs[4], first_step_rtol=1e-4 if method == "nst" else FIRST_STEP_RTOL)
-  train_records = [r for r in runs[1] if r["split"] == "train"]
+  train_records = [r for r in runs[1] if r["split"] == "train" and r["stage"] == method]
   terms = CATALOGUE_TERMS[method]
   assert len(train_records) == 6 and all(np.isfinite(r[t]) for r in train_records for t in terms)
   if method != "vid":  # VID's term is a negative log-likelihood up to a constant: it may go below 0
@@ -358,6 +362,14 @@ def test_catalogue_methods_give_the_same_numbers_on_one_and_four_devices_and_res
         assert four[t] == pytest.approx(one[t], rel=1e-2, abs=1e-6), (t, one, four)
   if method == "dkd":
     assert all(r["warmup"] == pytest.approx(1 / 2.0) for r in train_records)  # epoch 1 of a 2-epoch warm-up
+
+  if method == "ft":  # the paraphraser trained in its stage, then stayed frozen through the student's
+    run_1 = explore.open_run(str(tmp_path / "d1"))
+    trained = explore.stage_variables(run_1, "paraphraser")["params"]["paraphraser"]
+    kept = explore.stage_variables(run_1, "ft")["params"]["distiller"]["paraphraser"]
+    start = explore.stage_variables(run_1, "paraphraser", "start")["params"]["paraphraser"]
+    jax.tree.map(np.testing.assert_array_equal, kept, trained)
+    assert not np.array_equal(trained["conv1"]["kernel"], start["conv1"]["kernel"])
 
   monkeypatch.setattr(train, "log_train", dies_at_step_5)
   with pytest.raises(Killed):

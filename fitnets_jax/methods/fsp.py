@@ -103,4 +103,5 @@ METHOD = Method(
   teachers="one",
   defaults=defaults,
   uses_hint_pairs=lambda config: bool(config.fsp.kd and config.kd.attention),
+  first_stages=("fsp",),
 )

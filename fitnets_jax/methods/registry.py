@@ -49,6 +49,8 @@ class Method:
     `python -m fitnets_jax.tools.layers` then lists.
   extra_networks: (config, student Network, classes) -> {name: Network} trained beside the student
     (BYOT's exit heads), for the layers report.
+  first_stages: the names of its stages that `stages.hint` configures (a first stage before the
+    student's last: FSP's `fsp`, FT's `paraphraser`); FitNets' `hint…` stages always are.
   """
 
   name: str
@@ -59,6 +61,7 @@ class Method:
   defaults: Callable = _no_defaults
   uses_hint_pairs: Callable = _no_hint_pairs
   extra_networks: Optional[Callable] = None
+  first_stages: tuple = ()
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name.isidentifier():

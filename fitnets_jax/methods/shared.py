@@ -436,13 +436,14 @@ def torch_uniform(fan_in):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def distiller_stage(ctx, name, cfg, captures, term, heads=None):
+def distiller_stage(ctx, name, cfg, captures, term, heads=None, **fields):
   """One stage of H(y, P_S) + `cfg.weight`·term(student features, teacher features, head params).
 
   `captures` is (student layer names, {teacher role: its layer names}); `term` receives the captured
   dicts. `heads(rng)`, when given, initialises the trained modules beside the student (CC's
   embeddings, VID's regressors: mdistiller's "extra parameters"), kept under params["distiller"],
-  trained by the stage's optimizer and left behind at its end. The teachers run in inference mode."""
+  trained by the stage's optimizer and left behind at its end. The teachers run in inference mode.
+  `fields` sets other Stage fields (FT's `init` and `labels`, which carry its trained paraphraser in)."""
   from fitnets_jax import losses, teachers
   from fitnets_jax.network import forward
 
@@ -467,7 +468,7 @@ def distiller_stage(ctx, name, cfg, captures, term, heads=None):
     metrics = {"ce": ce, name: value, "accuracy": losses.accuracy(logits, y)}
     return ce + cfg.weight * value, (metrics, {"student": stats})
 
-  return ctx.student_stage(name, "student", loss, init=init, teacher_layers=teacher_layers)
+  return ctx.student_stage(name, "student", loss, **{"init": init, "teacher_layers": teacher_layers, **fields})
 
 
 def feature_pair_stage(ctx, name, cfg, relation, pool=False, heads=None):
