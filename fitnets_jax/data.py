@@ -555,6 +555,26 @@ def warn_if_uninformative(cfg, image_shape, sample, normalize, probe_examples=51
     )
 
 
+def labels_by_id(data):
+  """The label of every training example, indexed by its id (the batch's "index"), as int32; on
+  several hosts that each hold their own examples, gathered from all of them (a collective: every
+  host calls it)."""
+  _, labels, ids = data.train_examples
+  labels, ids = np.asarray(labels, np.int32), np.asarray(ids, np.int64)
+  if not data.global_order and jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    most = int(np.max(multihost_utils.process_allgather(np.int64(len(ids)))))
+    pad = lambda a: np.concatenate([a, np.full(most - len(a), -1, a.dtype)])
+    ids = np.asarray(multihost_utils.process_allgather(pad(ids))).reshape(-1)
+    labels = np.asarray(multihost_utils.process_allgather(pad(labels))).reshape(-1)
+    labels, ids = labels[ids >= 0], ids[ids >= 0]
+  by_id = np.full(data.num_train, -1, np.int32)
+  by_id[ids] = labels
+  check((by_id >= 0).all(), f"dataset {data.name!r}: {int((by_id < 0).sum())} training example ids have no label.")
+  return by_id
+
+
 def epoch_seed(seed, stage_index, epoch):
   """The shuffle/augmentation seed of one epoch of one stage."""
   return int(np.random.SeedSequence([seed, stage_index, epoch]).generate_state(1)[0] >> 1)

@@ -210,7 +210,13 @@ def prepare(config, workdir, synthetic_examples=0, source=None, read_only=False,
   specs = teachers_lib.specs(config, method)
   teachers = {role: build(key, cfg) for role, key, cfg, _ in specs}
   ctx = Context(
-    config, student, teachers, steps_per_epoch, {role: stage for role, _, _, stage in specs}, dataset.num_classes
+    config,
+    student,
+    teachers,
+    steps_per_epoch,
+    {role: stage for role, _, _, stage in specs},
+    dataset.num_classes,
+    train_labels=lambda: data.labels_by_id(dataset),
   )
   stages = method.stages(ctx)
   variables, sources, teacher_stages = {}, {}, []

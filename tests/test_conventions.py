@@ -285,6 +285,79 @@ def test_ft_matches_repdistillers_factor_transfer_and_the_papers(form):
   check(lambda f: ft.factor_loss(f, t, form), lambda f: np_factor_loss(f, t, form), MAP_S, rtol=1e-4)
 
 
+def np_crd(es, et, index, contrast_ids, mem_s, mem_t, z, temperature=0.07, momentum=0.5):
+  """The CRD authors' ContrastMemory + ContrastLoss (RD `crd/`), from their math: scores exp(⟨m, e⟩/τ) of
+  the student's embedding against the teacher-side bank and the teacher's against the student-side bank;
+  Z = mean(score)·N when still unset (< 0); NCE of eq. 18 with P_n = 1/N and ε = 1e-7 on each side,
+  summed; then each bank's batch rows ← normalise(m·row + (1 − m)·e). Returns (loss, banks, Z)."""
+  n, k = len(mem_s), contrast_ids.shape[1] - 1
+  score_s = np.exp(np.einsum("bkd,bd->bk", mem_t[contrast_ids], es) / temperature)
+  score_t = np.exp(np.einsum("bkd,bd->bk", mem_s[contrast_ids], et) / temperature)
+  z = [score_s.mean() * n if z[0] < 0 else z[0], score_t.mean() * n if z[1] < 0 else z[1]]
+
+  def nce(x):
+    noise = k / n
+    d1 = np.log(x[:, 0] / (x[:, 0] + noise + 1e-7))
+    d0 = np.log(noise / (x[:, 1:] + noise + 1e-7))
+    return -(d1.sum() + d0.sum()) / len(x)
+
+  loss = nce(score_s / z[0]) + nce(score_t / z[1])
+  banks = []
+  for bank, e in ((mem_s, es), (mem_t, et)):
+    bank = bank.copy()
+    row = bank[index] * momentum + e * (1 - momentum)
+    bank[index] = row / np.linalg.norm(row, axis=1, keepdims=True)
+    banks.append(bank)
+  return loss, banks, z
+
+
+def test_crd_matches_the_authors_contrast_memory_and_nce_loss():
+  from fitnets_jax.methods import crd
+
+  n, d, b, k = 11, 4, 3, 5
+  unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+  es, et = unit(RNG.normal(size=(b, d))), unit(RNG.normal(size=(b, d)))
+  mem_s, mem_t = RNG.uniform(-0.8, 0.8, size=(n, d)), RNG.uniform(-0.8, 0.8, size=(n, d))
+  index = np.array([4, 0, 9])
+  ids = np.concatenate([index[:, None], RNG.integers(0, n, size=(b, k))], axis=1)
+  for z in ([-1.0, -1.0], [3.0, 5.0]):  # the first step sets Z; later steps keep it
+    memory = {
+      "student": jnp.asarray(mem_s, jnp.float32),
+      "teacher": jnp.asarray(mem_t, jnp.float32),
+      "z": jnp.asarray(z),
+    }
+    ours = lambda e: crd.contrast(e, jnp.asarray(et, jnp.float32), index, ids, memory, 0.07, 0.5)
+    want_loss, (want_s, want_t), want_z = np_crd(es, et, index, ids, mem_s, mem_t, z)
+    # Z, once set, is a constant (the authors store it with .item()): no gradient flows through it.
+    check(lambda e: ours(e)[0], lambda e: np_crd(e, et, index, ids, mem_s, mem_t, want_z)[0], es, rtol=1e-4)
+    _, got = ours(jnp.asarray(es, jnp.float32))
+    np.testing.assert_allclose(got["student"], want_s, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["teacher"], want_t, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["z"], want_z, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [4, 9])
+def test_crd_negatives_are_other_classes_without_replacement_where_the_class_leaves_enough(k):
+  """Each row: the example's own id, then k ids of other classes — distinct where its class leaves ≥ k
+  others (the authors' np.random.choice(…, replace=False)), drawn with replacement otherwise."""
+  from fitnets_jax.methods import crd
+
+  labels = np.array([0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2], np.int32)  # others: 9 for class 0, 7 for 1 and 2
+  table = crd.class_table(labels, 3)
+  index = np.array([0, 3, 8, 5], np.int32)
+  rows = np.asarray(crd.sample_contrast(jax.random.PRNGKey(0), index, labels[index], labels, table, k))
+  assert rows.shape == (4, k + 1) and (rows[:, 0] == index).all()
+  for row, i in zip(rows, index):
+    assert (labels[row[1:]] != labels[i]).all()
+    if k <= 12 - np.sum(labels == labels[i]):
+      assert len(set(row[1:])) == k
+  seen = set()
+  for seed in range(200):  # every other-class example is drawn
+    rows = np.asarray(crd.sample_contrast(jax.random.PRNGKey(seed), index[:1], labels[:1], labels, table, k))
+    seen |= set(rows[0, 1:])
+  assert seen == set(range(3, 12))
+
+
 def test_relation_losses_stay_finite_on_an_all_zero_feature_row():
   """A dead ReLU example (all zeros) or an example's difference with itself: where torch's gradients of
   F.normalize / sqrt are NaN, ours are 0, so the step is not discarded as non-finite."""

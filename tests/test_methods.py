@@ -302,6 +302,7 @@ CATALOGUE_TERMS = {  # each catalogue method and the terms it logs
   "vid": ("vid",),
   "cc": ("cc",),
   "ft": ("ft",),
+  "crd": ("crd",),
 }
 STAGES = {"ft": ["paraphraser", "ft"]}  # the catalogue's two-stage methods; the others train one stage
 

@@ -166,6 +166,9 @@ class Context:
   steps_per_epoch: int
   stage_configs: dict = dataclasses.field(default_factory=dict)  # role → its training stage config
   num_classes: int = 0
+  # () -> the label of every training example by its id (int32, all hosts'), read at setup by a
+  # method that samples examples by class (CRD's negatives); a batch carries its ids as "index".
+  train_labels: Optional[Callable] = None
 
   @property
   def teacher(self):
