@@ -13,7 +13,7 @@ import pytest
 
 from fitnets_jax import train
 
-from conftest import ROOT, tiny_digits
+from conftest import ROOT, tiny_digits, with_overrides
 from helpers import assert_same_numbers, assert_same_run, read_metrics
 
 STEPS = dict(teacher=12, hint=4, student=8)
@@ -36,7 +36,7 @@ def free_port():
 class Cluster:
   """One launch of the command line as processes 0 and 1 of a 2-host cluster."""
 
-  def __init__(self, workdir, *extra, host_workdirs=None):
+  def __init__(self, workdir, *extra, host_workdirs=None, config="digits.py"):
     port = free_port()
     workdirs = host_workdirs or [workdir, workdir]
     env = dict(
@@ -49,7 +49,7 @@ class Cluster:
           "-m",
           "fitnets_jax.main",
           "--config",
-          os.path.join(ROOT, "configs", "digits.py"),
+          os.path.join(ROOT, "configs", config),
           "--workdir",
           str(workdirs[i]),
           "--config.distributed=True",
@@ -184,3 +184,35 @@ def test_hosts_that_see_different_workdirs_refuse_with_both_views_instead_of_han
     assert "Traceback" not in log
   assert time.time() - started < 200  # at once, not after a collective's timeout
   assert sorted(os.listdir(shared / "checkpoints")) == before
+
+
+def test_crd_memory_banks_on_two_hosts_match_one_host(tmp_path):
+  """CRD's memory banks (part of the train state, whole on every device) on 2 hosts × 2 devices: the same
+  losses as 1 host × 4 devices, and the same banks and Z at the end, to float32 reassociation (see
+  helpers: the embeddings the banks take in differ by reassociated sums only)."""
+  import jax
+  import numpy as np
+
+  from fitnets_jax import experiment, saved
+
+  from conftest import load_config
+  from helpers import final_state
+
+  config = load_config("crd_digits")
+  teacher = experiment.build_network("teacher", config.teacher, 10, (8, 8, 1))
+  params, stats = teacher.init(jax.random.PRNGKey(3))
+  saved.save_network(str(tmp_path), "teacher", {"params": params, "batch_stats": stats}, teacher.describe())
+  flags = ["--config.batch_size=32", "--config.log_every_steps=1", "--config.stages.student.steps=6"]
+  flags.append(f"--config.teacher.checkpoint={tmp_path}")
+  one_host = tmp_path / "one_host"
+  overrides = {"num_devices": 4, "batch_size": 32, "log_every_steps": 1, "stages.student.steps": 6}
+  train.run(with_overrides(config, {**overrides, "teacher.checkpoint": str(tmp_path)}), str(one_host))
+  two_hosts = tmp_path / "two_hosts"
+  codes, logs = Cluster(two_hosts, *flags, config="crd_digits.py").wait()
+  assert codes == [0, 0], logs
+  assert_same_numbers(read_metrics(str(one_host)), read_metrics(str(two_hosts)))
+  (_, one), (_, two) = final_state(str(one_host)), final_state(str(two_hosts))
+  memory = lambda state: state["batch_stats"]["distiller"]
+  for key in ("student", "teacher", "z"):
+    np.testing.assert_allclose(memory(two)[key], memory(one)[key], rtol=1e-3, atol=1e-5)
+  assert (memory(one)["z"] > 0).all()
