@@ -319,7 +319,15 @@ def read_network(folder, key):
   recorded = read_info(folder, key).get("variables_sha256")
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      restored = checkpointer.restore(files.path(directory))
+      # Into this process's first device, whatever the topology it was saved on: without a target orbax
+      # refuses a checkpoint written by another number of processes (a teacher saved on one host, read
+      # by every host of a cluster).
+      here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+        checkpointer.metadata(files.path(directory)).item_metadata.tree,
+      )
+      restored = checkpointer.restore(files.path(directory), target)
   except Exception as e:  # noqa: BLE001  (a missing folder, a truncated file: orbax's and tensorstore's types)
     raise FitnetsError(
       f"{key}: the network's variables in {directory} cannot be read ({type(e).__name__}: "

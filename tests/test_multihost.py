@@ -189,7 +189,8 @@ def test_hosts_that_see_different_workdirs_refuse_with_both_views_instead_of_han
 def test_crd_memory_banks_on_two_hosts_match_one_host(tmp_path):
   """CRD's memory banks (part of the train state, whole on every device) on 2 hosts × 2 devices: the same
   losses as 1 host × 4 devices, and the same banks and Z at the end, to float32 reassociation (see
-  helpers: the embeddings the banks take in differ by reassociated sums only)."""
+  helpers: the embeddings the banks take in differ by reassociated sums only). The teacher was saved by
+  this one process and is read by both hosts (orbax restores it into each host's own device)."""
   import jax
   import numpy as np
 
@@ -206,6 +207,7 @@ def test_crd_memory_banks_on_two_hosts_match_one_host(tmp_path):
   flags.append(f"--config.teacher.checkpoint={tmp_path}")
   one_host = tmp_path / "one_host"
   overrides = {"num_devices": 4, "batch_size": 32, "log_every_steps": 1, "stages.student.steps": 6}
+  overrides["dataset.flip"] = True  # as FLAGS, which every Cluster launch passes
   train.run(with_overrides(config, {**overrides, "teacher.checkpoint": str(tmp_path)}), str(one_host))
   two_hosts = tmp_path / "two_hosts"
   codes, logs = Cluster(two_hosts, *flags, config="crd_digits.py").wait()
