@@ -45,9 +45,10 @@ def singular(feature, n):
   singular vectors (b, c, n), non-finite entries zeroed, each normalised over its first axis."""
   import jax.numpy as jnp
 
-  x = feature.astype(jnp.float32).reshape(feature.shape[0], -1, feature.shape[-1])
-  _, s, vh = jnp.linalg.svd(x, full_matrices=False)
   finite = lambda a: jnp.where(jnp.isfinite(a), a, 0.0)
+  # LAPACK's SVD on CPU never returns on a NaN input: a diverged step must reach the NaN guard instead.
+  x = finite(feature.astype(jnp.float32).reshape(feature.shape[0], -1, feature.shape[-1]))
+  _, s, vh = jnp.linalg.svd(x, full_matrices=False)
   v = finite(jnp.swapaxes(vh, 1, 2))[:, :, :n]
   return _normalize(finite(s)[:, :n], axis=1), _normalize(v, axis=1)
 
@@ -94,6 +95,12 @@ def kdsvd_stage(ctx):
 
   cfg = ctx.config.kdsvd
   check(isinstance(cfg.k, int) and cfg.k > 0, f"kdsvd.k={cfg.k!r} must be an integer > 0.")
+  check(
+    not ctx.config.teacher.cache,
+    "method='kdsvd' with teacher.cache=True: on XLA's CPU backend its step never returns when the teacher's "
+    "maps come from the cache (seen with JAX 0.10.2; the live teacher's step runs), so the cache is refused for "
+    "it. Set teacher.cache=False.",
+  )
   pairs = hints.pairs(ctx.config, ctx.student, ctx.teachers, maps_for="kdsvd")
   check(
     len(pairs) >= 2,
@@ -112,7 +119,7 @@ def kdsvd_stage(ctx):
     students = [s_feats[p.guided.name] for p in pairs]
     return kdsvd_loss(students, [t_feats[p.teacher][p.hint.name] for p in pairs], cfg.k)
 
-  return shared.distiller_stage(ctx, "kdsvd", cfg, (guided_names, by_teacher), term)
+  return shared.distiller_stage(ctx, "kdsvd", cfg, (guided_names, by_teacher), term, cacheable=False)
 
 
 METHOD = Method(
