@@ -303,7 +303,6 @@ CATALOGUE_TERMS = {  # each catalogue method and the terms it logs
   "cc": ("cc",),
   "ft": ("ft",),
   "crd": ("crd",),
-  "kdsvd": ("kdsvd",),
 }
 STAGES = {"ft": ["paraphraser", "ft"]}  # the catalogue's two-stage methods; the others train one stage
 

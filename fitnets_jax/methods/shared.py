@@ -135,7 +135,6 @@ class Stage:
   evaluation: Optional[Callable] = None
   summarize: Optional[Callable] = None
   teacher_layers: dict = dataclasses.field(default_factory=dict)  # {role: layers of it the loss reads}
-  cacheable: bool = True  # the teacher cache may stand in for the teachers' live outputs (not KDSVD's)
   # What a run saves when this stage is its last (`fitnets_jax.saved`): networks — {role: Network} it
   # trains (empty: the student as `trains`); heads — {name: (the layer it follows, its module)} saved
   # with the `trains` network (BYOT's exits).

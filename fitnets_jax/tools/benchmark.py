@@ -243,7 +243,7 @@ def measure_stage(exp, index, teacher, warmup, timed, peak):
 def cached_step_ms(exp, index, teacher, warmup, timed):
   """The stage's step time with the teacher cache (None when the stage reads no teacher)."""
   stage = exp.stages[index]
-  if not stage.uses_teacher or exp.data.augmented or not stage.cacheable:
+  if not stage.uses_teacher or exp.data.augmented:
     return None
   tables, _ = teachers.build_cache(
     exp.teachers,
