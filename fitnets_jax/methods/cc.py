@@ -42,14 +42,6 @@ def correlation_loss(student_embedding, teacher_embedding):
   return jnp.mean(jnp.sum(delta[:-1] * delta[1:], axis=1))
 
 
-def linear_init(rng, features_in, features_out):
-  import jax
-
-  k, b = jax.random.split(rng)
-  init = shared.torch_uniform(features_in)
-  return {"kernel": init(k, (features_in, features_out)), "bias": init(b, (features_out,))}
-
-
 def cc_stage(ctx):
   import jax
 
@@ -59,8 +51,8 @@ def cc_stage(ctx):
   def heads(rng, student_shape, teacher_shape):
     ks, kt = jax.random.split(rng)
     return {
-      "embed_student": linear_init(ks, math.prod(student_shape), cfg.embedding),
-      "embed_teacher": linear_init(kt, math.prod(teacher_shape), cfg.embedding),
+      "embed_student": shared.linear_init(ks, math.prod(student_shape), cfg.embedding),
+      "embed_teacher": shared.linear_init(kt, math.prod(teacher_shape), cfg.embedding),
     }
 
   def relation(s, t, params):

@@ -109,14 +109,6 @@ def sample_contrast(rng, index, label, labels_by_id, table, k):
   return jnp.concatenate([index[:, None].astype(chosen.dtype), chosen], axis=1)
 
 
-def linear_init(rng, features_in, features_out):
-  import jax
-
-  k, b = jax.random.split(rng)
-  init = shared.torch_uniform(features_in)
-  return {"kernel": init(k, (features_in, features_out)), "bias": init(b, (features_out,))}
-
-
 def embed(f, p):
   """RepDistiller's Embed: flatten, linear, L2-normalise."""
   import jax.numpy as jnp
@@ -171,8 +163,8 @@ def crd_stage(ctx):
     params, stats = shared.fresh_or_carried(student, rng, carry)
     k = jax.random.split(jax.random.fold_in(rng, 1), 4)
     heads = {
-      "embed_student": linear_init(k[0], channels["student"], width),
-      "embed_teacher": linear_init(k[1], channels["teacher"], width),
+      "embed_student": shared.linear_init(k[0], channels["student"], width),
+      "embed_teacher": shared.linear_init(k[1], channels["teacher"], width),
     }
     bound = 1.0 / np.sqrt(width / 3.0)
     bank = lambda key: jax.random.uniform(key, (num_data, width), jnp.float32, -bound, bound)

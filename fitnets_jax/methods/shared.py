@@ -439,6 +439,16 @@ def torch_uniform(fan_in):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def linear_init(rng, features_in, features_out):
+  """A linear layer's {"kernel", "bias"} as torch.nn.Linear starts them (`torch_uniform`): the embedding
+  heads of CC and CRD."""
+  import jax
+
+  k, b = jax.random.split(rng)
+  init = torch_uniform(features_in)
+  return {"kernel": init(k, (features_in, features_out)), "bias": init(b, (features_out,))}
+
+
 def distiller_stage(ctx, name, cfg, captures, term, heads=None, **fields):
   """One stage of H(y, P_S) + `cfg.weight`·term(student features, teacher features, head params).
 
