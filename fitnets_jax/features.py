@@ -37,6 +37,14 @@ def _subtree(tree, path):
   return tree
 
 
+def layer_variables(tree, name):
+  """The variables of layer `name` ("section2/block1/bn2") in a params or batch_stats tree."""
+  found = _subtree(tree, tuple(name.split("/")))
+  if found is None:
+    raise FitnetsError(f"No variables for layer {name!r}; the tree's top level holds {', '.join(tree)}.")
+  return found
+
+
 def count_params(tree):
   """Number of scalars in a pytree (arrays or ShapeDtypeStructs)."""
   return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))
@@ -131,6 +139,23 @@ def find_layer(layers, name, key, model_name):
     f"{key}={name!r} is not a layer of model {model_name!r}. Valid names: "
     f"{', '.join(l.name for l in layers)} (python -m fitnets_jax.tools.layers --config ... shows their shapes)."
   )
+
+
+def preactivation(layers, name, model_name):
+  """The name of layer `name`'s output before its final ReLU: the layer itself where it ends linearly (a
+  pre-activation ResNet's section), else the last `…/preact` inside it (a post-activation block's sum,
+  `models.resnet.PreActivation`). RepDistiller's and mdistiller's `preact=True` features."""
+  layer = find_layer(layers, name, "layer", model_name)
+  if layer.nonlinearity == "linear":
+    return name
+  inside = [l.name for l in layers if l.name.startswith(name + "/") and l.path[-1] == "preact"]
+  if not inside:
+    raise FitnetsError(
+      f"Layer {name!r} of model {model_name!r} ends in a {layer.nonlinearity} and has no `preact` layer inside it, "
+      "so its pre-activation output cannot be captured; the ResNets' sections and blocks have one "
+      "(python -m fitnets_jax.tools.layers lists the layers)."
+    )
+  return inside[-1]
 
 
 def regressor_kernel(guided, hint):

@@ -7,6 +7,7 @@ TF32 or bfloat16 (errors of 1e-3 in an FSP matrix), while the networks keep the 
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 FULL = jax.lax.Precision.HIGHEST
 
@@ -144,6 +145,24 @@ def average_pool(x, size):
   if (fh, fw) == (1, 1):
     return x
   return x.reshape(x.shape[0], size[0], fh, size[1], fw, *x.shape[3:]).mean(axis=(2, 4))
+
+
+def _adaptive_pool_matrix(size_in, size_out):
+  """(size_out, size_in) rows averaging torch's adaptive_avg_pool windows ⌊i·in/out⌋ … ⌈(i+1)·in/out⌉."""
+  m = np.zeros((size_out, size_in), np.float32)
+  for i in range(size_out):
+    start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+    m[i, start:end] = 1.0 / (end - start)
+  return m
+
+
+def adaptive_average_pool(x, size):
+  """(batch, h, w, c) → (batch, size[0], size[1], c) as torch's F.adaptive_avg_pool2d, for any sizes
+  (overlapping windows where they do not divide)."""
+  if x.shape[1:3] == tuple(size):
+    return x
+  rows, cols = _adaptive_pool_matrix(x.shape[1], size[0]), _adaptive_pool_matrix(x.shape[2], size[1])
+  return jnp.einsum("ih,nhwc,jw->nijc", rows, x, cols)
 
 
 def attention_map(features, size=None, pool="features"):

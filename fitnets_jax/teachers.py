@@ -220,17 +220,24 @@ def logits(ctx, teaching, batch, role):
   return forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False)[0]
 
 
-def features(ctx, teaching, batch, by_teacher):
+def features(ctx, teaching, batch, by_teacher, train=False, rng=None):
   """The named layers' outputs of each teacher, in inference mode: {role: {layer: array}}; from the
-  teacher cache when it holds all of a teacher's layers."""
+  teacher cache when it holds all of a teacher's layers. With `train` the teachers run in training
+  mode instead (BN with the batch's statistics, dropout with `rng`; their statistics are not updated),
+  as OFD's authors run theirs; never from the cache."""
+  import jax
+
   found = {}
   for role, names in by_teacher.items():
     names = tuple(dict.fromkeys(names))
     cached = teaching.get("cache", {}).get(role, {}).get("features", {})
-    if all(n in cached for n in names):
+    t = teaching[role]
+    if train:
+      outputs = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], True, rng, capture=names)[1]
+      found[role] = jax.lax.stop_gradient(outputs)
+    elif all(n in cached for n in names):
       found[role] = {n: cached[n][batch["index"]] for n in names}
     else:
-      t = teaching[role]
       found[role] = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False, capture=names)[1]
   return found
 

@@ -48,6 +48,20 @@ CASES = [
   ),
   ({"method": "dkd", "dkd.warmup_epochs": 0.0}, r"dkd.warmup_epochs=0.0 must be > 0"),
   ({"method": "crd", "crd.momentum": 1.0}, r"crd.momentum=1.0 must be in \[0, 1\)"),
+  (
+    {"method": "reviewkd"},
+    r"student.model='digits_student' has no sections; reviewkd reads each section's output.*reviewkd.student_layers",
+  ),
+  (
+    {
+      "method": "ofd",
+      "teacher.model": "digits_resnet20",
+      "student.model": "digits_resnet8",
+      "ofd.teacher_layers": ["section1"],
+    },
+    r"OFD's level 'section1' of teacher.model='digits_resnet20' is not a post-activation block's `preact` after a BN",
+  ),
+  ({"method": "ab", "ab.teacher_mode": "eval"}, r"ab.teacher_mode='eval'.*'train'.*'inference'"),
   # names
   ({"teacher.checkpoint": "/nonexistent/run"}, r"teacher.checkpoint='/nonexistent/run' holds no saved teacher"),
   (
@@ -392,7 +406,7 @@ CLI_CASES = [
   (["--config=FILE:returns_none.py"], ["returns_none.py': get_config() returned NoneType, not an ml_collections"]),
   (["--config=FILE:syntax.py"], ["syntax.py' failed", "while loading (SyntaxError"]),
   (["--seeds=-1"], ["--seeds=-1 must be ≥ 0"]),
-  (["--config.method=nope"], ["method='nope' is not valid; choose one of: 'at'"]),
+  (["--config.method=nope"], ["method='nope' is not valid; choose one of: 'ab', 'at'"]),
   (["--config.stages.kd.steps=3"], ["'stages.kd' is not a key", "configured as stages.student"]),
   (["--config.stages.fsp.epochs=3"], ["'stages.fsp' is not a key", "configured as stages.hint"]),
   (["stray"], ["unexpected argument(s) 'stray'", "--help lists them"]),

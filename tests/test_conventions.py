@@ -5,6 +5,7 @@ gradients against central differences of the transcription. Every row of the pag
 and `test_every_row_of_the_conventions_page_names_a_test_here` checks that the names exist.
 """
 
+import math
 import pathlib
 import re
 
@@ -100,7 +101,7 @@ def np_dkd(s, t, y, alpha, beta, tau):
 
 
 def test_dkd_matches_the_authors_mdistiller_dkd_loss():
-  from fitnets_jax.methods import dkd
+  from fitnets_jax.methods import dkd, shared
 
   alpha, beta, tau = 1.0, 8.0, 4.0
 
@@ -110,7 +111,7 @@ def test_dkd_matches_the_authors_mdistiller_dkd_loss():
 
   check(ours, lambda s: np_dkd(s, T, Y, alpha, beta, tau), S)
   # The warm-up: the 1-based epoch over warm-up epochs, capped at 1 (mdistiller's trainer counts from 1).
-  warm = [float(dkd.warmup(step, 10, 20.0)) for step in (0, 9, 10, 199, 190, 10_000)]
+  warm = [float(shared.epoch_warmup(step, 10, 20.0, first_epoch=1)) for step in (0, 9, 10, 199, 190, 10_000)]
   assert warm == pytest.approx([0.05, 0.05, 0.1, 1.0, 1.0, 1.0])
 
 
@@ -358,6 +359,238 @@ def test_crd_negatives_are_other_classes_without_replacement_where_the_class_lea
   assert seen == set(range(3, 12))
 
 
+# ---------------------------------------------------------------------------------------- ReviewKD
+
+
+def np_conv(x, kernel_hwio):
+  """torch's Conv2d (stride 1, padding k // 2, no bias) in NCHW, with the kernel given as HWIO."""
+  k = kernel_hwio.shape[0]
+  w = np.transpose(kernel_hwio, (3, 2, 0, 1))  # OIHW
+  p = k // 2
+  xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+  h, wd = x.shape[2:]
+  out = np.zeros((x.shape[0], w.shape[0], h, wd))
+  for i in range(k):
+    for j in range(k):
+      out += np.einsum("nchw,oc->nohw", xp[:, :, i : i + h, j : j + wd], w[:, :, i, j])
+  return out
+
+
+def np_batch_norm(x, scale, bias):
+  """BatchNorm2d in training mode: the batch's mean and biased variance per channel, eps 1e-5."""
+  mean = x.mean(axis=(0, 2, 3), keepdims=True)
+  var = ((x - mean) ** 2).mean(axis=(0, 2, 3), keepdims=True)
+  return (x - mean) / np.sqrt(var + 1e-5) * scale[None, :, None, None] + bias[None, :, None, None]
+
+
+def np_nearest(x, size):
+  """F.interpolate(x, size, mode='nearest'): source index floor(i · in / out)."""
+  rows = [int(np.floor(i * x.shape[2] / size)) for i in range(size)]
+  cols = [int(np.floor(j * x.shape[3] / size)) for j in range(size)]
+  return x[:, :, rows][:, :, :, cols]
+
+
+def np_adaptive_avg_pool(x, size):
+  """F.adaptive_avg_pool2d(x, (size, size)): window floor(i·in/out) … ceil((i+1)·in/out)."""
+  h, w = x.shape[2:]
+  out = np.zeros(x.shape[:2] + (size, size))
+  for i in range(size):
+    for j in range(size):
+      r0, r1 = (i * h) // size, int(np.ceil((i + 1) * h / size))
+      c0, c1 = (j * w) // size, int(np.ceil((j + 1) * w / size))
+      out[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+  return out
+
+
+def np_abf(p, x, y, shape, out_shape):
+  """The authors' ABF.forward: conv1 + BN; with a residual y, fuse by the sigmoid attention conv's two
+  maps; nearest-resize to out_shape; conv2 + BN. Returns (output, residual)."""
+  x = np_batch_norm(np_conv(x, p["conv1"]), p["bn1"]["scale"], p["bn1"]["bias"])
+  if y is not None:
+    y = np_nearest(y, shape)
+    z = np_conv(np.concatenate([x, y], axis=1), p["attention"]["kernel"]) + p["attention"]["bias"][None, :, None, None]
+    z = 1 / (1 + np.exp(-z))
+    x = x * z[:, :1] + y * z[:, 1:]
+  if x.shape[-1] != out_shape:
+    x = np_nearest(x, out_shape)
+  return np_batch_norm(np_conv(x, p["conv2"]), p["bn2"]["scale"], p["bn2"]["bias"]), x
+
+
+def np_hcl(fstudent, fteacher):
+  """The authors' hcl: per level, MSE plus the MSEs of 4×4, 2×2, 1×1 adaptive average pools below the
+  map's height, weighted 1/2, 1/4, 1/8, divided by the weights' sum; summed over levels."""
+  total = 0.0
+  for fs, ft in zip(fstudent, fteacher):
+    h = fs.shape[2]
+    loss, cnt, tot = np.mean((fs - ft) ** 2), 1.0, 1.0
+    for size in (4, 2, 1):
+      if size >= h:
+        continue
+      cnt /= 2.0
+      loss += np.mean((np_adaptive_avg_pool(fs, size) - np_adaptive_avg_pool(ft, size)) ** 2) * cnt
+      tot += cnt
+    total += loss / tot
+  return total
+
+
+def np_reviewkd(params, student_nchw, teacher_nchw):
+  """The authors' ReviewKD.forward (deepest level first, outputs inserted at the front) and hcl."""
+  x = student_nchw[::-1]
+  deepest = len(x) - 1
+  out, res = np_abf(params[f"abf{deepest}"], x[0], None, None, teacher_nchw[-1].shape[-1])
+  results = [out]
+  for k, feature in enumerate(x[1:]):
+    i = deepest - 1 - k
+    out, res = np_abf(params[f"abf{i}"], feature, res, feature.shape[-1], teacher_nchw[i].shape[-1])
+    results.insert(0, out)
+  return np_hcl(results, teacher_nchw)
+
+
+def test_reviewkd_matches_the_authors_abf_chain_and_hierarchical_context_loss():
+  from fitnets_jax.methods import reviewkd, shared
+
+  # Student levels 3×3×2 and 2×2×3 and pooled ×4; the teacher's 4×4×3, 2×2×2 and pooled ×5: the chain
+  # upsamples 2 → 3 (fusion) and 3 → 4 (to the teacher's size), both non-integer nearest ratios, and
+  # the 4×4 level pools to 2×2 and 1×1, the 2×2 level to 1×1.
+  n, mid = 3, 4
+  student = [RNG.normal(size=(n, 3, 3, 2)), RNG.normal(size=(n, 2, 2, 3)), RNG.normal(size=(n, 1, 1, 4))]
+  teacher = [RNG.normal(size=(n, 4, 4, 3)), RNG.normal(size=(n, 2, 2, 2)), RNG.normal(size=(n, 1, 1, 5))]
+  key = jax.random.PRNGKey(3)
+  params = {
+    f"abf{i}": reviewkd.abf_init(jax.random.fold_in(key, i), s.shape[-1], mid, t.shape[-1], fuse=i < 2)
+    for i, (s, t) in enumerate(zip(student, teacher))
+  }
+  # Trained BN scales and shifts are not 1 and 0: give them values.
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), params)
+  np_params = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  nchw = lambda a: np.transpose(a, (0, 3, 1, 2))
+  out_sizes = [t.shape[1:3] for t in teacher]
+
+  def ours(level, x):
+    maps = [jnp.asarray(s, jnp.float32) for s in student]
+    maps[level] = x
+    return reviewkd.hcl(reviewkd.review(params, maps, out_sizes), [jnp.asarray(t, jnp.float32) for t in teacher])
+
+  def reference(level, x):
+    maps = [nchw(s) for s in student]
+    maps[level] = nchw(x)
+    return np_reviewkd(np_params, maps, [nchw(t) for t in teacher])
+
+  for level in (0, 2):  # the shallowest level (fused, resized) and the pooled one (through every fusion)
+    check(lambda x: ours(level, x), lambda x: reference(level, x), student[level], rtol=1e-4, atol=1e-6)
+  # The warm-up: the authors count epochs from 0 (no review term in the first epoch), mdistiller from 1.
+  warm = [float(shared.epoch_warmup(step, 10, 20.0, first_epoch=0)) for step in (0, 9, 10, 199, 200, 10_000)]
+  assert warm == pytest.approx([0.0, 0.0, 0.05, 0.95, 1.0, 1.0])
+
+
+# -------------------------------------------------------------------------------------------- OFD
+
+
+def np_margin(gamma, beta):
+  """The authors' get_margin_from_BN: s = |γ|, m = β; −s·exp(−(m/s)²/2)/√(2π)/Φ(−m/s) + m where
+  Φ(−m/s) > 0.001, else −3s (Φ from erf here, scipy's norm.cdf there)."""
+  out = []
+  for g, b in zip(gamma, beta):
+    s, m = abs(g), b
+    cdf = 0.5 * (1 + math.erf(-m / s / math.sqrt(2)))
+    out.append(-s * math.exp(-((m / s) ** 2) / 2) / math.sqrt(2 * math.pi) / cdf + m if cdf > 0.001 else -3 * s)
+  return np.array(out)
+
+
+def np_ofd(student_nchw, teacher_nchw, connectors, bns):
+  """The authors' Distiller.forward and train step: each level's connector (1×1 conv, training-mode
+  BN), distillation_loss = Σ mse(s, max(t, m))·[(s > t') | (t' > 0)], ÷ 2^(n−1−i), then ÷ batch ÷ 1000."""
+  total, n = 0.0, len(student_nchw)
+  for i, (s, t) in enumerate(zip(student_nchw, teacher_nchw)):
+    p = connectors[i]
+    s = np_batch_norm(np_conv(s, p["conv"]), p["bn"]["scale"], p["bn"]["bias"])
+    m = np_margin(bns[i]["scale"], bns[i]["bias"])[None, :, None, None]
+    t = np.maximum(t, m)
+    total += np.sum((s - t) ** 2 * ((s > t) | (t > 0))) / 2 ** (n - i - 1)
+  return total / len(student_nchw[0]) / 1000
+
+
+def test_ofd_matches_the_authors_distiller_and_margin():
+  from fitnets_jax.methods import ofd, shared
+
+  n = 4
+  student = [RNG.normal(size=(n, 4, 4, 2)), RNG.normal(size=(n, 2, 2, 3))]
+  teacher = [RNG.normal(size=(n, 4, 4, 3)), RNG.normal(size=(n, 2, 2, 5))]
+  # The teacher's BN before the ReLU: one channel of each level has β ≫ |γ| (Φ(−β/|γ|) ≤ 0.001: −3|γ|).
+  bns = [
+    {"scale": np.array([1.0, -0.5, 0.3]), "bias": np.array([0.2, -0.4, 2.0])},
+    {"scale": np.array([0.8, 1.2, 0.1, 2.0, 0.6]), "bias": np.array([0.0, 0.5, 1.0, -1.0, 0.3])},
+  ]
+  key = jax.random.PRNGKey(5)
+  connectors = [
+    shared.connector_init(jax.random.fold_in(key, i), s.shape[-1], t.shape[-1])
+    for i, (s, t) in enumerate(zip(student, teacher))
+  ]
+  connectors = jax.tree.map(lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), connectors)
+  np_connectors = jax.tree.map(lambda a: np.asarray(a, np.float64), connectors)
+  np.testing.assert_allclose(
+    ofd.margin(jnp.asarray(bns[1]["scale"]), jnp.asarray(bns[1]["bias"])),
+    np_margin(bns[1]["scale"], bns[1]["bias"]),
+    rtol=1e-5,
+  )
+  nchw = lambda a: np.transpose(a, (0, 3, 1, 2))
+
+  def ours(x):
+    total = 0.0
+    for i, (s, t) in enumerate(zip([x, student[1]], teacher)):
+      p = connectors[i]
+      source = shared.batch_norm_train(shared.conv_same(jnp.asarray(s, jnp.float32), p["conv"]), p["bn"])
+      m = ofd.margin(jnp.asarray(bns[i]["scale"]), jnp.asarray(bns[i]["bias"]))
+      total = total + ofd.partial_l2(source, jnp.asarray(t, jnp.float32), m) / 2 ** (1 - i)
+    return 1e-3 * total
+
+  reference = lambda x: np_ofd([nchw(x), nchw(student[1])], [nchw(t) for t in teacher], np_connectors, bns)
+  check(ours, reference, student[0], rtol=1e-4, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------- AB
+
+
+def np_ab(student_nchw, teacher_nchw, connectors, margin=1.0):
+  """The authors' Distillation step: criterion_alternative_L2 = Σ |(s + μ)²·[(s > −μ) & (t ≤ 0)] +
+  (s − μ)²·[(s ≤ μ) & (t > 0)]| per level (through its connection layer, conv + training-mode BN, where
+  there is one), ÷ batch, the shallower levels ÷ 2, ÷ 4; then ÷ 1000 × 3."""
+  total, n = 0.0, len(student_nchw)
+  for i, (s, t) in enumerate(zip(student_nchw, teacher_nchw)):
+    p = connectors.get(f"connector{i}")
+    if p is not None:
+      s = np_batch_norm(np_conv(s, p["conv"]), p["bn"]["scale"], p["bn"]["bias"])
+    loss = (s + margin) ** 2 * ((s > -margin) & (t <= 0)) + (s - margin) ** 2 * ((s <= margin) & (t > 0))
+    total += np.abs(loss).sum() / len(s) / 2 ** (n - 1 - i)
+  return total / 1000 * 3
+
+
+def test_ab_matches_the_authors_alternative_loss():
+  from fitnets_jax.methods import ab, shared
+
+  n = 4
+  # Level 0 has a connection layer (2 → 3 channels); level 1 has equal channels and none.
+  student = [RNG.normal(size=(n, 4, 4, 2)) * 1.5, RNG.normal(size=(n, 2, 2, 3)) * 1.5]
+  teacher = [RNG.normal(size=(n, 4, 4, 3)), RNG.normal(size=(n, 2, 2, 3))]
+  connectors = {"connector0": shared.connector_init(jax.random.PRNGKey(2), 2, 3)}
+  connectors = jax.tree.map(lambda a: a + 0.2 * jax.random.normal(jax.random.PRNGKey(a.size), a.shape), connectors)
+  np_connectors = jax.tree.map(lambda a: np.asarray(a, np.float64), connectors)
+  nchw = lambda a: np.transpose(a, (0, 3, 1, 2))
+
+  def ours(level, x):
+    maps = [jnp.asarray(m, jnp.float32) for m in student]
+    maps[level] = x
+    return 3e-3 * ab.boundary_loss(maps, [jnp.asarray(t, jnp.float32) for t in teacher], connectors, 1.0)
+
+  def reference(level, x):
+    maps = [nchw(m) for m in student]
+    maps[level] = nchw(x)
+    return np_ab(maps, [nchw(t) for t in teacher], np_connectors)
+
+  for level in (0, 1):
+    check(lambda x: ours(level, x), lambda x: reference(level, x), student[level], rtol=1e-5, atol=1e-7)
+
+
 def test_relation_losses_stay_finite_on_an_all_zero_feature_row():
   """A dead ReLU example (all zeros) or an example's difference with itself: where torch's gradients of
   F.normalize / sqrt are NaN, ours are 0, so the step is not discarded as non-finite."""
@@ -416,11 +649,6 @@ def np_at(f_nchw, reduce=np.mean):
   """The authors' `at`: F.normalize(x.pow(2).mean(1).view(b, −1)) on NCHW features (torchdistill's
   paper mode sums over channels instead: `reduce=np.sum`, the same map once normalised)."""
   return np_normalize(reduce(f_nchw**2, axis=1).reshape(len(f_nchw), -1))
-
-
-def np_adaptive_avg_pool(f_nchw, size):
-  b, c, h, w = f_nchw.shape
-  return f_nchw.reshape(b, c, size, h // size, size, w // size).mean(axis=(3, 5))
 
 
 def nchw(x):

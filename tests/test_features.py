@@ -230,6 +230,26 @@ def test_capture_returns_the_named_layer_output():
   np.testing.assert_allclose(logits, module.apply(variables, x), rtol=1e-6)
 
 
+def test_a_sections_preactivation_is_its_last_blocks_sum_before_the_relu():
+  """The `preact` layer of a post-activation block is the sum it takes the ReLU of (RepDistiller's and
+  mdistiller's `preact=True` features); a pre-activation ResNet's section already ends linearly."""
+  net = network("digits_resnet8", models.get_model("digits_resnet8", 10), (8, 8, 1))
+  assert features.preactivation(net.layers, "section2", net.name) == "section2/block1/preact"
+  params, stats = net.init(jax.random.PRNGKey(0))
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1))
+  names = ("section2", "section2/block1/preact")
+  _, feats, _ = features.apply(net.module, {"params": params, "batch_stats": stats}, x, False, capture=names)
+  assert (feats["section2/block1/preact"] < 0).any()
+  np.testing.assert_array_equal(feats["section2"], jax.nn.relu(feats["section2/block1/preact"]))
+  wide = network("wrn_10_1", models.get_model("wrn_10_1", 10), (8, 8, 1))
+  assert features.preactivation(wide.layers, "section2", wide.name) == "section2"
+  maxout = network("digits_student", models.get_model("digits_student", 10), (8, 8, 1))
+  with pytest.raises(
+    FitnetsError, match=r"Layer 'conv3' of model 'digits_student' ends in a maxout and has no `preact`"
+  ):
+    features.preactivation(maxout.layers, "conv3", maxout.name)
+
+
 def test_prefix_labels_train_up_to_the_guided_layer():
   net = network("digits_student", models.get_model("digits_student", 10), (8, 8, 1))
   params, _ = net.init(jax.random.PRNGKey(0))

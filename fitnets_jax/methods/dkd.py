@@ -19,6 +19,7 @@ per-pair CIFAR-100 configs change β (e.g. 2 for ResNet-56 → ResNet-20): docs/
 import ml_collections
 
 from fitnets_jax.errors import check
+from fitnets_jax.methods import shared
 from fitnets_jax.methods.registry import Method
 
 TARGET_SHIFT = 1000.0  # subtracted from the target's logit/τ to leave it out of p̂ (the authors' code)
@@ -64,15 +65,6 @@ def dkd_terms(student_logits, teacher_logits, labels, temperature):
   return scale * jnp.mean(tckd), scale * jnp.mean(nckd)
 
 
-def warmup(step, steps_per_epoch, warmup_epochs):
-  """min(epoch / warm-up, 1) with the 1-based epoch of stage step `step` (the authors' trainer counts
-  epochs from 1, so the first epoch already has 1 / warm-up)."""
-  import jax.numpy as jnp
-
-  epoch = step // steps_per_epoch + 1
-  return jnp.minimum(epoch / warmup_epochs, 1.0).astype(jnp.float32)
-
-
 def dkd_stage(ctx):
   from fitnets_jax import losses, teachers
   from fitnets_jax.network import forward
@@ -90,7 +82,7 @@ def dkd_stage(ctx):
     s_logits, _, stats = forward(student, params["student"], batch_stats["student"], x, True, rng)
     ce = losses.cross_entropy(s_logits, y)
     tckd, nckd = dkd_terms(s_logits, t_logits, y, cfg.temperature)
-    weight = warmup(step, steps_per_epoch, cfg.warmup_epochs)
+    weight = shared.epoch_warmup(step, steps_per_epoch, cfg.warmup_epochs, first_epoch=1)  # mdistiller's 1-based epochs
     total = cfg.ce_weight * ce + weight * (cfg.alpha * tckd + cfg.beta * nckd)
     metrics = {"ce": ce, "tckd": tckd, "nckd": nckd, "warmup": weight, "accuracy": losses.accuracy(s_logits, y)}
     return total, (metrics, {"student": stats})

@@ -26,7 +26,6 @@ from fitnets_jax.methods.registry import Method
 
 FORMS = ("repdistiller", "paper")
 SLOPE = 0.1  # LeakyReLU's negative slope
-BN_EPS = 1e-5  # torch BatchNorm2d
 NORMALIZE_EPS = 1e-12  # F.normalize
 
 
@@ -68,15 +67,6 @@ def leaky_relu(x):
   return jax.nn.leaky_relu(x, SLOPE)
 
 
-def batch_norm(x, p):
-  """Batch norm in training mode: the batch's mean and biased variance over (batch, positions)."""
-  import jax.numpy as jnp
-
-  mean = jnp.mean(x, axis=(0, 1, 2))
-  var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
-  return (x - mean) / jnp.sqrt(var + BN_EPS) * p["scale"] + p["bias"]
-
-
 def paraphraser_init(rng, channels, rate):
   """RepDistiller's Paraphraser(use_bn=False): encoder conv1…3, decoder deconv1…3."""
   import jax
@@ -96,7 +86,6 @@ def paraphraser_init(rng, channels, rate):
 def translator_init(rng, student_channels, teacher_channels, rate):
   """RepDistiller's Translator(use_bn=True): conv1…3, each with its batch norm's scale 1 and bias 0."""
   import jax
-  import jax.numpy as jnp
 
   factor = int(teacher_channels * rate)
   keys = jax.random.split(rng, 3)
@@ -104,7 +93,7 @@ def translator_init(rng, student_channels, teacher_channels, rate):
   params = {}
   for i, (k, (a, b)) in enumerate(zip(keys, widths)):
     params[f"conv{i + 1}"] = conv_init(k, a, b, a * 9)
-    params[f"bn{i + 1}"] = {"scale": jnp.ones((b,), jnp.float32), "bias": jnp.zeros((b,), jnp.float32)}
+    params[f"bn{i + 1}"] = shared.batch_norm_params(b)
   return params
 
 
@@ -112,7 +101,7 @@ def encode(x, params, norm=False):
   """The three encoder convolutions with LeakyReLU (and batch norm before it: the translator)."""
   for i in (1, 2, 3):
     x = conv(x, params[f"conv{i}"])
-    x = leaky_relu(batch_norm(x, params[f"bn{i}"]) if norm else x)
+    x = leaky_relu(shared.batch_norm_train(x, params[f"bn{i}"]) if norm else x)
   return x
 
 

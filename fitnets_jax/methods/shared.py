@@ -428,6 +428,23 @@ def classifier_input(net):
   return top[-2].name
 
 
+def section_levels(net, role, key, layers, preact):
+  """The layer names of a multi-level method's levels in `net`, shallow to deep: `layers` (the config's
+  list at `key`, checked), or each section's output — its pre-activation with `preact`
+  (`features.preactivation`: RepDistiller's and mdistiller's `preact=True`). ReviewKD, OFD and AB."""
+  from fitnets_jax import features
+
+  if layers:
+    return [features.find_layer(net.layers, n, key, net.name).name for n in layers]
+  check(
+    net.sections,
+    f"{role}.model={net.name!r} has no sections; {key.split('.')[0]} reads each section's output, so use a model "
+    f"with named sections (resnetD, resnetDxW, wrn_D_K, digits_resnetD) or list the levels in {key}.",
+  )
+  outputs = [b for _, b in net.sections]
+  return [features.preactivation(net.layers, o, net.name) for o in outputs] if preact else outputs
+
+
 def torch_uniform(fan_in):
   """torch.nn.Linear's and Conv2d's default initialiser, U(±1/√fan_in) for the weight (kaiming_uniform
   with a = √5) and the bias alike, as a flax initialiser: the distillers' heads in RepDistiller and
@@ -449,14 +466,73 @@ def linear_init(rng, features_in, features_out):
   return {"kernel": init(k, (features_in, features_out)), "bias": init(b, (features_out,))}
 
 
-def distiller_stage(ctx, name, cfg, captures, term, heads=None, **fields):
-  """One stage of H(y, P_S) + `cfg.weight`·term(student features, teacher features, head params).
+def epoch_warmup(step, steps_per_epoch, warmup_epochs, first_epoch):
+  """min(epoch / warm-up, 1) at stage step `step`, constant within an epoch, epochs numbered from
+  `first_epoch`: 1 as mdistiller's trainer (DKD: the first epoch already has 1 / warm-up), 0 as ReviewKD's
+  train.py (its first epoch has no feature term)."""
+  import jax.numpy as jnp
+
+  epoch = step // steps_per_epoch + first_epoch
+  return jnp.minimum(epoch / warmup_epochs, 1.0).astype(jnp.float32)
+
+
+def conv_same(x, kernel):
+  """Stride-1 convolution with torch's padding k // 2 ('same'), NHWC with an HWIO kernel, no bias: the
+  distillers' heads (ReviewKD's ABF, OFD's connectors)."""
+  import jax
+
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def batch_norm_train(x, params, epsilon=1e-5):
+  """torch's BatchNorm2d in training mode: the batch's mean and biased variance over batch and positions
+  (the global batch under data parallelism), then `params["scale"]` and `params["bias"]`. The distillers'
+  heads use it: they train with the student and never run in inference mode, so they keep no running
+  statistics."""
+  import jax.numpy as jnp
+
+  mean = jnp.mean(x, axis=(0, 1, 2))
+  variance = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+  return (x - mean) / jnp.sqrt(variance + epsilon) * params["scale"] + params["bias"]
+
+
+def batch_norm_params(channels):
+  """A BN layer's {"scale": 1, "bias": 0}, as torch starts them."""
+  import jax.numpy as jnp
+
+  return {"scale": jnp.ones(channels, jnp.float32), "bias": jnp.zeros(channels, jnp.float32)}
+
+
+def connector_init(rng, student_channels, teacher_channels):
+  """A connector from the student's channels to the teacher's: a 1×1 conv (no bias) N(0, 2 / C_T) and a BN
+  at 1 and 0 (OFD's `build_feature_connector`, AB's connection layers)."""
+  import math
+
+  import jax
+
+  std = math.sqrt(2.0 / teacher_channels)
+  kernel = std * jax.random.normal(rng, (1, 1, student_channels, teacher_channels))
+  return {"conv": kernel, "bn": batch_norm_params(teacher_channels)}
+
+
+def connect(params, x):
+  """A connector (`connector_init`) applied to the student's map, its BN in training mode."""
+  return batch_norm_train(conv_same(x.astype(params["conv"].dtype), params["conv"]), params["bn"])
+
+
+def distiller_stage(
+  ctx, name, cfg, captures, term, heads=None, warmup=None, teachers_train=False, pass_teaching=False, **fields
+):
+  """One stage of H(y, P_S) + `cfg.weight`·term(student features, teacher features, head params), the
+  term scaled by `warmup(step)` when given (logged as `warmup`).
 
   `captures` is (student layer names, {teacher role: its layer names}); `term` receives the captured
   dicts. `heads(rng)`, when given, initialises the trained modules beside the student (CC's
   embeddings, VID's regressors: mdistiller's "extra parameters"), kept under params["distiller"],
-  trained by the stage's optimizer and left behind at its end. The teachers run in inference mode.
-  `fields` sets other Stage fields (FT's `init` and `labels`, which carry its trained paraphraser in)."""
+  trained by the stage's optimizer and left behind at its end. The teachers run in inference mode, or
+  with `teachers_train` in training mode (OFD's authors); with `pass_teaching` `term` also receives the
+  teachers' variables as `teaching=` (OFD's margins). `fields` sets other Stage fields (FT's `init` and
+  `labels`, which carry its trained paraphraser in)."""
   from fitnets_jax import losses, teachers
   from fitnets_jax.network import forward
 
@@ -475,11 +551,21 @@ def distiller_stage(ctx, name, cfg, captures, term, heads=None, **fields):
     logits, s_feats, stats = forward(
       student, params["student"], batch_stats["student"], x, True, rng, capture=student_layers
     )
-    t_feats = teachers.features(ctx, teaching, batch, teacher_layers)
-    value = term(s_feats, t_feats, params.get("distiller"))
+    if teachers_train:
+      import jax
+
+      t_feats = teachers.features(ctx, teaching, batch, teacher_layers, train=True, rng=jax.random.fold_in(rng, 1))
+    else:
+      t_feats = teachers.features(ctx, teaching, batch, teacher_layers)
+    extra = {"teaching": teaching} if pass_teaching else {}
+    value = term(s_feats, t_feats, params.get("distiller"), **extra)
     ce = losses.cross_entropy(logits, y)
     metrics = {"ce": ce, name: value, "accuracy": losses.accuracy(logits, y)}
-    return ce + cfg.weight * value, (metrics, {"student": stats})
+    weight = cfg.weight
+    if warmup is not None:
+      metrics["warmup"] = warmup(step)
+      weight = weight * metrics["warmup"]
+    return ce + weight * value, (metrics, {"student": stats})
 
   return ctx.student_stage(name, "student", loss, **{"init": init, "teacher_layers": teacher_layers, **fields})
 

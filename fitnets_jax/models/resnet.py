@@ -34,8 +34,19 @@ def _conv(features, stride, name, kernel=3):
   )
 
 
+class PreActivation(nn.Module):
+  """The identity, named `preact` where a block adds its branches before the ReLU: the sum becomes a
+  layer of its own ("section1/block3/preact"), captured like any other (OFD's and ReviewKD's teacher
+  features, RepDistiller's and mdistiller's `preact=True`). It has no parameters and computes nothing."""
+
+  @nn.compact
+  def __call__(self, x):
+    return x
+
+
 class BasicBlock(nn.Module):
-  """Post-activation basic block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))."""
+  """Post-activation basic block: relu(bn(conv(relu(bn(conv(x))))) + shortcut(x)); the sum before the
+  ReLU is the layer `preact`."""
 
   features: int
   stride: int
@@ -46,7 +57,7 @@ class BasicBlock(nn.Module):
     y = _bn(train, "bn2")(_conv(self.features, 1, "conv2")(y))
     if self.stride != 1 or x.shape[-1] != self.features:
       x = _bn(train, "shortcut_bn")(_conv(self.features, self.stride, "shortcut", kernel=1)(x))
-    return jax.nn.relu(x + y)
+    return jax.nn.relu(PreActivation(name="preact")(x + y))
 
 
 class PreActBlock(nn.Module):
