@@ -123,9 +123,8 @@ def ab_stage(ctx, cfg):
     stats = features.merge_prefix(stats, batch_stats["student"], trained)
     return value, ({"ab": value}, {"student": stats})
 
-  return ctx.student_stage(
-    "ab", "hint", loss, init=init, labels=labels, evaluate=False, teacher_layers={"teacher": tuple(t_levels)}
-  )
+  cached = {} if train_teacher else {"teacher": tuple(t_levels)}  # the cache holds inference-mode outputs
+  return ctx.student_stage("ab", "hint", loss, init=init, labels=labels, evaluate=False, teacher_layers=cached)
 
 
 def stages(ctx):

@@ -134,7 +134,8 @@ class Stage:
   learning_rate: Optional[Callable] = None  # stage step -> the rate, logged as `learning_rate`; None: not logged
   evaluation: Optional[Callable] = None
   summarize: Optional[Callable] = None
-  teacher_layers: dict = dataclasses.field(default_factory=dict)  # {role: layers of it the loss reads}
+  # {role: layers of it the loss reads in inference mode}: what the teacher cache may hold.
+  teacher_layers: dict = dataclasses.field(default_factory=dict)
   # What a run saves when this stage is its last (`fitnets_jax.saved`): networks — {role: Network} it
   # trains (empty: the student as `trains`); heads — {name: (the layer it follows, its module)} saved
   # with the `trains` network (BYOT's exits).
@@ -567,7 +568,9 @@ def distiller_stage(
       weight = weight * metrics["warmup"]
     return ce + weight * value, (metrics, {"student": stats})
 
-  return ctx.student_stage(name, "student", loss, **{"init": init, "teacher_layers": teacher_layers, **fields})
+  # The teacher cache holds inference-mode outputs: a teacher in training mode reads none of them.
+  cached = {} if teachers_train else teacher_layers
+  return ctx.student_stage(name, "student", loss, **{"init": init, "teacher_layers": cached, **fields})
 
 
 def feature_pair_stage(ctx, name, cfg, relation, pool=False, heads=None):
