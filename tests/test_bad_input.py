@@ -47,6 +47,7 @@ CASES = [
     r"sp.student_layer='conv99' is not a layer of student.model='digits_student'; valid: .*or '' for the layer",
   ),
   ({"method": "dkd", "dkd.warmup_epochs": 0.0}, r"dkd.warmup_epochs=0.0 must be > 0"),
+  ({"method": "kdsvd"}, r"kdsvd relates consecutive guided layers, so it needs at least two hint pairs; 1 configured"),
   ({"method": "crd", "crd.momentum": 1.0}, r"crd.momentum=1.0 must be in \[0, 1\)"),
   (
     {"method": "reviewkd"},

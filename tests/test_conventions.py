@@ -589,6 +589,44 @@ def test_ab_matches_the_authors_alternative_loss():
 
   for level in (0, 1):
     check(lambda x: ours(level, x), lambda x: reference(level, x), student[level], rtol=1e-5, atol=1e-7)
+def np_kdsvd(student_maps, teacher_maps, k=1):
+  """RD's KDSVD (the authors' TF code, k = 1), from its math: each map as (positions × channels), its SVD's
+  first singular values and right vectors normalised over their first axis (the student keeps k + 3);
+  the teacher's vectors signed so their largest-magnitude entry is positive (our choice: the SVD's own sign
+  is arbitrary); each teacher vector takes the student vector of largest |cos|, times sign(cos); both
+  scaled by the teacher's values; Σ over consecutive pairs of (RBF_S − RBF_T)² / b, RBF = exp(−Δ²/8)."""
+
+  def vectors(f, n):
+    x = f.reshape(f.shape[0], -1, f.shape[-1])
+    _, s, vh = np.linalg.svd(x, full_matrices=False)
+    v = np.swapaxes(vh, 1, 2)[:, :, :n]
+    s = s[:, :n]
+    return s / np.linalg.norm(s, axis=1, keepdims=True), v / np.linalg.norm(v, axis=1, keepdims=True)
+
+  total, previous = 0.0, None
+  for fs, ft in zip(student_maps, teacher_maps):
+    s_t, v_t = vectors(ft, k)
+    top = np.take_along_axis(v_t, np.argmax(np.abs(v_t), axis=1)[:, None, :], axis=1)
+    v_t = v_t * np.sign(top)
+    _, v_s = vectors(fs, k + 3)
+    cos = np.einsum("bci,bcj->bij", v_s, v_t)
+    mask = np.where(np.abs(cos) == np.abs(cos).max(axis=1, keepdims=True), np.sign(cos), 0.0)
+    v_s = np.einsum("bci,bij->bcj", v_s, mask) * s_t[:, None, :]
+    v_t = v_t * s_t[:, None, :]
+    if previous is not None:
+      rbf = lambda a, b: np.exp(-((a[:, :, None, :] - b[:, None, :, :]) ** 2) / 8)
+      total += np.sum((rbf(v_s, previous[0]) - rbf(v_t, previous[1])) ** 2) / len(fs)
+    previous = (v_s, v_t)
+  return total
+
+
+def test_kdsvd_matches_repdistillers_kdsvd():
+  from fitnets_jax.methods import kdsvd
+
+  s1, t1 = RNG.normal(size=(2, 4, 4, 5)), RNG.normal(size=(2, 4, 4, 5))
+  s2, t2 = RNG.normal(size=(2, 2, 2, 6)), RNG.normal(size=(2, 2, 2, 6))
+  ours = lambda f: kdsvd.kdsvd_loss([f, jnp.asarray(s2, jnp.float32)], [t1, t2])
+  check(ours, lambda f: np_kdsvd([f, s2], [t1, t2]), s1, rtol=1e-4, atol=1e-6)
 
 
 def test_relation_losses_stay_finite_on_an_all_zero_feature_row():

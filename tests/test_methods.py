@@ -306,6 +306,7 @@ CATALOGUE_TERMS = {  # each catalogue method and the terms it logs
   "reviewkd": ("reviewkd",),
   "ofd": ("ofd",),
   "ab": ("ab",),
+  "kdsvd": ("kdsvd",),
 }
 STAGES = {"ft": ["paraphraser", "ft"], "ab": ["ab", "kd"]}  # the two-stage methods; the others train one stage
 
