@@ -58,7 +58,7 @@ CASES = [
       "method": "ofd",
       "teacher.model": "digits_resnet20",
       "student.model": "digits_resnet8",
-      "ofd.teacher_layers": ["section1"],
+      "ofd.teacher_layers": ["section1", "section2", "section3"],
     },
     r"OFD's level 'section1' of teacher.model='digits_resnet20' is not a post-activation block's `preact` after a BN",
   ),

@@ -589,6 +589,8 @@ def test_ab_matches_the_authors_alternative_loss():
 
   for level in (0, 1):
     check(lambda x: ours(level, x), lambda x: reference(level, x), student[level], rtol=1e-5, atol=1e-7)
+
+
 def np_kdsvd(student_maps, teacher_maps, k=1):
   """RD's KDSVD (the authors' TF code, k = 1), from its math: each map as (positions × channels), its SVD's
   first singular values and right vectors normalised over their first axis (the student keeps k + 3);

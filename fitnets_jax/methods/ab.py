@@ -77,16 +77,9 @@ def ab_stage(ctx, cfg):
   from fitnets_jax import features, teachers
   from fitnets_jax.network import forward
 
-  student, teacher = ctx.student, ctx.teacher
-  s_levels = shared.section_levels(student, "student", "ab.student_layers", cfg.student_layers, preact=True)
-  t_levels = shared.section_levels(teacher, "teacher", "ab.teacher_layers", cfg.teacher_layers, preact=True)
-  check(
-    len(s_levels) == len(t_levels),
-    f"AB pairs levels one to one, but the student has {len(s_levels)} ({', '.join(s_levels)}) and the teacher "
-    f"{len(t_levels)} ({', '.join(t_levels)}); list as many in ab.student_layers as in ab.teacher_layers.",
-  )
-  by_name = {**{("s", l.name): l for l in student.layers}, **{("t", l.name): l for l in teacher.layers}}
-  pairs = [(by_name["s", s], by_name["t", t]) for s, t in zip(s_levels, t_levels)]
+  student = ctx.student
+  pairs = shared.level_pairs(ctx, "ab", cfg, "AB")
+  s_levels, t_levels = [s.name for s, _ in pairs], [t.name for _, t in pairs]
   for s, t in pairs:
     check(
       len(s.shape) == 3 and s.shape[:2] == t.shape[:2],

@@ -97,18 +97,10 @@ def ofd_stage(ctx):
 
   cfg = ctx.config.ofd
   one_of("ofd.teacher_mode", cfg.teacher_mode, TEACHER_MODES)
-  student, teacher = ctx.student, ctx.teacher
-  s_levels = shared.section_levels(student, "student", "ofd.student_layers", cfg.student_layers, preact=True)
-  t_levels = shared.section_levels(teacher, "teacher", "ofd.teacher_layers", cfg.teacher_layers, preact=True)
-  margin_layers(student, "student", s_levels)
-  t_bns = margin_layers(teacher, "teacher", t_levels)
-  check(
-    len(s_levels) == len(t_levels),
-    f"OFD pairs levels one to one, but the student has {len(s_levels)} ({', '.join(s_levels)}) and the teacher "
-    f"{len(t_levels)} ({', '.join(t_levels)}); list as many in ofd.student_layers as in ofd.teacher_layers.",
-  )
-  by_name = {**{("s", l.name): l for l in student.layers}, **{("t", l.name): l for l in teacher.layers}}
-  pairs = [(by_name["s", s], by_name["t", t]) for s, t in zip(s_levels, t_levels)]
+  pairs = shared.level_pairs(ctx, "ofd", cfg, "OFD")
+  s_levels, t_levels = [s.name for s, _ in pairs], [t.name for _, t in pairs]
+  margin_layers(ctx.student, "student", s_levels)
+  t_bns = margin_layers(ctx.teacher, "teacher", t_levels)
   for s, t in pairs:
     check(
       t.shape[0] % s.shape[0] == 0 and t.shape[1] % s.shape[1] == 0,

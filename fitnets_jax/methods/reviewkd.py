@@ -145,8 +145,6 @@ def review(params, student_maps, out_sizes):
 def reviewkd_stage(ctx):
   import jax.numpy as jnp
 
-  from fitnets_jax import features
-
   cfg = ctx.config.reviewkd
   check(cfg.warmup_epochs > 0, f"reviewkd.warmup_epochs={cfg.warmup_epochs!r} must be > 0 (a tiny value: no warm-up).")
   check(
@@ -157,18 +155,10 @@ def reviewkd_stage(ctx):
     f"reviewkd.max_mid_channels={cfg.max_mid_channels!r} must be an integer > 0.",
   )
   student, teacher = ctx.student, ctx.teacher
-  s_levels = shared.section_levels(
-    student, "student", "reviewkd.student_layers", cfg.student_layers, cfg.student_preact
-  )
-  t_levels = shared.section_levels(teacher, "teacher", "reviewkd.teacher_layers", cfg.teacher_layers, preact=True)
-  check(
-    len(s_levels) == len(t_levels),
-    f"ReviewKD pairs levels one to one, but the student has {len(s_levels)} ({', '.join(s_levels)}) and the teacher "
-    f"{len(t_levels)} ({', '.join(t_levels)}); list as many in reviewkd.student_layers as in reviewkd.teacher_layers.",
-  )
+  pairs = shared.level_pairs(ctx, "reviewkd", cfg, "ReviewKD", cfg.student_preact)
+  s_levels, t_levels = [s.name for s, _ in pairs], [t.name for _, t in pairs]
   s_pooled, t_pooled = shared.classifier_input(student), shared.classifier_input(teacher)
-  s_shapes = [features.find_layer(student.layers, n, "reviewkd.student_layers", student.name).shape for n in s_levels]
-  t_shapes = [features.find_layer(teacher.layers, n, "reviewkd.teacher_layers", teacher.name).shape for n in t_levels]
+  s_shapes, t_shapes = [s.shape for s, _ in pairs], [t.shape for _, t in pairs]
   for name, shape in [*zip(s_levels, s_shapes), *zip(t_levels, t_shapes)]:
     check(len(shape) == 3, f"ReviewKD's level {name!r} gives {shape}; a level must be a feature map (h, w, channels).")
   pooled_channels = [

@@ -446,6 +446,23 @@ def section_levels(net, role, key, layers, preact):
   return [features.preactivation(net.layers, o, net.name) for o in outputs] if preact else outputs
 
 
+def level_pairs(ctx, section, cfg, title, student_preact=True):
+  """[(student Layer, teacher Layer)] of a multi-level method, shallow to deep: `cfg.student_layers` and
+  `cfg.teacher_layers` of config section `section`, or each section's output, the teacher's before its
+  ReLU (the student's too with `student_preact`), as many of each."""
+  student, teacher = ctx.student, ctx.teacher
+  s_levels = section_levels(student, "student", f"{section}.student_layers", cfg.student_layers, student_preact)
+  t_levels = section_levels(teacher, "teacher", f"{section}.teacher_layers", cfg.teacher_layers, preact=True)
+  check(
+    len(s_levels) == len(t_levels),
+    f"{title} pairs levels one to one, but the student has {len(s_levels)} ({', '.join(s_levels)}) and the teacher "
+    f"{len(t_levels)} ({', '.join(t_levels)}); list as many in {section}.student_layers as in "
+    f"{section}.teacher_layers.",
+  )
+  s_layers, t_layers = {l.name: l for l in student.layers}, {l.name: l for l in teacher.layers}
+  return [(s_layers[s], t_layers[t]) for s, t in zip(s_levels, t_levels)]
+
+
 def torch_uniform(fan_in):
   """torch.nn.Linear's and Conv2d's default initialiser, U(±1/√fan_in) for the weight (kaiming_uniform
   with a = √5) and the bias alike, as a flax initialiser: the distillers' heads in RepDistiller and
