@@ -289,6 +289,14 @@ def test_layers_report_shows_both_tables_and_the_hint_pair():
   text = layers.report(with_overrides(load_config("multi_teacher_digits"), {"multi_teacher.hint_stage": True}))
   assert "hint: student conv5 (4, 4, 6) → regressor" in text and "→ teacher1 conv2 (4, 4, 64)" in text
   assert "hint:" not in layers.report(load_config("multi_teacher_digits"))
+  # A multi-level method's record names the levels it reads, pre-activations included.
+  assert layers.report(load_config("ofd_digits")).endswith(
+    "ofd levels (student → teacher): section1/block1/preact → section1/block3/preact, "
+    "section2/block1/preact → section2/block3/preact, section3/block1/preact → section3/block3/preact"
+  )
+  assert "reviewkd levels (student → teacher): section1 → section1/block3/preact" in layers.report(
+    load_config("reviewkd_digits")
+  )
 
 
 @pytest.mark.parametrize(

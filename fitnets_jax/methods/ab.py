@@ -71,6 +71,10 @@ def boundary_loss(student_maps, teacher_maps, connectors, margin):
   return total
 
 
+def levels(config, student, teacher):
+  return shared.level_pairs(student, teacher, "ab", config.ab, "AB")
+
+
 def ab_stage(ctx, cfg):
   import jax
 
@@ -78,7 +82,7 @@ def ab_stage(ctx, cfg):
   from fitnets_jax.network import forward
 
   student = ctx.student
-  pairs = shared.level_pairs(ctx, "ab", cfg, "AB")
+  pairs = levels(ctx.config, student, ctx.teacher)
   s_levels, t_levels = [s.name for s, _ in pairs], [t.name for _, t in pairs]
   for s, t in pairs:
     check(
@@ -136,4 +140,5 @@ METHOD = Method(
   defaults=defaults,
   uses_hint_pairs=lambda config: bool(config.ab.kd and config.kd.attention),
   first_stages=("ab",),
+  levels=levels,
 )

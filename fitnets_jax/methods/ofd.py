@@ -90,6 +90,10 @@ def margin_layers(net, role, levels):
   return bns
 
 
+def levels(config, student, teacher):
+  return shared.level_pairs(student, teacher, "ofd", config.ofd, "OFD")
+
+
 def ofd_stage(ctx):
   import jax
 
@@ -97,7 +101,7 @@ def ofd_stage(ctx):
 
   cfg = ctx.config.ofd
   one_of("ofd.teacher_mode", cfg.teacher_mode, TEACHER_MODES)
-  pairs = shared.level_pairs(ctx, "ofd", cfg, "OFD")
+  pairs = levels(ctx.config, ctx.student, ctx.teacher)
   s_levels, t_levels = [s.name for s, _ in pairs], [t.name for _, t in pairs]
   margin_layers(ctx.student, "student", s_levels)
   t_bns = margin_layers(ctx.teacher, "teacher", t_levels)
@@ -129,4 +133,4 @@ def ofd_stage(ctx):
   return shared.distiller_stage(ctx, "ofd", cfg, captures, term, heads, teachers_train=train, pass_teaching=True)
 
 
-METHOD = Method(name="ofd", stages=lambda ctx: [ofd_stage(ctx)], teachers="one", defaults=defaults)
+METHOD = Method(name="ofd", stages=lambda ctx: [ofd_stage(ctx)], teachers="one", defaults=defaults, levels=levels)

@@ -51,6 +51,9 @@ class Method:
     (BYOT's exit heads), for the layers report.
   first_stages: the names of its stages that `stages.hint` configures (a first stage before the
     student's last: FSP's `fsp`, FT's `paraphraser`); FitNets' `hint…` stages always are.
+  levels: (config, student Network, teacher Network) -> [(student Layer, teacher Layer)] of a method
+    that reads several levels of both networks, pre-activation ones included (ReviewKD, OFD, AB), which
+    `python -m fitnets_jax.tools.layers` then lists; None: none.
   """
 
   name: str
@@ -62,6 +65,7 @@ class Method:
   uses_hint_pairs: Callable = _no_hint_pairs
   extra_networks: Optional[Callable] = None
   first_stages: tuple = ()
+  levels: Optional[Callable] = None
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name.isidentifier():

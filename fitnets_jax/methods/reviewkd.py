@@ -142,6 +142,12 @@ def review(params, student_maps, out_sizes):
   return outputs
 
 
+def levels(config, student, teacher):
+  """The map levels; the pooled features (the layer each classifier reads, averaged) follow them."""
+  cfg = config.reviewkd
+  return shared.level_pairs(student, teacher, "reviewkd", cfg, "ReviewKD", cfg.student_preact)
+
+
 def reviewkd_stage(ctx):
   import jax.numpy as jnp
 
@@ -155,7 +161,7 @@ def reviewkd_stage(ctx):
     f"reviewkd.max_mid_channels={cfg.max_mid_channels!r} must be an integer > 0.",
   )
   student, teacher = ctx.student, ctx.teacher
-  pairs = shared.level_pairs(ctx, "reviewkd", cfg, "ReviewKD", cfg.student_preact)
+  pairs = levels(ctx.config, student, teacher)
   s_levels, t_levels = [s.name for s, _ in pairs], [t.name for _, t in pairs]
   s_pooled, t_pooled = shared.classifier_input(student), shared.classifier_input(teacher)
   s_shapes, t_shapes = [s.shape for s, _ in pairs], [t.shape for _, t in pairs]
@@ -193,4 +199,6 @@ def reviewkd_stage(ctx):
   return shared.distiller_stage(ctx, "reviewkd", cfg, captures, term, heads, warmup=warmup)
 
 
-METHOD = Method(name="reviewkd", stages=lambda ctx: [reviewkd_stage(ctx)], teachers="one", defaults=defaults)
+METHOD = Method(
+  name="reviewkd", stages=lambda ctx: [reviewkd_stage(ctx)], teachers="one", defaults=defaults, levels=levels
+)

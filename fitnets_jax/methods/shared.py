@@ -446,11 +446,10 @@ def section_levels(net, role, key, layers, preact):
   return [features.preactivation(net.layers, o, net.name) for o in outputs] if preact else outputs
 
 
-def level_pairs(ctx, section, cfg, title, student_preact=True):
+def level_pairs(student, teacher, section, cfg, title, student_preact=True):
   """[(student Layer, teacher Layer)] of a multi-level method, shallow to deep: `cfg.student_layers` and
   `cfg.teacher_layers` of config section `section`, or each section's output, the teacher's before its
-  ReLU (the student's too with `student_preact`), as many of each."""
-  student, teacher = ctx.student, ctx.teacher
+  ReLU (the student's too with `student_preact`), as many of each. A method's `Method.levels`."""
   s_levels = section_levels(student, "student", f"{section}.student_layers", cfg.student_layers, student_preact)
   t_levels = section_levels(teacher, "teacher", f"{section}.teacher_layers", cfg.teacher_layers, preact=True)
   check(

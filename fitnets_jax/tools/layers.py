@@ -46,6 +46,9 @@ def report(config):
     if net.sections:
       lines.append("sections (input → output): " + ", ".join(f"{a} → {b}" for a, b in net.sections))
     lines.append("")
+  if method.levels is not None:
+    pairs = method.levels(config, student, next(iter(teachers.values())))
+    lines.append(f"{config.method} levels (student → teacher): " + ", ".join(f"{s.name} → {t.name}" for s, t in pairs))
   if method.uses_hint_pairs(config):
     for pair in hints.pairs(config, student, teachers):
       where = f"student {pair.guided.name} {pair.guided.shape}"
