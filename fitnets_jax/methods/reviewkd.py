@@ -25,7 +25,6 @@ fusion modules train with the student and are left behind.
 import math
 
 import ml_collections
-import numpy as np
 
 from fitnets_jax.errors import check
 from fitnets_jax.methods import shared
@@ -55,6 +54,8 @@ def defaults():
 
 def nearest_indices(size_in, size_out):
   """torch's F.interpolate(mode='nearest') source indices along one axis: ⌊i·in/out⌋."""
+  import numpy as np
+
   return np.minimum(np.floor(np.arange(size_out) * (size_in / size_out)).astype(np.int64), size_in - 1)
 
 
