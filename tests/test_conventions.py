@@ -47,7 +47,9 @@ def numeric_grad(f, x, h=1e-6):
 
 
 def check(ours, reference, x, factor=1.0, rtol=1e-5, atol=1e-7):
-  """ours(x) == factor · reference(x) in value, and their gradients in x agree at that factor."""
+  """ours(x) == factor · reference(x) in value, and their gradients in x agree at that factor (ours
+  compiled once: value and gradient each a single XLA program, not dozens of op-by-op ones)."""
+  ours = jax.jit(ours)
   x32 = jnp.asarray(x, jnp.float32)
   np.testing.assert_allclose(float(ours(x32)), factor * reference(np.asarray(x, np.float64)), rtol=rtol, atol=atol)
   np.testing.assert_allclose(np.asarray(jax.grad(ours)(x32)), factor * numeric_grad(reference, x), rtol=1e-3, atol=1e-6)
