@@ -7,12 +7,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as the command line starts TensorFlow (fitnets_jax.main)
 # One compilation cache for both workers and every subprocess (restarted runs, notebook kernels): the
-# many tests that compile the same small steps compile them once.
+# many tests that compile the same small steps compile them once. Every program is kept, however fast
+# it compiled: the suite's ~200 runs repeat the same initialisations, evaluations and steps (8 % less
+# time on the catalogue tests than with a 0.3 s floor).
 os.environ.setdefault(
   "JAX_COMPILATION_CACHE_DIR",
   os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax_compilation_cache"),
 )
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 from absl import logging  # noqa: E402
