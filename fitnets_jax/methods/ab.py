@@ -129,8 +129,7 @@ def stages(ctx):
   one_of("ab.teacher_mode", cfg.teacher_mode, TEACHER_MODES)
   check(cfg.weight > 0, f"ab.weight={cfg.weight!r} must be > 0.")
   check(cfg.margin > 0, f"ab.margin={cfg.margin!r} must be > 0 (the authors' 1).")
-  second = shared.kd_stage(ctx) if cfg.kd else shared.supervised_stage(ctx, "ce", ctx.student, "student", "student")
-  return [ab_stage(ctx, cfg), second]
+  return [ab_stage(ctx, cfg), shared.whole_student_stage(ctx, cfg.kd)]
 
 
 METHOD = Method(

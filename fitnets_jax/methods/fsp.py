@@ -91,10 +91,7 @@ def fsp_stage(ctx):
 
 
 def stages(ctx):
-  second = (
-    shared.kd_stage(ctx) if ctx.config.fsp.kd else shared.supervised_stage(ctx, "ce", ctx.student, "student", "student")
-  )
-  return [fsp_stage(ctx), second]
+  return [fsp_stage(ctx), shared.whole_student_stage(ctx, ctx.config.fsp.kd)]
 
 
 METHOD = Method(

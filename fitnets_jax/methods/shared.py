@@ -348,6 +348,12 @@ def kd_stage(ctx, name="kd"):
   return ctx.student_stage(name, "student", loss, teacher_layers=by_teacher)
 
 
+def whole_student_stage(ctx, kd):
+  """The stage that trains the whole student after a first stage on part of it (FSP, AB): the KD loss
+  (`kd_stage`, stage `kd`) with `kd`, else cross-entropy on the labels alone (stage `ce`)."""
+  return kd_stage(ctx) if kd else supervised_stage(ctx, "ce", ctx.student, "student", "student")
+
+
 def hint_stage(ctx, name, pairs):
   """Trains the student up to the deepest guided layer of `pairs` (and their regressors) on their losses."""
   import jax
