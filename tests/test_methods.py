@@ -346,7 +346,13 @@ def test_catalogue_methods_give_the_same_numbers_on_one_and_four_devices_and_res
   # cancellation multiplies the features' relative last-bit differences (XLA's convolutions block a
   # per-device batch of 8 and one of 32 differently) by about (0.61 + 0.69 + 1.19) / 0.11 ≈ 22
   # (measured: 2e-5 at the first step).
-  assert_same_numbers(runs[1], runs[4], first_step_rtol=1e-4 if method == "nst" else FIRST_STEP_RTOL)
+  # AB's and OFD's losses switch at a teacher pre-activation of exactly 0 ((s + μ)² against (s − μ)²;
+  # (s − t)² counted or not). Their teacher runs in training mode, so its batch statistics, and every
+  # feature, differ across device counts by reassociated sums (≈ 1e-7): an element that close to 0 flips
+  # its term, a jump of ≈ 4e-4 of AB's loss and ≈ 1e-5 of OFD's. With ~29k teacher values a step the
+  # chance is ≈ 0.2 % a run (none seen here), so their first step holds to 1e-3; later steps to 1e-2.
+  first_step_rtol = {"nst": 1e-4, "ab": 1e-3, "ofd": 1e-3}.get(method, FIRST_STEP_RTOL)
+  assert_same_numbers(runs[1], runs[4], first_step_rtol=first_step_rtol)
   train_records = [r for r in runs[1] if r["split"] == "train" and r["stage"] == method]
   terms = CATALOGUE_TERMS[method]
   logged = 3 if STAGES.get(method, [None])[0] == method else 6  # AB's first stage runs stages.hint's 3 steps
