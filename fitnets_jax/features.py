@@ -144,7 +144,7 @@ def find_layer(layers, name, key, model_name):
 def preactivation(layers, name, model_name):
   """The name of layer `name`'s output before its final ReLU: the layer itself where it ends linearly (a
   pre-activation ResNet's section), else the last `…/preact` inside it (a post-activation block's sum,
-  `models.resnet.PreActivation`). RepDistiller's and mdistiller's `preact=True` features."""
+  `models.layers.PreActivation`). RepDistiller's and mdistiller's `preact=True` features."""
   layer = find_layer(layers, name, "layer", model_name)
   if layer.nonlinearity == "linear":
     return name

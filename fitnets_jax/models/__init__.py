@@ -16,8 +16,13 @@
 | resnetD, resnetDxW | CIFAR ResNet-D (D = 6n+2: 8, 14, 20, 26, 32, 56, 110, …), sections 16W/32W/64W |
 | wrn_D_K | wide ResNet WRN-D-K (D = 6n+4), pre-activation, sections 16K/32K/64K |
 | digits_resnetD | ResNet-D for 8×8 digits: sections 8/16/32 |
-| resnet10, resnet18, resnet34 | four-section ResNet (CIFAR form: 3×3 stem, no max-pool), sections 64/128/256/512 |
+| resnet10, resnet18, resnet34, resnet50 | four-section ResNet (CIFAR form: 3×3 stem, no max-pool), sections 64/128/256/512 (×4 out of ResNet-50's bottlenecks) |
+| ResNet18, ResNet34, ResNet50 | the same, under RepDistiller's names |
 | digits_resnet10, digits_resnet18 | the same for 8×8 digits: sections 8/16/32/64 |
+| imagenet_resnet18, imagenet_resnet34, imagenet_resnet50 | torchvision's ImageNet ResNets: 7×7 stride-2 stem and max-pool |
+| vgg8, vgg11, vgg13, vgg16, vgg19 | RepDistiller's CIFAR VGGs with batch norm |
+| MobileNetV2 | RepDistiller's CIFAR MobileNetV2 (T = 6, width ×0.5) |
+| ShuffleV1, ShuffleV2 | RepDistiller's CIFAR ShuffleNets (V1 groups 3, V2 ×1) |
 """
 
 import dataclasses
@@ -26,9 +31,12 @@ import re
 
 import flax.linen as nn
 
-from fitnets_jax.errors import FitnetsError, named_attribute
+from fitnets_jax.errors import FitnetsError, check, named_attribute
 from fitnets_jax.models.maxout import ConvSpec, MaxoutNet
+from fitnets_jax.models.mobilenetv2 import MobileNetV2
 from fitnets_jax.models.resnet import FOUR_SECTION_BLOCKS, four_section_resnet, resnet, wide_resnet
+from fitnets_jax.models.shufflenet import shufflenet_v1, shufflenet_v2
+from fitnets_jax.models.vgg import VGG_WIDTHS, vgg
 
 PAPER_INIT = 0.005  # U(±0.005), FitNets §4 / maxout paper
 
@@ -106,9 +114,19 @@ _SPECS = {
   ),
 }
 
-MODEL_NAMES = tuple(_SPECS)
+# The CIFAR-100 zoo of RepDistiller's model_dict (CRD, ReviewKD and DKD's tables) beyond the ResNet
+# families, and torchvision's ImageNet ResNets: name → factory(num_classes).
+ZOO = {
+  **{f"vgg{d}": (lambda d: lambda n: vgg(d, n))(d) for d in VGG_WIDTHS},
+  "MobileNetV2": lambda n: MobileNetV2(n),
+  "ShuffleV1": shufflenet_v1,
+  "ShuffleV2": shufflenet_v2,
+  **{f"ResNet{d}": (lambda d: lambda n: four_section_resnet(d, n))(d) for d in (18, 34, 50)},
+  **{f"imagenet_resnet{d}": (lambda d: lambda n: four_section_resnet(d, n, imagenet=True))(d) for d in (18, 34, 50)},
+}
+MODEL_NAMES = tuple(_SPECS) + tuple(ZOO)
 FAMILIES = (
-  "resnetD or resnetDxW (D = 6n+2, e.g. resnet8, resnet26, resnet32x4), resnet10/18/34 (four sections), "
+  "resnetD or resnetDxW (D = 6n+2, e.g. resnet8, resnet26, resnet32x4), resnet10/18/34/50 (four sections), "
   "wrn_D_K (D = 6n+4, e.g. wrn_16_2), digits_resnetD, digits_thin_D or digits_macs_D (D = 5 … 41, e.g. "
   "digits_thin_11)"
 )
@@ -257,6 +275,12 @@ def get_model(name, num_classes, dropout=0.0, key="model", input_dropout=()):
     raise FitnetsError(f"{section}.dropout={dropout!r} must be in [0, 1).")
   if ":" in name and not input_dropout:
     return custom_model(name, num_classes, dropout, key)
+  if name in ZOO:
+    check(
+      not dropout and not input_dropout,
+      f"{section}.dropout={dropout!r}: {name} has no dropout (as in its reference definition); use 0.",
+    )
+    return ZOO[name](num_classes)
   model = _resnet(name, num_classes, dropout, key)
   spec = _SPECS.get(name) or _thin(name, key)
   if model is None and spec is None:

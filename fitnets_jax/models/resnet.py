@@ -17,31 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-def _bn(train, name):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
-
-
-def _conv(features, stride, name, kernel=3):
-  return nn.Conv(
-    features,
-    (kernel, kernel),
-    (stride, stride),
-    padding=[(kernel // 2, kernel // 2)] * 2,
-    use_bias=False,
-    kernel_init=nn.initializers.he_normal(),
-    name=name,
-  )
-
-
-class PreActivation(nn.Module):
-  """The identity, named `preact` where a block adds its branches before the ReLU: the sum becomes a
-  layer of its own ("section1/block3/preact"), captured like any other (OFD's and ReviewKD's teacher
-  features, RepDistiller's and mdistiller's `preact=True`). It has no parameters and computes nothing."""
-
-  @nn.compact
-  def __call__(self, x):
-    return x
+from fitnets_jax.models.layers import PreActivation, batch_norm, conv
 
 
 class BasicBlock(nn.Module):
@@ -53,10 +29,29 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    y = jax.nn.relu(_bn(train, "bn1")(_conv(self.features, self.stride, "conv1")(x)))
-    y = _bn(train, "bn2")(_conv(self.features, 1, "conv2")(y))
+    y = jax.nn.relu(batch_norm(train, "bn1")(conv(self.features, self.stride, "conv1")(x)))
+    y = batch_norm(train, "bn2")(conv(self.features, 1, "conv2")(y))
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = _bn(train, "shortcut_bn")(_conv(self.features, self.stride, "shortcut", kernel=1)(x))
+      x = batch_norm(train, "shortcut_bn")(conv(self.features, self.stride, "shortcut", kernel=1)(x))
+    return jax.nn.relu(PreActivation(name="preact")(x + y))
+
+
+class Bottleneck(nn.Module):
+  """Post-activation bottleneck (He et al. 2016, Fig. 5 right; the stride on the 3×3 conv, as torchvision and
+  RepDistiller): relu(bn(conv1×1(relu(bn(conv3×3(relu(bn(conv1×1(x))))))) + shortcut(x)), 4×`features` out."""
+
+  features: int
+  stride: int
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    y = jax.nn.relu(batch_norm(train, "bn1")(conv(self.features, 1, "conv1", kernel=1)(x)))
+    y = jax.nn.relu(batch_norm(train, "bn2")(conv(self.features, self.stride, "conv2")(y)))
+    out = self.features * self.expansion
+    y = batch_norm(train, "bn3")(conv(out, 1, "conv3", kernel=1)(y))
+    if self.stride != 1 or x.shape[-1] != out:
+      x = batch_norm(train, "shortcut_bn")(conv(out, self.stride, "shortcut", kernel=1)(x))
     return jax.nn.relu(PreActivation(name="preact")(x + y))
 
 
@@ -69,14 +64,14 @@ class PreActBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    a = jax.nn.relu(_bn(train, "bn1")(x))
-    y = _conv(self.features, self.stride, "conv1")(a)
-    y = jax.nn.relu(_bn(train, "bn2")(y))
+    a = jax.nn.relu(batch_norm(train, "bn1")(x))
+    y = conv(self.features, self.stride, "conv1")(a)
+    y = jax.nn.relu(batch_norm(train, "bn2")(y))
     if self.dropout:
       y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    y = _conv(self.features, 1, "conv2")(y)
+    y = conv(self.features, 1, "conv2")(y)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = _conv(self.features, self.stride, "shortcut", kernel=1)(a)
+      x = conv(self.features, self.stride, "shortcut", kernel=1)(a)
     return x + y
 
 
@@ -88,6 +83,7 @@ class Section(nn.Module):
   stride: int
   preact: bool = False
   dropout: float = 0.0
+  bottleneck: bool = False
 
   @property
   def nonlinearity(self):
@@ -97,18 +93,22 @@ class Section(nn.Module):
   def __call__(self, x, train=False):
     for i in range(self.blocks):
       stride = self.stride if i == 0 else 1
-      block = (
-        PreActBlock(self.features, stride, self.dropout, name=f"block{i + 1}")
-        if self.preact
-        else BasicBlock(self.features, stride, name=f"block{i + 1}")
-      )
+      name = f"block{i + 1}"
+      if self.preact:
+        block = PreActBlock(self.features, stride, self.dropout, name=name)
+      else:
+        block = (Bottleneck if self.bottleneck else BasicBlock)(self.features, stride, name=name)
       x = block(x, train)
     return x
 
 
 class Stem(nn.Module):
+  """A 3×3 conv (+ BN-ReLU unless pre-activation); with `imagenet`, He et al.'s 7×7 stride-2 conv, BN-ReLU
+  and a 3×3 stride-2 max-pool (torchvision's ResNets)."""
+
   features: int
   preact: bool = False
+  imagenet: bool = False
 
   @property
   def nonlinearity(self):
@@ -116,8 +116,11 @@ class Stem(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    x = _conv(self.features, 1, "conv")(x)
-    return x if self.preact else jax.nn.relu(_bn(train, "bn")(x))
+    x = conv(self.features, 2 if self.imagenet else 1, "conv", kernel=7 if self.imagenet else 3)(x)
+    if self.preact:
+      return x
+    x = jax.nn.relu(batch_norm(train, "bn")(x))
+    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1))) if self.imagenet else x
 
 
 class ResNet(nn.Module):
@@ -129,6 +132,8 @@ class ResNet(nn.Module):
   stem_width: int = 16
   preact: bool = False
   dropout: float = 0.0  # wide ResNets: between the two convs of each block
+  bottleneck: bool = False  # ResNet-50's blocks (4× expansion)
+  imagenet_stem: bool = False  # 7×7 stride-2 conv and max-pool
 
   @property
   def sections(self):
@@ -137,29 +142,39 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    x = Stem(self.stem_width, self.preact, name="stem")(x, train)
+    x = Stem(self.stem_width, self.preact, self.imagenet_stem, name="stem")(x, train)
     counts = self.blocks if isinstance(self.blocks, tuple) else (self.blocks,) * len(self.widths)
     for i, (width, count) in enumerate(zip(self.widths, counts)):
-      x = Section(width, count, 1 if i == 0 else 2, self.preact, self.dropout, name=f"section{i + 1}")(x, train)
+      section = Section(width, count, 1 if i == 0 else 2, self.preact, self.dropout, self.bottleneck, name=f"section{i + 1}")
+      x = section(x, train)
     if self.preact:
-      x = jax.nn.relu(_bn(train, "final_bn")(x))
+      x = jax.nn.relu(batch_norm(train, "final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="logits")(x)
 
 
 def resnet(depth, num_classes, width=1, base=16, dropout=0.0):
-  """ResNet-depth (depth = 6n+2) with sections of base·w, 2·base·w, 4·base·w channels."""
+  """ResNet-depth (depth = 6n+2) with sections of base·w, 2·base·w, 4·base·w channels after a stem of
+  base·max(1, w/2): RepDistiller's resnet8x4 and resnet32x4 have a 32-channel stem and 64/128/256 sections."""
+  stem = base * max(1, width // 2)
+  return ResNet(num_classes, (depth - 2) // 6, tuple(base * width * m for m in (1, 2, 4)), stem, dropout=dropout)
+
+
+FOUR_SECTION_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
+
+
+def four_section_resnet(depth, num_classes, base=64, imagenet=False):
+  """ResNet-10/18/34/50 (He et al. 2016, Table 1): sections of base·(1, 2, 4, 8) channels (×4 out of
+  ResNet-50's bottlenecks); for small images (3×3 stem, no max-pool), or with `imagenet` torchvision's
+  7×7 stride-2 stem and max-pool."""
   return ResNet(
-    num_classes, (depth - 2) // 6, tuple(base * width * m for m in (1, 2, 4)), base * width, dropout=dropout
+    num_classes,
+    FOUR_SECTION_BLOCKS[depth],
+    tuple(base * m for m in (1, 2, 4, 8)),
+    base,
+    bottleneck=depth == 50,
+    imagenet_stem=imagenet,
   )
-
-
-FOUR_SECTION_BLOCKS = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
-
-
-def four_section_resnet(depth, num_classes, base=64):
-  """ResNet-10/18/34 (He et al. 2016, Table 1) for small images: sections of base·(1, 2, 4, 8) channels."""
-  return ResNet(num_classes, FOUR_SECTION_BLOCKS[depth], tuple(base * m for m in (1, 2, 4, 8)), base)
 
 
 def wide_resnet(depth, k, num_classes, dropout=0.0):
