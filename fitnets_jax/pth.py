@@ -4,7 +4,7 @@
 `<name>/data/`) or the legacy stream (a magic number, then pickles, then each storage's raw bytes).
 Both hold a pickle whose tensors refer to storages through persistent ids. `load` reads either with
 a restricted unpickler: the only globals it resolves are PyTorch's tensor rebuilders and storage
-types, `collections.OrderedDict`, NumPy scalars and dtypes (not object ones) and `argparse.Namespace`
+types (CPU and CUDA: a GPU's checkpoint loads on the host), `collections.OrderedDict`, NumPy scalars and dtypes (not object ones) and `argparse.Namespace`
 (checkpoints often keep their arguments), each mapped to an inert stand-in; anything else — a
 function, a class of the training code, `os.system` — is refused in one paragraph naming it, before
 it could run. A tensor is a view into its storage whose extent is checked before it is copied out.
@@ -104,7 +104,7 @@ _GLOBALS = {
   ("numpy._core.multiarray", "scalar"): _numpy_scalar,
   ("numpy", "dtype"): _numpy_dtype,
   ("argparse", "Namespace"): Namespace,
-  **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
+  **{(module, name): _StorageType(name) for name in _STORAGE_DTYPES for module in ("torch", "torch.cuda")},
 }
 
 
@@ -134,7 +134,9 @@ def load(path):
     with files.open_path(path, "rb") as f:
       raw = f.read()
   except OSError as e:
-    raise FitnetsError(f"{path}: cannot be read ({type(e).__name__}: {e}); give the path of a PyTorch .pth file.") from None
+    raise FitnetsError(
+      f"{path}: cannot be read ({type(e).__name__}: {e}); give the path of a PyTorch .pth file."
+    ) from None
   try:
     obj = _load_zip(raw) if zipfile.is_zipfile(io.BytesIO(raw)) else _load_legacy(raw)
     return _materialise(obj)

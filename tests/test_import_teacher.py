@@ -61,14 +61,19 @@ def test_an_imported_pytorch_model_gives_torchs_logits(kind):
   assert np.abs(expected["logits"]).max() > 0.1  # the comparison is not between two near-zero arrays
 
 
-def test_the_checkpoint_wrappers_and_formats_are_unwrapped():
+def test_the_checkpoint_wrappers_and_formats_are_unwrapped(tmp_path):
   legacy, _ = fixture("resnet_x4_style")
   with open(legacy, "rb") as f:
-    assert not zipfile.is_zipfile(f)  # torch < 1.6's format, as torch 2 still writes it on request
-  assert set(pth.load(legacy)) == {k for k in pth.load(legacy)} and all(
-    k.startswith("module.") for k in pth.load(legacy)
-  )
-  assert not any(k.startswith("module.") for k in pth.state_dict(pth.load(legacy)))
+    raw = f.read()
+  assert not zipfile.is_zipfile(io.BytesIO(raw))  # torch < 1.6's format, as torch 2 still writes it on request
+  assert all(k.startswith("module.") for k in pth.load(legacy))
+  weights = pth.state_dict(pth.load(legacy))
+  assert not any(k.startswith("module.") for k in weights)
+  # A GPU's checkpoint names CUDA storages (torch.cuda.FloatStorage in the legacy format); it loads on the host.
+  assert raw.count(b"ctorch\nFloatStorage\n") == 1
+  (tmp_path / "gpu.pth").write_bytes(raw.replace(b"ctorch\nFloatStorage\n", b"ctorch.cuda\nFloatStorage\n"))
+  on_gpu = pth.state_dict(pth.load(str(tmp_path / "gpu.pth")))
+  assert list(on_gpu) == list(weights) and all(np.array_equal(on_gpu[k], weights[k]) for k in weights)
   assert set(pth.load(fixture("resnet8")[0])) == {"model", "epoch", "best_acc"}
   assert "state_dict" in pth.load(fixture("wrn")[0]) and "net" in pth.load(fixture("resnet_basic")[0])
   with pytest.raises(FitnetsError, match="no model weights found.*'optimizer'"):
@@ -121,7 +126,9 @@ def test_a_damaged_checkpoint_is_one_paragraph(tmp_path):
 
 def test_a_checkpoint_of_another_architecture_names_the_layers_that_differ(tmp_path):
   path, _ = fixture("resnet8")
-  with pytest.raises(FitnetsError, match=r"has 19 layers \(9 conv, 9 bn, 1 linear\) where the model has 31 .*--model") as e:
+  with pytest.raises(
+    FitnetsError, match=r"has 19 layers \(9 conv, 9 bn, 1 linear\) where the model has 31 .*--model"
+  ) as e:
     import_teacher.import_pytorch(path, "resnet14", str(tmp_path / "t"))
   assert "\n" not in str(e.value)
   with pytest.raises(FitnetsError, match=r"its fc \(linear\) gives params kernel of shape \(64, 10\).*logits"):

@@ -145,7 +145,9 @@ class ResNet(nn.Module):
     x = Stem(self.stem_width, self.preact, self.imagenet_stem, name="stem")(x, train)
     counts = self.blocks if isinstance(self.blocks, tuple) else (self.blocks,) * len(self.widths)
     for i, (width, count) in enumerate(zip(self.widths, counts)):
-      section = Section(width, count, 1 if i == 0 else 2, self.preact, self.dropout, self.bottleneck, name=f"section{i + 1}")
+      section = Section(
+        width, count, 1 if i == 0 else 2, self.preact, self.dropout, self.bottleneck, name=f"section{i + 1}"
+      )
       x = section(x, train)
     if self.preact:
       x = jax.nn.relu(batch_norm(train, "final_bn")(x))
