@@ -2,8 +2,9 @@
 one teacher → student pair of RepDistiller's zoo, trained with those papers' recipe. SGD lr 0.05
 (0.01 for the MobileNetV2 and ShuffleNet students), momentum 0.9, weight decay 5e-4, batch 64, 240
 epochs, lr × 0.1 at epochs 150, 180 and 210, random crop (4-pixel padding) and flip, per-channel
-standardisation. KD is Hinton's with α = 0.9, τ = 4 (RepDistiller's `-r 0.1 -a 0.9`). Methods with a
-first stage (fitnets, ab) spend 20 epochs on it at lr 0.05 before the 240.
+standardisation with their constants (RepDistiller's CIFAR-100 mean and std). KD is Hinton's with
+α = 0.9, τ = 4 (RepDistiller's `-r 0.1 -a 0.9`). Methods with a first stage (fitnets, ab) spend 20
+epochs on it at the student's learning rate, constant, before the 240.
 
 The teacher is imported from its PyTorch checkpoint (docs/teachers.md), e.g.
 
@@ -19,7 +20,7 @@ The teacher is imported from its PyTorch checkpoint (docs/teachers.md), e.g.
 
 import ml_collections
 
-from fitnets_jax.config import base_config, stage_config
+from fitnets_jax.config import NORMALISATIONS, base_config, stage_config
 
 PAIRS = (  # teacher-student, as CRD's Tables 1 and 2 and DKD's tables pair them
   "resnet56-resnet20",
@@ -73,6 +74,7 @@ def get_config(pair="resnet32x4-resnet8x4"):
   c.dataset.name = "cifar100"
   c.dataset.flip = True
   c.dataset.shift = 4
+  c.dataset.mean, c.dataset.std = map(list, NORMALISATIONS["cifar100"])  # what the imported teachers expect
   c.batch_size = 64
   c.eval_batch_size = 1000
   c.log_every_steps = 782  # one epoch of 50,000 / 64

@@ -78,6 +78,14 @@ def maxout_teacher_stage(epochs, learning_rate, momentum_final, conv_lr_scale=0.
   )
 
 
+# Per-channel (mean, std) on [0, 1] pixels that code bases normalise their inputs with: a teacher
+# trained there expects them (`dataset.mean`, `dataset.std`; the import's `--dataset`).
+NORMALISATIONS = {
+  "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),  # RepDistiller, mdistiller, CRD
+  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision
+}
+
+
 def stage_config(epochs, steps=0, **optimizer):
   """A training stage: its length (`steps` wins when > 0) and its own optimizer."""
   return ml_collections.ConfigDict(dict(epochs=float(epochs), steps=steps, optimizer=optimizer_config(**optimizer)))
@@ -121,9 +129,13 @@ def base_config():
       data_dir="",  # TFDS data_dir (local or gs://); "" = TFDS default
       download=False,  # TFDS: never download unless asked
       resize=[],  # TFDS: [height, width] to resize every image to (datasets of varying image sizes)
+      crop="resize",  # how images reach `resize`: resize (bilinear) | imagenet (random-resized crop; test: centre crop)
+      streaming=False,  # TFDS in ArrayRecord files: read the training split by index, never held in memory
       train_split="train",  # e.g. "train+extra" for SVHN
       test_split="test",
       preprocess="standardize",  # standardize | gcn_zca | gcn_lcn | none
+      mean=[],  # standardize: per-channel means on [0, 1] pixels instead of fitted ones (a code base's constants)
+      std=[],  # standardize: per-channel standard deviations, with `mean`
       stats_examples=10000,  # training examples used to fit mean/std or ZCA; 0: all (pylearn2 fits ZCA on all)
       gcn_scale=55.0,
       zca_epsilon=0.1,
@@ -237,8 +249,11 @@ def check(config):
 
 def changed_keys(saved, config):
   """[(key, saved value, value now)] for keys outside SAFE_TO_CHANGE that differ between a saved
-  config.json (a dict) and `config`."""
-  before, now = flatten(saved), flatten(json.loads(config.to_json_best_effort()))
+  config.json (a dict) and `config`. A key the saved config lacks counts as its default there: a key
+  that a later version added changes nothing for a run resumed at its default value."""
+  now = flatten(json.loads(config.to_json_best_effort()))
+  defaults = flatten(json.loads(base_config().to_json_best_effort()))
+  before = {**{k: v for k, v in defaults.items() if k in now}, **flatten(saved)}
   return [
     (k, before.get(k, "unset"), now.get(k, "unset"))
     for k in sorted(set(before) | set(now))

@@ -16,6 +16,14 @@ host and shuffle it in one global order; each host feeds its rows of each global
 × 4 devices and 2 hosts × 2 devices train on the same batches. A TFDS dataset is read per host
 (each its own part of the split, shuffled on its own), so there the global batches depend on the
 host count.
+
+Streaming (`dataset.streaming`, ImageNet scale). A TFDS dataset prepared as ArrayRecord files is
+opened with `tfds.data_source`, which reads any example by its index: nothing of the training split
+is held in memory. The order is the in-memory path's global one (positions shuffled by the epoch's
+seed); each host reads and decodes only the examples of its rows of each global batch, and each
+example's random-resized crop (`dataset.crop='imagenet'`) is drawn from (epoch seed, global batch,
+row). So the global batches do not depend on the host count, and a resumed run sees the batches an
+uninterrupted one would.
 """
 
 import dataclasses
@@ -79,6 +87,9 @@ class Data:
   train_all: Callable = None  # () → the whole training split (every host's), in id order
   global_order: bool = False  # one order over all hosts' examples; each host takes its rows of a batch
   fingerprint: str = ""  # SHA-256 of what identifies the training data (`fingerprint`), the same on every host
+  read_train: Callable = None  # streaming: (tf int64 position) → (encoded image, label) of the training split
+  crop: str = "resize"  # streaming: how a training image reaches image_shape (`dataset.crop`)
+  train_labels: Callable = None  # streaming: () → every training label, in id order
 
   def normalize(self, batch):
     """A float32 [0, 1] tf batch, preprocessed."""
@@ -264,19 +275,79 @@ def image_shape_and_classes(cfg):
   return tfds_info(cfg)
 
 
+CROPS = ("resize", "imagenet")
+CENTRE_FRACTION = 0.875  # the test crop's share of the resized shorter side: 224 of 256
+
+
+def _centre_crop(tf, image, size):
+  """torchvision's Resize(size / 0.875) then CenterCrop(size) of one uint8 image: the shorter side
+  scaled to round(min(size) / 0.875), the other in proportion (truncated), then the centre `size`."""
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  short = tf.cast(round(min(size) / CENTRE_FRACTION), tf.int32)
+  scale = tf.cast(short, tf.float64) / tf.cast(tf.minimum(h, w), tf.float64)
+  new_h = tf.where(h <= w, short, tf.cast(tf.cast(h, tf.float64) * scale, tf.int32))
+  new_w = tf.where(w < h, short, tf.cast(tf.cast(w, tf.float64) * scale, tf.int32))
+  resized = tf.image.resize(image, tf.stack([new_h, new_w]))
+  top = tf.cast(tf.round(tf.cast(new_h - size[0], tf.float32) / 2), tf.int32)
+  left = tf.cast(tf.round(tf.cast(new_w - size[1], tf.float32) / 2), tf.int32)
+  return tf.cast(tf.round(resized[top : top + size[0], left : left + size[1]]), tf.uint8)
+
+
+def _random_resized_crop(tf, image, size, key):
+  """A crop of 8–100 % of the image's area and aspect ratio 3/4–4/3 (10 attempts, then the whole
+  image), resized bilinearly to `size`: torchvision's RandomResizedCrop in TF's stateless form (the
+  op Flax's ImageNet example uses), drawn from `key`."""
+  begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
+    tf.shape(image),
+    bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+    seed=key,
+    min_object_covered=0.0,
+    aspect_ratio_range=(3 / 4, 4 / 3),
+    area_range=(0.08, 1.0),
+    max_attempts=10,
+    use_image_if_no_bounding_boxes=True,
+  )
+  crop = tf.slice(image, begin, extent)
+  return tf.cast(tf.round(tf.image.resize(crop, size)), tf.uint8)
+
+
+def _decode(tf, encoded):
+  image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _sizer(tf, cfg):
+  """ds → ds with every image brought to `dataset.resize` (`dataset.crop`: bilinear, or the centre crop),
+  when it is set; `dataset.crop` checked."""
+  resize = tuple(cfg.resize)
+  one_of("dataset.crop", cfg.crop, CROPS)
+  check(
+    cfg.crop == "resize" or (cfg.streaming and resize),
+    f"dataset.crop={cfg.crop!r} crops each training image at random on its way to dataset.resize, which "
+    "only the streaming path does: set dataset.streaming=True and dataset.resize=[height, width] (e.g. "
+    "[224, 224]), or dataset.crop='resize'.",
+  )
+
+  def sized(ds):
+    if not resize:
+      return ds
+    if cfg.crop == "imagenet":
+      return ds.map(lambda x, y: (_centre_crop(tf, x, resize), y))
+    return ds.map(lambda x, y: (tf.cast(tf.round(tf.image.resize(x, resize)), tf.uint8), y))
+
+  return sized
+
+
 def _tfds(cfg):
   import tensorflow_datasets as tfds
 
   tf = _tf()
   image_shape, num_classes = tfds_info(cfg)
   kwargs = dict(data_dir=cfg.data_dir or None, download=cfg.download, as_supervised=True)
-  resize = tuple(cfg.resize)
-
-  def sized(ds):
-    """Every image resized to `dataset.resize` (bilinear, back to uint8), when it is set."""
-    if not resize:
-      return ds
-    return ds.map(lambda x, y: (tf.cast(tf.round(tf.image.resize(x, resize)), tf.uint8), y))
+  sized = _sizer(tf, cfg)
+  if cfg.streaming:
+    return _tfds_stream(cfg, tf, tfds, image_shape, num_classes, sized)
 
   def load(split, **extra):
     try:
@@ -335,6 +406,75 @@ def _tfds(cfg):
       num_validation=count(validation_split, load(validation_split)[0], info),
       validation=lambda: load(host(validation_split))[0],
     )
+  return spec, sample
+
+
+def _tfds_stream(cfg, tf, tfds, image_shape, num_classes, sized):
+  """The spec of a TFDS dataset read by index from its ArrayRecord files (`dataset.streaming`)."""
+  check(
+    cfg.stats_examples > 0 and not cfg.validation_examples,
+    f"dataset.streaming: dataset.stats_examples={cfg.stats_examples} must be > 0 (fitting the preprocessing "
+    f"on every example would read the whole split) and dataset.validation_examples={cfg.validation_examples} "
+    "must be 0 (hold out a split of the dataset's own instead).",
+  )
+
+  def source(split):
+    try:
+      return tfds.data_source(
+        cfg.name,
+        split=split,
+        data_dir=cfg.data_dir or None,
+        download=cfg.download,
+        decoders={"image": tfds.decode.SkipDecoding()},
+      )
+    except Exception as e:  # noqa: BLE001  (a dataset in TFRecord files only, or missing)
+      where = cfg.data_dir or "the TFDS default data_dir (~/tensorflow_datasets)"
+      raise FitnetsError(
+        f"dataset.streaming: {cfg.name!r}, split {split!r} could not be opened for reading by index in {where} "
+        f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}). Streaming reads ArrayRecord files: "
+        f"prepare them with `tfds build {cfg.name} --file_format=array_record` (or "
+        "tfds.builder(...).download_and_prepare(file_format='array_record')), or set dataset.streaming=False."
+      ) from None
+
+  train, test = source(cfg.train_split), source(cfg.test_split)
+
+  def reader(data_source):
+    def read(position):
+      example = data_source[int(position)]
+      return np.asarray(example["image"], object), np.int32(example["label"])
+
+    def read_tf(position):
+      encoded, label = tf.numpy_function(read, [position], (tf.string, tf.int32), stateful=False)
+      label.set_shape([])
+      return _decode(tf, encoded), label
+
+    return read_tf
+
+  read_train, read_test = reader(train), reader(test)
+  indices = lambda n, first=0, step=1: tf.data.Dataset.range(first, n, step)
+  host = lambda n: indices(n, jax.process_index(), jax.process_count())
+  stats = min(cfg.stats_examples, len(train))
+  sample = np.stack(
+    [x for x, _ in sized(indices(stats).map(read_train)).as_numpy_iterator()]
+  )  # the first examples, centre-cropped as the test images are
+  spec = dict(
+    name=cfg.name,
+    num_classes=num_classes,
+    image_shape=image_shape,
+    num_train=len(train),
+    num_test=len(test),
+    train_examples=None,
+    global_order=True,
+    test=lambda: sized(host(len(test)).map(read_test, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)),
+    train_all=lambda: (
+      sized(indices(len(train)).map(read_train, tf.data.AUTOTUNE, deterministic=True))
+      .enumerate()
+      .map(lambda i, xy: (xy[0], xy[1], tf.cast(i, tf.int32)))
+    ),
+    read_train=read_train,
+    train_labels=lambda: np.array([train[i]["label"] for i in range(len(train))], np.int32),
+    crop=cfg.crop,
+  )
   return spec, sample
 
 
@@ -559,6 +699,8 @@ def labels_by_id(data):
   """The label of every training example, indexed by its id (the batch's "index"), as int32; on
   several hosts that each hold their own examples, gathered from all of them (a collective: every
   host calls it)."""
+  if data.train_examples is None:  # streaming: every host reads the labels by index
+    return data.train_labels()
   _, labels, ids = data.train_examples
   labels, ids = np.asarray(labels, np.int32), np.asarray(ids, np.int64)
   if not data.global_order and jax.process_count() > 1:
@@ -609,6 +751,29 @@ def _augment(tf, images, seed, index, flip, shift, pad_mode="constant", first=0,
   return images
 
 
+def _preprocessed(tf, data, images, seed_e, index, first, total):
+  """A uint8 batch (rows `first`… of a global batch of `total`) as the network's input: normalised, then
+  augmented (`_augment`) from (epoch seed, batch index). Cutout's hole holds what a black image becomes
+  after the preprocessing (the authors' Cutout zeros the image before its Normalize)."""
+  batch = data.normalize(tf.cast(images, tf.float32) / 255.0)
+  if not data.augmented:
+    return batch
+  black = data.normalize(tf.zeros((1,) + tuple(data.image_shape), tf.float32)) if data.augment_cutout else None
+  return _augment(
+    tf,
+    batch,
+    seed_e,
+    index,
+    data.augment_flip,
+    data.augment_shift,
+    data.augment_pad_mode,
+    first=first,
+    total=total,
+    cutout=data.augment_cutout,
+    fill=black,
+  )
+
+
 def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_step=0, shuffle_buffer=50000):
   """Endless numpy batches {image, label, index} for this host, starting at `start_step` of the stage.
 
@@ -621,6 +786,9 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
   50 ms on digits and 130 ms per 4,096 32×32×3 images, a stall of the devices every epoch).
   """
   tf = _tf()
+  if data.read_train is not None:
+    yield from _stream_batches(tf, data, local_batch, steps_per_epoch, seed, stage_index, start_step, shuffle_buffer)
+    return
   images, labels, ids = data.train_examples
   examples = int(labels.shape[0])
   hosts, host = (jax.process_count(), jax.process_index()) if data.global_order else (1, 0)
@@ -634,32 +802,12 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
   first_epoch, offset = divmod(start_step, steps_per_epoch)
   buffer = max(1, min(shuffle_buffer, data.num_train))
 
-  def epoch_order(seed_e, skip):
-    order = tf.data.Dataset.range(examples).shuffle(buffer, seed=seed_e, reshuffle_each_iteration=False)
-    order = order.batch(global_batch, drop_remainder=True).take(steps_per_epoch).enumerate().skip(skip)
-    rows = slice(host * local_batch, (host + 1) * local_batch)
-    return order.map(lambda index, positions: (seed_e, index, positions[rows]))
-
-  # Cutout's hole holds what a black image becomes after the preprocessing (the authors' Cutout zeros the
-  # image before its Normalize).
-  cutout_fill = data.normalize(tf.zeros((1,) + tuple(data.image_shape), tf.float32)) if data.augment_cutout else None
+  positions = _epoch_positions(tf, examples, global_batch, steps_per_epoch, buffer)
+  rows = slice(host * local_batch, (host + 1) * local_batch)
+  epoch_order = lambda seed_e, skip: positions(seed_e, skip).map(lambda s, index, p: (s, index, p[rows]))
 
   def prepare(seed_e, index, positions):
-    batch = data.normalize(tf.cast(tf.gather(images, positions), tf.float32) / 255.0)
-    if data.augmented:
-      batch = _augment(
-        tf,
-        batch,
-        seed_e,
-        index,
-        data.augment_flip,
-        data.augment_shift,
-        data.augment_pad_mode,
-        first=host * local_batch,
-        total=global_batch,
-        cutout=data.augment_cutout,
-        fill=cutout_fill,
-      )
+    batch = _preprocessed(tf, data, tf.gather(images, positions), seed_e, index, host * local_batch, global_batch)
     return {"image": batch, "label": tf.gather(labels, positions), "index": tf.gather(ids, positions)}
 
   for epoch in itertools.count(first_epoch, EPOCHS_PER_PIPELINE):
@@ -667,6 +815,62 @@ def train_batches(data, local_batch, steps_per_epoch, seed, stage_index, start_s
     seeds = np.array([epoch_seed(seed, stage_index, e) for e in epochs], np.int64)
     skips = np.array([offset if e == first_epoch else 0 for e in epochs], np.int64)
     ds = tf.data.Dataset.from_tensor_slices((seeds, skips)).flat_map(epoch_order).prefetch(steps_per_epoch)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
+    yield from ds.as_numpy_iterator()
+
+
+def _epoch_positions(tf, examples, global_batch, steps_per_epoch, buffer):
+  """(seed_e, skip) → the epoch's global batches as (seed_e, batch index, positions), `skip` left out:
+  positions shuffled by the epoch's seed, the same on every host."""
+
+  def order(seed_e, skip):
+    ds = tf.data.Dataset.range(examples).shuffle(buffer, seed=seed_e, reshuffle_each_iteration=False)
+    ds = ds.batch(global_batch, drop_remainder=True).take(steps_per_epoch).enumerate().skip(skip)
+    return ds.map(lambda index, positions: (seed_e, index, positions))
+
+  return order
+
+
+def _stream_batches(tf, data, local_batch, steps_per_epoch, seed, stage_index, start_step, shuffle_buffer):
+  """`train_batches` of a streaming dataset: the global order of the in-memory path; this host reads,
+  decodes and crops the examples of its rows, each crop drawn from (epoch seed, global batch, row)."""
+  hosts, host = jax.process_count(), jax.process_index()
+  global_batch = local_batch * hosts
+  check(
+    data.num_train >= global_batch,
+    f"dataset {data.name!r} has {data.num_train} training examples, fewer than one batch of {global_batch}; "
+    "lower batch_size.",
+  )
+  first_epoch, offset = divmod(start_step, steps_per_epoch)
+  order = _epoch_positions(
+    tf, data.num_train, global_batch, steps_per_epoch, max(1, min(shuffle_buffer, data.num_train))
+  )
+  size = tuple(data.image_shape[:2])
+  rows = tf.range(host * local_batch, (host + 1) * local_batch, dtype=tf.int64)
+
+  def examples(seed_e, index, positions):
+    mine = positions[host * local_batch : (host + 1) * local_batch]
+    n = tf.shape(mine, out_type=tf.int64)[0]
+    return tf.data.Dataset.from_tensor_slices((tf.fill([n], seed_e), tf.fill([n], index), rows, mine))
+
+  def example(seed_e, index, row, position):
+    image, label = data.read_train(position)
+    if data.crop == "imagenet":
+      image = _random_resized_crop(tf, image, size, tf.stack([seed_e, index * global_batch + row]))
+    else:
+      image = tf.cast(tf.round(tf.image.resize(image, size)), tf.uint8)
+    return seed_e, index, image, label, tf.cast(position, tf.int32)
+
+  def prepare(seed_e, index, images, labels, ids):
+    batch = _preprocessed(tf, data, images, seed_e[0], index[0], host * local_batch, global_batch)
+    return {"image": batch, "label": labels, "index": ids}
+
+  for epoch in itertools.count(first_epoch, EPOCHS_PER_PIPELINE):
+    epochs = range(epoch, epoch + EPOCHS_PER_PIPELINE)
+    seeds = np.array([epoch_seed(seed, stage_index, e) for e in epochs], np.int64)
+    skips = np.array([offset if e == first_epoch else 0 for e in epochs], np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((seeds, skips)).flat_map(order).flat_map(examples)
+    ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(local_batch)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2)
     yield from ds.as_numpy_iterator()
 

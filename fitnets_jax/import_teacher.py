@@ -23,15 +23,12 @@ import numpy as np
 from absl import flags, logging
 
 from fitnets_jax import command_line, files, models, pth, saved
+from fitnets_jax.config import NORMALISATIONS
 from fitnets_jax.errors import FitnetsError, check, or_exit
 from fitnets_jax.network import network
 from fitnets_jax.preprocessing import Preprocessing
 
-# Per-channel (mean, std) on [0, 1] pixels that each code base normalises its inputs with.
-NORMALISATION = {
-  "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),  # RepDistiller, mdistiller, CRD
-  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision
-}
+NORMALISATION = NORMALISATIONS  # --dataset → the (mean, std) the teacher was trained with
 SOURCES = ("pytorch",)
 
 

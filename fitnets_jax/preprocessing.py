@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fitnets_jax import files
-from fitnets_jax.errors import FitnetsError, one_of
+from fitnets_jax.errors import FitnetsError, check, one_of
 
 KINDS = ("standardize", "gcn_zca", "gcn_lcn", "none")
 ARRAYS_FILE = "preprocessing.npz"
@@ -135,6 +135,17 @@ def fit(cfg, sample):
   x = sample.astype(np.float64) / 255.0
   if cfg.preprocess == "none":
     return Preprocessing("none")
+  given = [list(cfg.get("mean", [])), list(cfg.get("std", []))]
+  channels = sample.shape[-1]
+  check(
+    given == [[], []]
+    or (cfg.preprocess == "standardize" and all(len(v) == channels for v in given) and min(given[1]) > 0),
+    f"dataset.mean={given[0]!r}, dataset.std={given[1]!r}: give both, one value per channel ({channels}) on [0, 1] "
+    "pixels, std > 0, with dataset.preprocess='standardize' (e.g. torchvision's ImageNet [0.485, 0.456, 0.406] and "
+    "[0.229, 0.224, 0.225]); [] and [] fit them on the training set.",
+  )
+  if given != [[], []]:
+    return Preprocessing("standardize", {"mean": np.float32(given[0]), "std": np.float32(given[1])})
   if cfg.preprocess == "standardize":
     mean = x.mean(axis=(0, 1, 2)).astype(np.float32)
     std = np.maximum(x.std(axis=(0, 1, 2)), 1e-3).astype(np.float32)

@@ -4,8 +4,9 @@
 `<name>/data/`) or the legacy stream (a magic number, then pickles, then each storage's raw bytes).
 Both hold a pickle whose tensors refer to storages through persistent ids. `load` reads either with
 a restricted unpickler: the only globals it resolves are PyTorch's tensor rebuilders and storage
-types (CPU and CUDA: a GPU's checkpoint loads on the host), `collections.OrderedDict`, NumPy scalars and dtypes (not object ones) and `argparse.Namespace`
-(checkpoints often keep their arguments), each mapped to an inert stand-in; anything else — a
+types (CPU and CUDA: a GPU's checkpoint loads on the host), `collections.OrderedDict`, NumPy scalars
+and dtypes (not object ones) and `argparse.Namespace` (checkpoints often keep their arguments), each
+mapped to an inert stand-in; anything else — a
 function, a class of the training code, `os.system` — is refused in one paragraph naming it, before
 it could run. A tensor is a view into its storage whose extent is checked before it is copied out.
 It comes back as a NumPy array (bfloat16 through `ml_dtypes`).

@@ -73,7 +73,7 @@ CASES = [
     {"method": "distill"},
     r"method='distill' is not valid; choose one of: " + re.escape(", ".join(map(repr, methods.names()))),
   ),
-  ({"student.model": "vgg16"}, r"student.model='vgg16' is not a known model"),
+  ({"student.model": "vgg17"}, r"student.model='vgg17' is not a known model"),
   ({"teacher.model": "vgg"}, r"teacher.model='vgg' is not a known model"),
   ({"stages.teacher.optimizer.name": "lion"}, r"stages.teacher.optimizer.name='lion' is not valid"),
   ({"stages.student.optimizer.schedule": "step"}, r"stages.student.optimizer.schedule='step' is not valid"),
@@ -159,7 +159,7 @@ CASES = [
   # FSP, attention, several hints and teachers
   (
     {"method": "fsp", "teacher.model": "digits_resnet20", "student.model": "digits_resnet8x2"},
-    r"FSP section 1 \(stem → section1\) gives 16×16 matrices in the student but 8×8 in the teacher",
+    r"FSP section 1 \(stem → section1\) gives 8×16 matrices in the student but 8×8 in the teacher",
   ),
   ({"method": "fsp"}, r"student.model='digits_student' has no sections; FSP compares"),
   ({"hint.kind": "attention", "hint.student_layer": "fc"}, r"hint: attention transfer needs two feature maps"),
@@ -216,7 +216,7 @@ CASES = [
     {"method": "multi_teacher", "teachers": [dict(model="digits_teacher", lr=0.1)]},
     r"teachers\[0\] has unknown keys \['lr'\]",
   ),
-  ({"method": "multi_teacher", "teachers": [dict(model="vgg16")]}, r"teachers\[0\].model='vgg16' is not a known model"),
+  ({"method": "multi_teacher", "teachers": [dict(model="vgg17")]}, r"teachers\[0\].model='vgg17' is not a known model"),
   (
     {"method": "multi_teacher", "teachers": [dict(model="digits_teacher", epochs="ten")]},
     r"teachers\[0\].epochs='ten' has the wrong type",

@@ -52,6 +52,7 @@ def test_the_recipe_is_the_papers():
       [150, 180, 210],
     )
     assert (c.batch_size, c.dataset.flip, c.dataset.shift, c.dataset.preprocess) == (64, True, 4, "standardize")
+    assert (list(c.dataset.mean), list(c.dataset.std)) == ([0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761])
     assert (c.kd.loss, c.kd.alpha, c.kd.temperature) == ("hinton", 0.9, 4.0)
   with pytest.raises(ValueError, match="choose one of resnet56-resnet20"):
     load_config("cifar100_pairs", "resnet8-resnet8")

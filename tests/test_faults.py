@@ -311,6 +311,20 @@ def test_a_workdir_of_another_experiment_is_refused_and_left_as_it_was(tmp_path)
   assert os.path.isfile(os.path.join(workdir, "config.json"))
 
 
+def test_a_key_added_by_a_later_version_counts_as_its_default_in_an_older_workdir():
+  """A workdir's config.json written before `dataset.streaming`, `dataset.crop` and `dataset.mean` existed:
+  resuming at their defaults changes nothing; setting one is a change."""
+  from fitnets_jax import config as config_lib
+
+  config = tiny_digits("scratch", student=4)
+  saved = json.loads(config.to_json_best_effort())
+  for key in ("streaming", "crop", "mean", "std"):
+    del saved["dataset"][key]
+  assert config_lib.changed_keys(saved, config) == []
+  config.dataset.mean, config.dataset.std = [0.5], [0.25]
+  assert config_lib.changed_keys(saved, config) == [("dataset.mean", [], [0.5]), ("dataset.std", [], [0.25])]
+
+
 def test_keys_documented_as_safe_may_change_on_resume(tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny_digits("scratch", student=8)

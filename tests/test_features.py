@@ -213,8 +213,8 @@ def test_find_layer_error_lists_valid_names():
 
 
 def test_unknown_model_lists_known_models():
-  with pytest.raises(FitnetsError, match="student.model='vgg16'.*fitnet4.*resnetD or resnetDxW"):
-    models.get_model("vgg16", 10, key="student.model")
+  with pytest.raises(FitnetsError, match="student.model='vgg17'.*fitnet4.*resnetD or resnetDxW"):
+    models.get_model("vgg17", 10, key="student.model")
   with pytest.raises(FitnetsError, match=r"student.model='resnet9000': a CIFAR ResNet needs depth 6n\+2"):
     models.get_model("resnet9000", 10, key="student.model")
   with pytest.raises(FitnetsError, match=r"teacher.model='wrn_15_2': a wide ResNet needs depth 6n\+4"):

@@ -29,6 +29,7 @@ from absl import flags, logging
 from fitnets_jax import command_line, files
 from fitnets_jax import config as config_lib
 from fitnets_jax.errors import check, or_exit
+from fitnets_jax.tools.depth_sweep import finished, own_teacher
 
 COMPARE_KEYS = ("methods", "seeds")
 # Published CIFAR-100 top-1 (%), per pair: the teacher, the student alone (`scratch`) and each method.
@@ -119,10 +120,6 @@ def jobs(config, workdir):
   return runs
 
 
-def finished(workdir):
-  return files.isfile(files.join(workdir, "summary.json"))
-
-
 def table(config, results):
   """The comparison's rows: method, runs, mean ± std, each seed, published."""
   published = PUBLISHED.get(pair_name(config), {})
@@ -176,7 +173,7 @@ def run(config, workdir, synthetic_examples=0):
     todo = [(_arrays(c), w) for c, w in todo]
   for c, w in todo:  # every run's bad input fails before the first one trains
     if not finished(w):
-      experiment.prepare(c if _teacher_ready(c.teacher.checkpoint) else _own_teacher(c), w, source=source)
+      experiment.prepare(c if _teacher_ready(c.teacher.checkpoint) else own_teacher(c), w, source=source)
   results = {}
   for i, (c, w) in enumerate(todo, start=1):
     if not finished(w):
@@ -198,13 +195,6 @@ def _teacher_ready(path):
   return (
     not path or finished(path) or any(files.isfile(files.join(path, *p, "network.json")) for p in ((), ("teacher",)))
   )
-
-
-def _own_teacher(config):
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.teacher.checkpoint = ""
-  return c
 
 
 def _arrays(config):
