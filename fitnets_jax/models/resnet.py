@@ -1,12 +1,15 @@
 """CIFAR ResNets (He et al. 2016, §4.2), wide ResNets (Zagoruyko & Komodakis 2016), and the
-four-section ResNet-18/34 in its usual CIFAR form (3×3 stem, no max-pool).
+four-section ResNet-18/34/50 in its usual CIFAR form (3×3 stem, no max-pool) or torchvision's ImageNet
+form (7×7 stride-2 stem and a max-pool).
 
-ResNet-(6n+2): a 3×3 `stem` conv, three sections `section1..3` of n basic blocks (`block1..n`,
-16w/32w/64w channels, strides 1/2/2), global average pooling and `logits`. Blocks are
-post-activation (conv-BN-ReLU-conv-BN, add, ReLU); where the shape changes the shortcut is a 1×1
-conv + BN (He et al.'s option B). WRN-d-k: n = (d−4)/6 pre-activation blocks per section of
-16k/32k/64k channels after a 16-channel stem, BN-ReLU before pooling. ResNet-10/18/34: a 64-channel
-stem and four sections of 1/2/(3,4,6,3) basic blocks with 64/128/256/512 channels, strides 1/2/2/2.
+ResNet-(6n+2): a 3×3 `stem` conv of 16·max(1, w/2) channels, three sections `section1..3` of n basic
+blocks (`block1..n`, 16w/32w/64w channels, strides 1/2/2), global average pooling and `logits`:
+RepDistiller's resnet8 … resnet110, resnet8x4 and resnet32x4. Blocks are post-activation
+(conv-BN-ReLU-conv-BN, add, ReLU); where the shape changes the shortcut is a 1×1 conv + BN (He et
+al.'s option B). WRN-d-k: n = (d−4)/6 pre-activation blocks per section of 16k/32k/64k channels
+after a 16-channel stem, BN-ReLU before pooling. ResNet-10/18/34/50: a 64-channel stem and four
+sections of 1/2/(3,4,6,3) basic blocks, or (3,4,6,3) bottlenecks for ResNet-50, with
+64/128/256/512 channels (×4 out of a bottleneck), strides 1/2/2/2.
 
 Sections are named modules, so a section's output is captured by name like any hint layer, and
 `sections` lists each section's (input layer, output layer): the input of `section1` is `stem`,
