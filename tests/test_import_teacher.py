@@ -168,11 +168,22 @@ def test_the_import_command_writes_a_teacher_that_a_run_distils_from(tmp_path):
 
 def test_the_import_command_refuses_bad_arguments_in_one_paragraph(tmp_path):
   command = [sys.executable, "-m", "fitnets_jax.import_teacher", "--model", "resnet8", "--out", str(tmp_path / "t")]
-  for extra, message in (
-    (["--checkpoint", str(tmp_path / "missing.pth")], "missing.pth: cannot be read"),
-    (["--checkpoint", fixture("resnet8")[0], "--from", "tensorflow"], "--from='tensorflow': one of pytorch"),
-    (["--checkpoint", fixture("resnet8")[0], "--dataset", "svhn"], "--dataset='svhn': one of cifar100, imagenet"),
+  done = subprocess.run(
+    command + ["--checkpoint", fixture("resnet8")[0], "--from", "tensorflow"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 2 and "--from='tensorflow': one of pytorch" in done.stderr, done.stderr
+  assert "Traceback" not in done.stderr
+  for kwargs, message in (
+    (dict(checkpoint=str(tmp_path / "missing.pth")), "missing.pth: cannot be read"),
+    (dict(dataset="svhn"), "--dataset='svhn': one of cifar100, imagenet"),
+    (dict(model="vgg17"), "--model='vgg17' is not a known model"),
   ):
-    done = subprocess.run(command + extra, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0 and message in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
+    arguments = {"checkpoint": fixture("resnet8")[0], "model": "resnet8", "out": str(tmp_path / "t"), **kwargs}
+    with pytest.raises(FitnetsError, match=message) as e:
+      import_teacher.import_pytorch(**arguments)
+    assert "\n" not in str(e.value)
+  assert not (tmp_path / "t").exists()  # refused before anything was written
