@@ -132,7 +132,9 @@ def time_jax(config, workdir, steps):
   """fitnets_jax.tools.benchmark's record of the config's KD stage (ours, the bare step, the cached step)."""
   from fitnets_jax.tools import benchmark
 
-  return benchmark.run(config, workdir, warmup=5, timed=steps, synthetic_examples=4096, stages=("kd",))
+  return benchmark.run(
+    config, workdir, warmup=5, timed=steps, synthetic_examples=4096, stages=("kd",), inference_batches=(1,), repeats=5
+  )
 
 
 def run_json(args, what, env=None):
