@@ -132,6 +132,10 @@ CASES = [
   ({"kd.alpha": 1.5}, r"kd.alpha=1.5 must be in \[0, 1\]"),
   ({"dataset.shift": -2}, r"dataset.shift=-2 must be an integer ≥ 0"),
   ({"dataset.stats_examples": -1}, r"dataset.stats_examples=-1 must be an integer ≥ 0"),
+  (
+    {"dataset.mean": [0.5, 0.5, 0.5], "dataset.std": [0.2, 0.2, 0.2]},
+    r"dataset.mean=\[0.5, 0.5, 0.5\].*per channel \(1\)",
+  ),
   # datasets
   ({"dataset.name": "npz", "dataset.path": ""}, r"dataset.name='npz' needs dataset.path"),
   ({**NPZ, "dataset.path": "MISSING"}, r"dataset.path=.*missing.npz' does not exist"),

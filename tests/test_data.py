@@ -34,6 +34,17 @@ def test_standardize_gives_zero_mean_unit_std_on_the_training_set():
   assert abs(batch["image"].mean()) < 1e-3 and abs(batch["image"].std() - 1) < 1e-3
 
 
+def test_given_mean_and_std_are_torchvisions_normalize():
+  """dataset.mean/std: the network's input is (pixels / 255 − mean) / std, as torchvision's
+  ToTensor() then Normalize(mean, std), instead of fitted statistics."""
+  d = data.load(dataset_config(name="digits", mean=[0.25], std=[0.5]))
+  batch = next(data.train_batches(d, 64, 1, seed=0, stage_index=0))
+  x_train = data.digits_arrays()[0]
+  want = (x_train[batch["index"]].astype(np.float64) / 255.0 - 0.25) / 0.5
+  np.testing.assert_allclose(batch["image"], want, rtol=1e-6, atol=1e-6)
+  assert d.preprocessing.describe()["kind"] == "standardize"
+
+
 @pytest.mark.parametrize("flip,shift", [(False, 0), (True, 3)])
 def test_resumed_iterator_yields_the_same_batches(flip, shift):
   d = data.load(dataset_config(name="digits", flip=flip, shift=shift))
