@@ -217,7 +217,8 @@ def logits(ctx, teaching, batch, role):
   if cached is not None:
     return cached["logits"][batch["index"]]
   t = teaching[role]
-  return forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False)[0]
+  with jax.named_scope(role):  # the teacher's ops under its role's name in profiles
+    return forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False)[0]
 
 
 def features(ctx, teaching, batch, by_teacher, train=False, rng=None):
@@ -225,20 +226,25 @@ def features(ctx, teaching, batch, by_teacher, train=False, rng=None):
   teacher cache when it holds all of a teacher's layers. With `train` the teachers run in training
   mode instead (BN with the batch's statistics, dropout with `rng`; their statistics are not updated),
   as OFD's authors run theirs; never from the cache."""
-  import jax
-
   found = {}
   for role, names in by_teacher.items():
     names = tuple(dict.fromkeys(names))
     cached = teaching.get("cache", {}).get(role, {}).get("features", {})
     t = teaching[role]
+    scope = jax.named_scope(role)  # the teacher's ops under its role's name in profiles
     if train:
-      outputs = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], True, rng, capture=names)[1]
+      with scope:
+        outputs = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], True, rng, capture=names)[
+          1
+        ]
       found[role] = jax.lax.stop_gradient(outputs)
     elif all(n in cached for n in names):
       found[role] = {n: cached[n][batch["index"]] for n in names}
     else:
-      found[role] = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False, capture=names)[1]
+      with scope:
+        found[role] = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False, capture=names)[
+          1
+        ]
   return found
 
 

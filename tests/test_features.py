@@ -93,6 +93,26 @@ def test_the_cpu_forms_of_pooling_and_maxout_equal_the_accelerator_forms(size, s
     )
 
 
+def test_at_a_tie_pooling_sends_each_windows_gradient_to_one_maximum():
+  """`first_maximum` gives a tie's whole gradient to its first argument, so that on a constant map every
+  pooling window passes its gradient to exactly one element, as `reduce_window`'s select-and-scatter does
+  (PyTorch's max pooling too), rather than splitting it."""
+  import flax.linen as nn
+
+  from fitnets_jax.models.maxout import first_maximum
+
+  np.testing.assert_array_equal(jax.grad(lambda a, b: first_maximum(a, b), argnums=(0, 1))(2.0, 2.0), (1.0, 0.0))
+  np.testing.assert_array_equal(jax.grad(lambda a, b: first_maximum(a, b), argnums=(0, 1))(1.0, 2.0), (0.0, 1.0))
+  x = jnp.ones((1, 6, 6, 1))  # 4×4 windows, stride 2, ceil rule: 2×2 windows, the last ones padded
+  grad = jax.grad(lambda v: max_pool_ceil(v, 4, 2).sum())(x)
+  reference = jax.grad(lambda v: nn.max_pool(v, (4, 4), strides=(2, 2), padding=[(0, 0), (0, 0)]).sum())(
+    jnp.ones((1, 6, 6, 1))
+  )
+  assert max_pool_ceil(x, 4, 2).shape == (1, 2, 2, 1)
+  assert float(grad.sum()) == 4.0 == float(reference.sum())  # one element per window
+  assert set(np.unique(np.asarray(grad))) <= {0.0, 1.0, 2.0, 3.0, 4.0}  # whole units, never halves
+
+
 def test_an_over_padded_conv_on_cpu_equals_the_padded_convolution():
   """A 5×5 conv padded by 3 (more than 'SAME') is computed on CPU on an input padded beforehand."""
   from fitnets_jax.models.maxout import MaxoutConv
