@@ -234,17 +234,15 @@ def features(ctx, teaching, batch, by_teacher, train=False, rng=None):
     scope = jax.named_scope(role)  # the teacher's ops under its role's name in profiles
     if train:
       with scope:
-        outputs = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], True, rng, capture=names)[
-          1
-        ]
+        _, outputs, _ = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], True, rng, names)
       found[role] = jax.lax.stop_gradient(outputs)
     elif all(n in cached for n in names):
       found[role] = {n: cached[n][batch["index"]] for n in names}
     else:
       with scope:
-        found[role] = forward(ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False, capture=names)[
-          1
-        ]
+        _, found[role], _ = forward(
+          ctx.teachers[role], t["params"], t["batch_stats"], batch["image"], False, None, names
+        )
   return found
 
 
