@@ -46,3 +46,27 @@ def test_fused_ops_lend_their_names_to_the_fusion_that_runs_them():
   names = step_profile.hlo_op_names(text)
   assert names and all(isinstance(v, list) for v in names.values())
   assert any(any("teacher" in n for n in ops) for ops in names.values())
+
+
+def test_the_teachers_forward_pass_carries_its_roles_name_in_the_program():
+  """`teachers.logits` runs the teacher under `jax.named_scope(role)`, which is how the profile tells its
+  ops from the student's (both are the same module class)."""
+  import types
+
+  from fitnets_jax import teachers
+  from fitnets_jax.models.maxout import ConvSpec, MaxoutNet
+  from fitnets_jax.network import network
+
+  net = network("toy", MaxoutNet(convs=(ConvSpec(4, 2, 3, 1),), num_classes=10), (8, 8, 1))
+  params, stats = net.init(jax.random.PRNGKey(0))
+  ctx = types.SimpleNamespace(teachers={"teacher": net})
+  teaching = {"teacher": {"params": params, "batch_stats": stats}}
+  logits = lambda images: teachers.logits(ctx, teaching, {"image": images}, "teacher")
+  # the lowered program's locations (a compiled one could come from the persistent cache, old names and all)
+  text = jax.jit(logits).lower(jnp.ones((2, 8, 8, 1))).as_text(debug_info=True)
+  assert "teacher/MaxoutNet/conv1/conv/conv_general_dilated" in text
+  assert step_profile.jax_attribution(["jit(step)/jvp(teacher)/MaxoutNet/conv1/conv/conv_general_dilated"]) == (
+    "teacher",
+    "conv1",
+    "forward",
+  )
